@@ -1,0 +1,18 @@
+// Package store is vtepd's view of etcd: the overlay network's configuration,
+// this host's own subnet lease, and an in-memory table of every lease in the
+// overlay.
+//
+// The etcd schema is flannel's (etcd v3 mode), so vtepd hosts and flanneld
+// hosts can share one overlay:
+//
+//	<prefix>/config               {"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":1}}
+//	<prefix>/subnets/10.5.48.0-24 {"PublicIP":"203.0.113.11","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"e2:5a:5b:43:22:54"}}
+//
+// The Table is the miss path's only source of truth. It is loaded by one list
+// and kept current by a watch from the list's revision; lookups by address and
+// by VTEP MAC take a read lock for a few map reads, never across I/O, and
+// allocate nothing.
+//
+// Everything read from etcd is untrusted: a value anyone could have written is
+// validated, and a bad one is skipped with an error that names its key.
+package store

@@ -1,0 +1,233 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// SubnetsPrefix is where leases live under an etcd prefix.
+func SubnetsPrefix(prefix string) string { return strings.TrimSuffix(prefix, "/") + "/subnets/" }
+
+// ConfigKey is where the network configuration lives under an etcd prefix.
+func ConfigKey(prefix string) string { return strings.TrimSuffix(prefix, "/") + "/config" }
+
+// Sync keeps the table equal to the leases under prefix in etcd until ctx is
+// done: one list, then a watch from the list's revision. A watch that falls
+// behind compaction re-lists and applies the difference, so a delete during
+// the gap is not missed; any other watch failure resumes from the last
+// revision seen, after a backoff. etcd being away is not an error: the table
+// keeps answering from what it holds. Sync returns ctx.Err().
+func (t *Table) Sync(ctx context.Context, c *clientv3.Client, prefix string, log *zap.Logger) error {
+	s := &syncer{t: t, c: c, prefix: SubnetsPrefix(prefix), log: log, warned: make(map[string]int64)}
+	return s.run(ctx)
+}
+
+type syncer struct {
+	t      *Table
+	c      *clientv3.Client
+	prefix string
+	log    *zap.Logger
+	// warned remembers the revision of the last warning per key, so that a
+	// bad value is reported once per revision and not on every re-list.
+	warned map[string]int64
+}
+
+func (s *syncer) run(ctx context.Context) error {
+	bo := newBackoff(100*time.Millisecond, 10*time.Second)
+	rev := int64(0) // last revision applied; 0 = need a list
+	for {
+		if rev == 0 {
+			r, err := s.list(ctx)
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				s.log.Warn("listing leases failed; retrying", zap.String("prefix", s.prefix), zap.Error(err), zap.Duration("backoff", bo.peek()))
+				if !bo.wait(ctx) {
+					return ctx.Err()
+				}
+				continue
+			}
+			rev = r
+		}
+
+		next, err := s.watch(ctx, rev)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if next > rev {
+			bo.reset() // the watch made progress: etcd is healthy again
+		}
+		rev = next
+		s.t.stats.watchRestarts.Add(1)
+		if errors.Is(err, rpctypes.ErrCompacted) {
+			s.t.stats.relists.Add(1)
+			s.log.Warn("lease watch fell behind etcd compaction; re-listing", zap.Int64("revision", rev))
+			rev = 0
+			continue
+		}
+		s.log.Warn("lease watch ended; resuming", zap.Int64("from_revision", rev+1), zap.Error(err), zap.Duration("backoff", bo.peek()))
+		if !bo.wait(ctx) {
+			return ctx.Err()
+		}
+	}
+}
+
+// list replaces the table's contents with a fresh list and returns its
+// revision.
+func (s *syncer) list(ctx context.Context) (int64, error) {
+	resp, err := s.c.Get(ctx, s.prefix, clientv3.WithPrefix())
+	if err != nil {
+		return 0, fmt.Errorf("store: list %s: %w", s.prefix, err)
+	}
+	leases := make([]Lease, 0, len(resp.Kvs))
+	seen := make(map[string]bool, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		seen[string(kv.Key)] = true
+		if l, ok := s.parse(kv); ok {
+			leases = append(leases, l)
+		}
+	}
+	for key := range s.warned {
+		if !seen[key] {
+			delete(s.warned, key)
+		}
+	}
+	s.t.mu.Lock()
+	changes, rejected := s.t.replaceAll(leases)
+	s.t.mu.Unlock()
+	for key, why := range rejected {
+		s.reject(key, resp.Header.Revision, why)
+	}
+	s.t.notify(changes)
+	s.t.markSynced()
+	s.log.Info("lease table loaded", zap.Int("leases", s.t.Len()), zap.Int("rejected", len(rejected)), zap.Int64("revision", resp.Header.Revision))
+	return resp.Header.Revision, nil
+}
+
+// watch applies events after rev until the watch fails, and returns the last
+// revision applied with the failure.
+func (s *syncer) watch(ctx context.Context, rev int64) (int64, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// WithRequireLeader: a member cut off from its cluster ends the watch
+	// instead of leaving it silently stale, so we move to a healthy member.
+	// Progress notifications keep rev current on a quiet prefix, so a resume
+	// after an outage starts from a revision etcd has not compacted yet.
+	wch := s.c.Watch(clientv3.WithRequireLeader(wctx), s.prefix,
+		clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithProgressNotify())
+	for wresp := range wch {
+		if err := wresp.Err(); err != nil {
+			return rev, err
+		}
+		for _, ev := range wresp.Events {
+			s.apply(ev)
+		}
+		if r := wresp.Header.Revision; r > rev {
+			rev = r
+		}
+	}
+	return rev, errors.New("watch channel closed")
+}
+
+func (s *syncer) apply(ev *clientv3.Event) {
+	key := string(ev.Kv.Key)
+	var changes []Change
+	switch ev.Type {
+	case mvccpb.DELETE:
+		delete(s.warned, key)
+		s.t.mu.Lock()
+		changes = s.t.remove(key)
+		s.t.mu.Unlock()
+	case mvccpb.PUT:
+		l, ok := s.parse(ev.Kv)
+		var conflict error
+		s.t.mu.Lock()
+		if ok {
+			changes, conflict = s.t.put(l)
+		} else {
+			// The key's value is no longer believable: forget what it said.
+			changes = s.t.remove(key)
+		}
+		s.t.mu.Unlock()
+		if conflict != nil {
+			s.reject(key, ev.Kv.ModRevision, conflict)
+		}
+	}
+	s.t.notify(changes)
+}
+
+// parse turns a key-value into a lease, warning once per key and revision
+// about a bad one.
+func (s *syncer) parse(kv *mvccpb.KeyValue) (Lease, bool) {
+	key := string(kv.Key)
+	l, err := s.parseKV(kv)
+	if err != nil {
+		if s.warned[key] != kv.ModRevision {
+			s.warned[key] = kv.ModRevision
+			s.t.stats.invalid.Add(1)
+			s.log.Warn("skipping invalid lease", zap.String("key", key), zap.Int64("mod_revision", kv.ModRevision), zap.Error(err))
+		}
+		return Lease{}, false
+	}
+	return l, true
+}
+
+func (s *syncer) parseKV(kv *mvccpb.KeyValue) (Lease, error) {
+	subnetKey, ok := strings.CutPrefix(string(kv.Key), s.prefix)
+	if !ok || strings.Contains(subnetKey, "/") {
+		return Lease{}, fmt.Errorf("not a lease key under %s", s.prefix)
+	}
+	l, err := ParseLease(subnetKey, kv.Value)
+	if err != nil {
+		return Lease{}, err
+	}
+	if err := s.t.check(l); err != nil {
+		return Lease{}, err
+	}
+	l.Key, l.CreateRevision, l.ModRevision, l.EtcdLease = string(kv.Key), kv.CreateRevision, kv.ModRevision, kv.Lease
+	return l, nil
+}
+
+func (s *syncer) reject(key string, rev int64, why error) {
+	if s.warned[key] == rev {
+		return
+	}
+	s.warned[key] = rev
+	s.t.stats.conflicts.Add(1)
+	s.log.Warn("lease conflicts with an older one; not installing it until the conflict is gone", zap.String("key", key), zap.Error(why))
+}
+
+// backoff is a capped exponential backoff with jitter.
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max, cur: min} }
+
+func (b *backoff) peek() time.Duration { return b.cur }
+func (b *backoff) reset()              { b.cur = b.min }
+
+// wait sleeps for the current backoff (±20%) and doubles it. It returns
+// false if ctx ended first.
+func (b *backoff) wait(ctx context.Context) bool {
+	d := b.cur + time.Duration(float64(b.cur)*0.4*(rand.Float64()-0.5))
+	b.cur = min(2*b.cur, b.max)
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-timer.C:
+		return true
+	}
+}

@@ -1,0 +1,356 @@
+package store
+
+import (
+	"cmp"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+)
+
+// Change is one lease appearing, changing or disappearing in the Table.
+// Old is nil for a new lease, New is nil for a removed one.
+type Change struct {
+	Old, New *Lease
+}
+
+// Table is the in-memory set of every lease in the overlay that passed
+// validation, indexed for the miss path: by address (longest prefix) and by
+// VTEP MAC.
+//
+// Two leases that overlap, or that share a VTEP MAC, cannot both be right.
+// The one created first in etcd is admitted; the other waits, rejected, and is
+// admitted as soon as the conflict goes away.
+type Table struct {
+	cfg Config
+
+	mu      sync.RWMutex
+	byKey   map[string]*Lease
+	byMAC   map[MAC]*Lease
+	lengths []lengthIndex // one per prefix length present, longest first
+	// rejected holds leases that are valid on their own but conflict with an
+	// admitted lease, with the reason.
+	rejected map[string]rejectedLease
+
+	observers []func(Change)
+	synced    chan struct{}
+	syncOnce  sync.Once
+	stats     tableStats
+}
+
+type lengthIndex struct {
+	bits     int
+	mask     uint32
+	bySubnet map[uint32]*Lease
+}
+
+type rejectedLease struct {
+	lease  Lease
+	reason error
+}
+
+type tableStats struct {
+	invalid, conflicts, relists, watchRestarts atomic.Uint64
+}
+
+// TableStats counts what the table's synchronisation has seen.
+type TableStats struct {
+	Leases        int    // leases admitted
+	Rejected      int    // valid leases waiting on a conflict
+	Invalid       uint64 // lease values skipped as invalid, one per key and revision
+	Conflicts     uint64 // leases rejected for overlapping another or sharing its MAC
+	Relists       uint64 // full re-lists after the watch fell behind compaction
+	WatchRestarts uint64 // watches re-established after an error
+}
+
+// NewTable returns an empty table for the overlay described by cfg. Leases
+// outside cfg.Network or with another VNI are refused.
+func NewTable(cfg Config) *Table {
+	return &Table{
+		cfg:      cfg,
+		byKey:    make(map[string]*Lease),
+		byMAC:    make(map[MAC]*Lease),
+		rejected: make(map[string]rejectedLease),
+		synced:   make(chan struct{}),
+	}
+}
+
+// OnChange registers fn to be called after every change to the table, on the
+// goroutine that applies etcd's events, in the order of the events. Register
+// before Sync starts; fn must not call back into the table's mutators.
+func (t *Table) OnChange(fn func(Change)) {
+	t.observers = append(t.observers, fn)
+}
+
+// Synced is closed once the table holds a complete list from etcd.
+func (t *Table) Synced() <-chan struct{} { return t.synced }
+
+// LookupIP returns the lease whose subnet holds a, preferring the longest
+// prefix. It allocates nothing and holds a read lock only for map reads.
+func (t *Table) LookupIP(a netip.Addr) (Lease, bool) {
+	if !a.Is4() {
+		return Lease{}, false
+	}
+	v := u32(a)
+	t.mu.RLock()
+	for i := range t.lengths {
+		li := &t.lengths[i]
+		if l := li.bySubnet[v&li.mask]; l != nil {
+			found := *l
+			t.mu.RUnlock()
+			return found, true
+		}
+	}
+	t.mu.RUnlock()
+	return Lease{}, false
+}
+
+// LookupMAC returns the lease that publishes m as its VTEP MAC.
+func (t *Table) LookupMAC(m MAC) (Lease, bool) {
+	t.mu.RLock()
+	l := t.byMAC[m]
+	if l == nil {
+		t.mu.RUnlock()
+		return Lease{}, false
+	}
+	found := *l
+	t.mu.RUnlock()
+	return found, true
+}
+
+// LookupKey returns the admitted lease stored under an etcd key.
+func (t *Table) LookupKey(key string) (Lease, bool) {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if l := t.byKey[key]; l != nil {
+		return *l, true
+	}
+	return Lease{}, false
+}
+
+// Leases returns a copy of every admitted lease, sorted by subnet.
+func (t *Table) Leases() []Lease {
+	t.mu.RLock()
+	out := make([]Lease, 0, len(t.byKey))
+	for _, l := range t.byKey {
+		out = append(out, *l)
+	}
+	t.mu.RUnlock()
+	slices.SortFunc(out, func(a, b Lease) int { return comparePrefix(a.Subnet, b.Subnet) })
+	return out
+}
+
+// Len is the number of admitted leases.
+func (t *Table) Len() int {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return len(t.byKey)
+}
+
+// Stats returns the table's counters.
+func (t *Table) Stats() TableStats {
+	t.mu.RLock()
+	n, r := len(t.byKey), len(t.rejected)
+	t.mu.RUnlock()
+	return TableStats{
+		Leases:        n,
+		Rejected:      r,
+		Invalid:       t.stats.invalid.Load(),
+		Conflicts:     t.stats.conflicts.Load(),
+		Relists:       t.stats.relists.Load(),
+		WatchRestarts: t.stats.watchRestarts.Load(),
+	}
+}
+
+// check validates a parsed lease against the network configuration.
+func (t *Table) check(l Lease) error {
+	if !t.cfg.Network.Contains(l.Subnet.Addr()) || l.Subnet.Bits() < t.cfg.Network.Bits() {
+		return fmt.Errorf("subnet %s is outside the overlay network %s", l.Subnet, t.cfg.Network)
+	}
+	if l.VNI != t.cfg.Backend.VNI {
+		return fmt.Errorf("BackendData.VNI %d differs from the network's VNI %d", l.VNI, t.cfg.Backend.VNI)
+	}
+	return nil
+}
+
+// put admits l, or rejects it for a conflict, replacing whatever was stored
+// under its key. It returns the changes to report and, if l was rejected,
+// why. Called with t.mu held.
+func (t *Table) put(l Lease) ([]Change, error) {
+	var changes []Change
+	old := t.byKey[l.Key]
+	if old != nil {
+		t.unindex(old)
+	}
+	delete(t.rejected, l.Key)
+	if err := t.conflict(l); err != nil {
+		t.rejected[l.Key] = rejectedLease{lease: l, reason: err}
+		if old != nil {
+			changes = append(changes, Change{Old: old})
+			changes = append(changes, t.readmit()...)
+		}
+		return changes, err
+	}
+	nl := new(Lease)
+	*nl = l
+	t.index(nl)
+	changes = append(changes, Change{Old: old, New: nl})
+	if old != nil && !old.SameTarget(l) {
+		// The old lease's subnet or MAC is free now; a waiting lease may fit.
+		changes = append(changes, t.readmit()...)
+	}
+	return changes, nil
+}
+
+// remove drops whatever is stored under key. Called with t.mu held.
+func (t *Table) remove(key string) []Change {
+	delete(t.rejected, key)
+	old := t.byKey[key]
+	if old == nil {
+		return nil
+	}
+	t.unindex(old)
+	return append([]Change{{Old: old}}, t.readmit()...)
+}
+
+// readmit admits rejected leases whose conflict is gone, oldest first.
+func (t *Table) readmit() []Change {
+	if len(t.rejected) == 0 {
+		return nil
+	}
+	waiting := make([]Lease, 0, len(t.rejected))
+	for _, r := range t.rejected {
+		waiting = append(waiting, r.lease)
+	}
+	slices.SortFunc(waiting, func(a, b Lease) int { return cmp.Compare(a.CreateRevision, b.CreateRevision) })
+	var changes []Change
+	for _, l := range waiting {
+		if t.conflict(l) != nil {
+			continue
+		}
+		delete(t.rejected, l.Key)
+		nl := new(Lease)
+		*nl = l
+		t.index(nl)
+		changes = append(changes, Change{New: nl})
+	}
+	return changes
+}
+
+// conflict reports an admitted lease that l overlaps or shares a MAC with.
+func (t *Table) conflict(l Lease) error {
+	if o := t.byMAC[l.VtepMAC]; o != nil && o.Key != l.Key {
+		return fmt.Errorf("VtepMAC %s is already used by %s", l.VtepMAC, o.Key)
+	}
+	for i := range t.lengths {
+		li := &t.lengths[i]
+		if li.bits <= l.Subnet.Bits() {
+			// A lease as long or shorter overlaps l only if it holds l's address.
+			if o := li.bySubnet[u32(l.Subnet.Addr())&li.mask]; o != nil {
+				return fmt.Errorf("subnet %s overlaps %s of %s", l.Subnet, o.Subnet, o.Key)
+			}
+			continue
+		}
+		// Longer leases inside l: mixed lengths are rare, a scan is fine.
+		for _, o := range li.bySubnet {
+			if l.Subnet.Contains(o.Subnet.Addr()) {
+				return fmt.Errorf("subnet %s overlaps %s of %s", l.Subnet, o.Subnet, o.Key)
+			}
+		}
+	}
+	return nil
+}
+
+func (t *Table) index(l *Lease) {
+	t.byKey[l.Key] = l
+	t.byMAC[l.VtepMAC] = l
+	bits := l.Subnet.Bits()
+	i, found := slices.BinarySearchFunc(t.lengths, bits, func(li lengthIndex, b int) int { return cmp.Compare(b, li.bits) })
+	if !found {
+		t.lengths = slices.Insert(t.lengths, i, lengthIndex{bits: bits, mask: prefixMask(bits), bySubnet: make(map[uint32]*Lease)})
+	}
+	t.lengths[i].bySubnet[u32(l.Subnet.Addr())] = l
+}
+
+func (t *Table) unindex(l *Lease) {
+	delete(t.byKey, l.Key)
+	if t.byMAC[l.VtepMAC] == l {
+		delete(t.byMAC, l.VtepMAC)
+	}
+	for i := range t.lengths {
+		li := &t.lengths[i]
+		if li.bits != l.Subnet.Bits() {
+			continue
+		}
+		delete(li.bySubnet, u32(l.Subnet.Addr()))
+		if len(li.bySubnet) == 0 {
+			t.lengths = slices.Delete(t.lengths, i, i+1)
+		}
+		return
+	}
+}
+
+// replaceAll makes the table hold exactly leases, as after a fresh list, and
+// returns the difference to what it held. Leases are admitted oldest first,
+// so a re-list decides conflicts the same way the watch did.
+func (t *Table) replaceAll(leases []Lease) ([]Change, map[string]error) {
+	fresh := NewTable(t.cfg)
+	slices.SortFunc(leases, func(a, b Lease) int { return cmp.Compare(a.CreateRevision, b.CreateRevision) })
+	rejected := make(map[string]error)
+	for _, l := range leases {
+		if _, err := fresh.put(l); err != nil {
+			rejected[l.Key] = err
+		}
+	}
+
+	var changes []Change
+	for key, old := range t.byKey {
+		nl := fresh.byKey[key]
+		switch {
+		case nl == nil:
+			changes = append(changes, Change{Old: old})
+		case *nl != *old:
+			changes = append(changes, Change{Old: old, New: nl})
+		}
+	}
+	for key, nl := range fresh.byKey {
+		if t.byKey[key] == nil {
+			changes = append(changes, Change{New: nl})
+		}
+	}
+	// Removals first, so that observers never see two leases for one subnet.
+	slices.SortStableFunc(changes, func(a, b Change) int {
+		return cmp.Compare(rank(a), rank(b))
+	})
+	t.byKey, t.byMAC, t.lengths, t.rejected = fresh.byKey, fresh.byMAC, fresh.lengths, fresh.rejected
+	return changes, rejected
+}
+
+func rank(c Change) int {
+	switch {
+	case c.New == nil:
+		return 0
+	case c.Old != nil:
+		return 1
+	default:
+		return 2
+	}
+}
+
+func (t *Table) notify(changes []Change) {
+	for _, c := range changes {
+		for _, fn := range t.observers {
+			fn(c)
+		}
+	}
+}
+
+func (t *Table) markSynced() { t.syncOnce.Do(func() { close(t.synced) }) }
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return cmp.Compare(a.Bits(), b.Bits())
+}
