@@ -1,0 +1,299 @@
+package fabric
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// VXLANOverhead is what encapsulation costs per packet over IPv4: outer IP
+// (20), UDP (8), VXLAN (8) and inner Ethernet (14) headers.
+const VXLANOverhead = 50
+
+// DeviceSpec is the VXLAN device vtepd wants.
+type DeviceSpec struct {
+	Name     string
+	VNI      int
+	Port     int
+	Underlay Underlay
+	// MAC is used when the device has to be created. Passing the MAC this
+	// host published before keeps every peer's entries right across a
+	// reboot or a recreated device.
+	MAC net.HardwareAddr
+}
+
+// Device is the VXLAN device misses come from.
+type Device struct {
+	Name  string
+	Index int
+	MAC   net.HardwareAddr
+	MTU   int
+
+	h   *netlink.Handle
+	log *zap.Logger
+}
+
+// EnsureDevice makes the device match spec. A compatible device is adopted
+// as it is, without being brought down, so that a restart costs no traffic;
+// only its MTU is corrected. An incompatible one is deleted and created
+// again, with a warning that names every difference.
+func EnsureDevice(h *netlink.Handle, spec DeviceSpec, log *zap.Logger) (*Device, error) {
+	want := &netlink.Vxlan{
+		LinkAttrs: netlink.LinkAttrs{
+			Name:         spec.Name,
+			MTU:          spec.Underlay.MTU - VXLANOverhead,
+			HardwareAddr: spec.MAC,
+		},
+		VxlanId:      spec.VNI,
+		VtepDevIndex: spec.Underlay.Index,
+		SrcAddr:      net.IP(spec.Underlay.Addr.AsSlice()),
+		Port:         spec.Port,
+		Learning:     false,
+		Proxy:        true,
+		L2miss:       true,
+		L3miss:       true,
+	}
+
+	link, err := h.LinkByName(spec.Name)
+	var notFound netlink.LinkNotFoundError
+	switch {
+	case errors.As(err, &notFound):
+		link, err = createDevice(h, want)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("created VXLAN device", zap.String("device", spec.Name), zap.Int("vni", spec.VNI), zap.Int("port", spec.Port),
+			zap.Stringer("local", spec.Underlay.Addr), zap.String("underlay", spec.Underlay.Name), zap.Stringer("mac", link.Attrs().HardwareAddr))
+	case err != nil:
+		return nil, fmt.Errorf("fabric: look up %s: %w", spec.Name, err)
+	default:
+		if diffs := incompatibilities(link, want); len(diffs) > 0 {
+			log.Warn("existing device is incompatible; recreating it", zap.String("device", spec.Name), zap.Strings("differences", diffs))
+			if want.HardwareAddr == nil {
+				want.HardwareAddr = link.Attrs().HardwareAddr
+			}
+			if err := h.LinkDel(link); err != nil {
+				return nil, fmt.Errorf("fabric: delete incompatible %s: %w", spec.Name, err)
+			}
+			if link, err = createDevice(h, want); err != nil {
+				return nil, err
+			}
+		} else {
+			log.Info("adopted existing VXLAN device", zap.String("device", spec.Name), zap.Stringer("mac", link.Attrs().HardwareAddr))
+		}
+	}
+
+	if link.Attrs().MTU != want.MTU {
+		if err := h.LinkSetMTU(link, want.MTU); err != nil {
+			return nil, fmt.Errorf("fabric: set MTU of %s to %d: %w", spec.Name, want.MTU, err)
+		}
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		if err := h.LinkSetUp(link); err != nil {
+			return nil, fmt.Errorf("fabric: set %s up: %w", spec.Name, err)
+		}
+	}
+	return &Device{
+		Name:  spec.Name,
+		Index: link.Attrs().Index,
+		MAC:   link.Attrs().HardwareAddr,
+		MTU:   want.MTU,
+		h:     h,
+		log:   log,
+	}, nil
+}
+
+func createDevice(h *netlink.Handle, want *netlink.Vxlan) (netlink.Link, error) {
+	if err := h.LinkAdd(want); err != nil {
+		return nil, fmt.Errorf("fabric: create VXLAN device %s (vni %d, port %d, local %s): %w",
+			want.Name, want.VxlanId, want.Port, want.SrcAddr, err)
+	}
+	link, err := h.LinkByName(want.Name)
+	if err != nil {
+		return nil, fmt.Errorf("fabric: look up new device %s: %w", want.Name, err)
+	}
+	return link, nil
+}
+
+// incompatibilities lists why an existing link cannot be adopted.
+func incompatibilities(link netlink.Link, want *netlink.Vxlan) []string {
+	have, ok := link.(*netlink.Vxlan)
+	if !ok {
+		return []string{fmt.Sprintf("type %s, want vxlan", link.Type())}
+	}
+	var d []string
+	differ := func(what string, have, want any) {
+		d = append(d, fmt.Sprintf("%s %v, want %v", what, have, want))
+	}
+	if have.VxlanId != want.VxlanId {
+		differ("vni", have.VxlanId, want.VxlanId)
+	}
+	if have.Port != want.Port {
+		differ("port", have.Port, want.Port)
+	}
+	if !have.SrcAddr.Equal(want.SrcAddr) {
+		differ("local", have.SrcAddr, want.SrcAddr)
+	}
+	if have.VtepDevIndex != want.VtepDevIndex {
+		differ("underlay ifindex", have.VtepDevIndex, want.VtepDevIndex)
+	}
+	if have.Group != nil && !have.Group.IsUnspecified() {
+		differ("remote/group", have.Group, "none")
+	}
+	for _, f := range []struct {
+		name       string
+		have, want bool
+	}{
+		{"learning", have.Learning, want.Learning},
+		{"proxy", have.Proxy, want.Proxy},
+		{"l2miss", have.L2miss, want.L2miss},
+		{"l3miss", have.L3miss, want.L3miss},
+		{"external", have.FlowBased, false},
+	} {
+		if f.have != f.want {
+			differ(f.name, f.have, f.want)
+		}
+	}
+	// A different MAC is not a reason to recreate: the lease follows the
+	// device's MAC, and flapping the device would cost traffic.
+	return d
+}
+
+// Sysctls under net.ipv4.neigh.<device> that make the miss path work.
+var probeSysctls = []struct{ name, value string }{
+	// Ask user space about every unresolved address, three times one
+	// retrans_time apart, before giving up on it.
+	{"app_solicit", "3"},
+	// With proxy, unicast and multicast ARP into the device is answered
+	// from (or dropped by) the device itself: such probes only delay the
+	// application probe of an aged entry, and the FAILED state.
+	{"ucast_solicit", "0"},
+	{"mcast_solicit", "0"},
+	{"mcast_resolicit", "0"},
+}
+
+// EnableAppProbes sets the device's neighbour sysctls so that both new
+// (INCOMPLETE) and aged (PROBE) entries are resolved by asking user space.
+// It writes /proc/sys of the calling thread's network namespace.
+func (d *Device) EnableAppProbes() error {
+	dir := filepath.Join("/proc/sys/net/ipv4/neigh", d.Name)
+	for _, s := range probeSysctls {
+		p := filepath.Join(dir, s.name)
+		if cur, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(cur)) == s.value {
+			continue
+		}
+		if err := os.WriteFile(p, []byte(s.value), 0o644); err != nil {
+			return fmt.Errorf("fabric: set net.ipv4.neigh.%s.%s=%s: %w", d.Name, s.name, s.value, err)
+		}
+	}
+	return nil
+}
+
+// SetAddress makes addr/32 the device's only IPv4 address. A different
+// address left by an earlier lease is removed.
+func (d *Device) SetAddress(addr netip.Addr) error {
+	link, err := d.h.LinkByIndex(d.Index)
+	if err != nil {
+		return fmt.Errorf("fabric: look up %s: %w", d.Name, err)
+	}
+	want := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(32, 32)}}
+	have, err := d.h.AddrList(link, unix.AF_INET)
+	if err != nil {
+		return fmt.Errorf("fabric: list addresses of %s: %w", d.Name, err)
+	}
+	found := false
+	for _, a := range have {
+		if a.IPNet.String() == want.IPNet.String() {
+			found = true
+			continue
+		}
+		d.log.Info("removing stale address from device", zap.String("device", d.Name), zap.Stringer("address", a.IPNet))
+		if err := d.h.AddrDel(link, &a); err != nil {
+			return fmt.Errorf("fabric: remove %s from %s: %w", a.IPNet, d.Name, err)
+		}
+	}
+	if found {
+		return nil
+	}
+	if err := d.h.AddrReplace(link, want); err != nil {
+		return fmt.Errorf("fabric: add %s to %s: %w", want.IPNet, d.Name, err)
+	}
+	return nil
+}
+
+// SetRoutes makes the device's IPv4 routes in the main table exactly want:
+// missing ones are added, others through the device (left by flanneld, or by
+// an earlier configuration) are removed. Routes are on-link with the
+// device's address as source.
+func (d *Device) SetRoutes(src netip.Addr, want []netip.Prefix) error {
+	link, err := d.h.LinkByIndex(d.Index)
+	if err != nil {
+		return fmt.Errorf("fabric: look up %s: %w", d.Name, err)
+	}
+	have, err := d.h.RouteList(link, unix.AF_INET)
+	if err != nil {
+		return fmt.Errorf("fabric: list routes of %s: %w", d.Name, err)
+	}
+	wanted := make(map[netip.Prefix]bool, len(want))
+	for _, p := range want {
+		wanted[p] = true
+	}
+	for _, r := range have {
+		if r.Dst == nil || r.Protocol == unix.RTPROT_KERNEL {
+			continue
+		}
+		p, ok := prefixOf(r.Dst)
+		if ok && wanted[p] && r.Gw == nil {
+			delete(wanted, p)
+			continue
+		}
+		d.log.Info("removing route through device", zap.String("device", d.Name), zap.Stringer("route", r.Dst))
+		if err := d.h.RouteDel(&r); err != nil {
+			return fmt.Errorf("fabric: delete route %s from %s: %w", r.Dst, d.Name, err)
+		}
+	}
+	for _, p := range want {
+		if !wanted[p] {
+			continue
+		}
+		r := &netlink.Route{
+			LinkIndex: d.Index,
+			Dst:       &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)},
+			Src:       src.AsSlice(),
+			Scope:     netlink.SCOPE_LINK,
+		}
+		if err := d.h.RouteReplace(r); err != nil {
+			return fmt.Errorf("fabric: add route %s dev %s: %w", p, d.Name, err)
+		}
+	}
+	return nil
+}
+
+func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
+	a, ok := netip.AddrFromSlice(n.IP.To4())
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ones, _ := n.Mask.Size()
+	return netip.PrefixFrom(a, ones), true
+}
+
+// IPForwarding reports whether the namespace forwards IPv4; without it,
+// containers behind the host cannot be reached through the overlay.
+func IPForwarding() (bool, error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	if err != nil {
+		return false, err
+	}
+	v, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	return v == 1, err
+}

@@ -1,0 +1,183 @@
+package fabric
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// ErrTableFull marks a write refused because the kernel's neighbour table is
+// full (net.ipv4.neigh.default.gc_thresh3, one table for the whole kernel).
+// The kernel says ENOBUFS, the same errno as a netlink socket overflow; the
+// two have nothing else in common.
+var ErrTableFull = errors.New("kernel neighbour table full (gc_thresh3)")
+
+// Entries writes the neighbour and FDB entries of one VXLAN device. It owns
+// a long-lived rtnetlink socket: opening one per write costs more than the
+// write (kernel-notes.md). Entries is not safe for concurrent use.
+type Entries struct {
+	h       *netlink.Handle
+	ifindex int
+	name    string
+}
+
+// Neighbour is an IPv4 neighbour entry on the device.
+type Neighbour struct {
+	IP    netip.Addr
+	MAC   net.HardwareAddr
+	State int // NUD_* state
+}
+
+// FDBEntry is a unicast VXLAN forwarding entry: frames for MAC go to Dst.
+type FDBEntry struct {
+	MAC   net.HardwareAddr
+	Dst   netip.Addr
+	State int
+}
+
+// OpenEntries opens a writer for the device with the given index in the
+// calling thread's network namespace.
+func OpenEntries(ifindex int, name string) (*Entries, error) {
+	return OpenEntriesAt(netns.None(), ifindex, name)
+}
+
+// OpenEntriesAt opens a writer for a device in network namespace ns.
+func OpenEntriesAt(ns netns.NsHandle, ifindex int, name string) (*Entries, error) {
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("fabric: open rtnetlink: %w", err)
+	}
+	// A write is acknowledged in microseconds; a kernel that does not
+	// answer within seconds is wedged, and we would rather say so.
+	if err := h.SetSocketTimeout(5 * time.Second); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("fabric: set rtnetlink timeout: %w", err)
+	}
+	return &Entries{h: h, ifindex: ifindex, name: name}, nil
+}
+
+// Close releases the socket.
+func (e *Entries) Close() error {
+	e.h.Close()
+	return nil
+}
+
+// SetFDB makes frames for mac go to dst, replacing any other destination.
+// The entry is PERMANENT: the kernel's FDB ageing runs on the time an entry
+// was written, not used, so a REACHABLE entry expires under steady traffic
+// and costs a dropped packet each time. vtepd removes entries itself when
+// their lease goes.
+func (e *Entries) SetFDB(mac net.HardwareAddr, dst netip.Addr) error {
+	if err := e.h.NeighSet(e.fdb(mac, dst)); err != nil {
+		return e.wrap(err, "set fdb %s→%s", mac, dst)
+	}
+	return nil
+}
+
+// DelFDB removes the entry for mac towards dst. Removing an entry that is
+// not there is not an error.
+func (e *Entries) DelFDB(mac net.HardwareAddr, dst netip.Addr) error {
+	if err := e.h.NeighDel(e.fdb(mac, dst)); err != nil && !errors.Is(err, unix.ENOENT) {
+		return e.wrap(err, "delete fdb %s→%s", mac, dst)
+	}
+	return nil
+}
+
+// SetNeigh makes ip resolve to mac, REACHABLE. Set on an INCOMPLETE entry,
+// this releases the packets the kernel queued on it within this call.
+func (e *Entries) SetNeigh(ip netip.Addr, mac net.HardwareAddr) error {
+	n := &netlink.Neigh{
+		LinkIndex:    e.ifindex,
+		Family:       unix.AF_INET,
+		State:        netlink.NUD_REACHABLE,
+		IP:           ip.AsSlice(),
+		HardwareAddr: mac,
+	}
+	if err := e.h.NeighSet(n); err != nil {
+		return e.wrap(err, "set neighbour %s→%s", ip, mac)
+	}
+	return nil
+}
+
+// DelNeigh removes the neighbour entry for ip. Removing an entry that is not
+// there is not an error.
+func (e *Entries) DelNeigh(ip netip.Addr) error {
+	n := &netlink.Neigh{LinkIndex: e.ifindex, Family: unix.AF_INET, IP: ip.AsSlice()}
+	if err := e.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
+		return e.wrap(err, "delete neighbour %s", ip)
+	}
+	return nil
+}
+
+// Neighbours lists the device's IPv4 neighbour entries.
+func (e *Entries) Neighbours() ([]Neighbour, error) {
+	list, err := listRetrying(func() ([]netlink.Neigh, error) { return e.h.NeighList(e.ifindex, unix.AF_INET) })
+	if err != nil {
+		return nil, e.wrap(err, "list neighbours")
+	}
+	out := make([]Neighbour, 0, len(list))
+	for _, n := range list {
+		ip, ok := netip.AddrFromSlice(n.IP.To4())
+		if !ok {
+			continue
+		}
+		out = append(out, Neighbour{IP: ip, MAC: n.HardwareAddr, State: n.State})
+	}
+	return out, nil
+}
+
+// FDB lists the device's unicast forwarding entries that have a destination.
+// The device's own multicast addresses, which the kernel lists too, are left
+// out.
+func (e *Entries) FDB() ([]FDBEntry, error) {
+	list, err := listRetrying(func() ([]netlink.Neigh, error) { return e.h.NeighList(e.ifindex, unix.AF_BRIDGE) })
+	if err != nil {
+		return nil, e.wrap(err, "list fdb")
+	}
+	out := make([]FDBEntry, 0, len(list))
+	for _, n := range list {
+		dst, ok := netip.AddrFromSlice(n.IP.To4())
+		if !ok || len(n.HardwareAddr) != 6 || n.HardwareAddr[0]&1 != 0 {
+			continue
+		}
+		out = append(out, FDBEntry{MAC: n.HardwareAddr, Dst: dst, State: n.State})
+	}
+	return out, nil
+}
+
+func (e *Entries) fdb(mac net.HardwareAddr, dst netip.Addr) *netlink.Neigh {
+	return &netlink.Neigh{
+		LinkIndex:    e.ifindex,
+		Family:       unix.AF_BRIDGE,
+		State:        netlink.NUD_PERMANENT,
+		Flags:        netlink.NTF_SELF,
+		IP:           dst.AsSlice(),
+		HardwareAddr: mac,
+	}
+}
+
+func (e *Entries) wrap(err error, format string, args ...any) error {
+	what := fmt.Sprintf(format, args...)
+	if errors.Is(err, unix.ENOBUFS) {
+		return fmt.Errorf("fabric: %s on %s: %w: %w", what, e.name, ErrTableFull, err)
+	}
+	return fmt.Errorf("fabric: %s on %s: %w", what, e.name, err)
+}
+
+// listRetrying repeats a dump that the kernel interrupted because the table
+// changed under it; such a dump may have skipped entries.
+func listRetrying[T any](dump func() ([]T, error)) ([]T, error) {
+	for i := 0; ; i++ {
+		out, err := dump()
+		if errors.Is(err, netlink.ErrDumpInterrupted) && i < 10 {
+			continue
+		}
+		return out, err
+	}
+}
