@@ -1,0 +1,225 @@
+package miss
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/vtepd/vtepd/store"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Leases is what the responder asks about addresses and MACs; *store.Table
+// implements it.
+type Leases interface {
+	LookupIP(netip.Addr) (store.Lease, bool)
+	LookupMAC(store.MAC) (store.Lease, bool)
+}
+
+// Kernel is what the responder writes to; *fabric.Entries implements it.
+type Kernel interface {
+	SetFDB(mac net.HardwareAddr, dst netip.Addr) error
+	SetNeigh(ip netip.Addr, mac net.HardwareAddr) error
+}
+
+// Outcome is what became of a miss.
+type Outcome uint8
+
+const (
+	// Answered: the entries were installed.
+	Answered Outcome = iota
+	// OwnSubnet: the address is this host's; it is not ours to answer.
+	OwnSubnet
+	// NoLease: no lease holds the address or MAC.
+	NoLease
+	// OutsideOverlay: the address is not in the overlay network (the
+	// kernel's IPv6 link-local misses, for one).
+	OutsideOverlay
+	// Failed: a kernel write failed.
+	Failed
+	numOutcomes
+)
+
+var outcomeNames = [numOutcomes]string{"answered", "own_subnet", "no_lease", "outside_overlay", "error"}
+
+func (o Outcome) String() string {
+	if o < numOutcomes {
+		return outcomeNames[o]
+	}
+	return fmt.Sprintf("Outcome(%d)", uint8(o))
+}
+
+// Outcomes lists every outcome, for metrics.
+func Outcomes() []Outcome {
+	out := make([]Outcome, numOutcomes)
+	for i := range out {
+		out[i] = Outcome(i)
+	}
+	return out
+}
+
+// Result is the responder's account of one miss.
+type Result struct {
+	Outcome Outcome
+	// Lease is the lease that answered (Answered, Failed).
+	Lease store.Lease
+	// Writes is the number of kernel writes made.
+	Writes int
+	// Latency runs from the message's receipt to the kernel's ack of the
+	// last write.
+	Latency time.Duration
+	Err     error
+}
+
+// ResponderConfig describes the device a Responder answers for.
+type ResponderConfig struct {
+	// Ifindex is the VXLAN device's index; misses on other devices are
+	// not ours.
+	Ifindex int
+	// Network is the whole overlay.
+	Network netip.Prefix
+	// Own is this host's subnet.
+	Own netip.Prefix
+}
+
+// Responder answers misses for one VXLAN device.
+type Responder struct {
+	cfg    ResponderConfig
+	leases Leases
+	kernel Kernel
+	log    *zap.Logger
+
+	// mu serialises answering against invalidation, so that an answer
+	// built from a lease that has just been removed cannot land after the
+	// removal's cleanup.
+	mu sync.Mutex
+	// fdb is the FDB entries known to be installed: VTEP MAC -> public IP.
+	// An L3 answer skips the FDB write when it is already there.
+	fdb map[store.MAC]netip.Addr
+
+	counts [3][numOutcomes]atomic.Uint64 // by Kind (index 1, 2) and Outcome
+}
+
+// NewResponder returns a responder that looks leases up in leases and
+// writes through kernel.
+func NewResponder(cfg ResponderConfig, leases Leases, kernel Kernel, log *zap.Logger) *Responder {
+	return &Responder{cfg: cfg, leases: leases, kernel: kernel, log: log, fdb: make(map[store.MAC]netip.Addr)}
+}
+
+// Count returns how many misses of kind ended with outcome.
+func (r *Responder) Count(kind Kind, o Outcome) uint64 {
+	if kind != L2 && kind != L3 || o >= numOutcomes {
+		return 0
+	}
+	return r.counts[kind][o].Load()
+}
+
+// Handle answers m if it is for our device, and logs it at debug level. It
+// is the function to pass to Listener.Run.
+func (r *Responder) Handle(m *Miss) {
+	if m.Ifindex != r.cfg.Ifindex {
+		return
+	}
+	res := r.Answer(m)
+	if ce := r.log.Check(zapcore.DebugLevel, "miss"); ce != nil {
+		ce.Write(missFields(m, res)...)
+	}
+}
+
+// Answer answers one miss for our device with the fewest kernel writes and
+// counts it.
+func (r *Responder) Answer(m *Miss) Result {
+	var res Result
+	switch m.Kind {
+	case L3:
+		res = r.answerL3(m)
+	case L2:
+		res = r.answerL2(m)
+	}
+	res.Latency = time.Since(m.Received)
+	if m.Kind == L2 || m.Kind == L3 {
+		r.counts[m.Kind][res.Outcome].Add(1)
+	}
+	return res
+}
+
+func (r *Responder) answerL3(m *Miss) Result {
+	switch {
+	case !m.IP.Is4() || !r.cfg.Network.Contains(m.IP):
+		return Result{Outcome: OutsideOverlay}
+	case r.cfg.Own.Contains(m.IP):
+		return Result{Outcome: OwnSubnet}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l, ok := r.leases.LookupIP(m.IP)
+	if !ok {
+		return Result{Outcome: NoLease}
+	}
+	res := Result{Outcome: Answered, Lease: l}
+	mac := net.HardwareAddr(l.VtepMAC[:])
+	// FDB first: the neighbour write releases the queued packets at once,
+	// and a packet towards a MAC without an FDB entry is dropped.
+	if r.fdb[l.VtepMAC] != l.PublicIP {
+		res.Writes++
+		if err := r.kernel.SetFDB(mac, l.PublicIP); err != nil {
+			res.Outcome, res.Err = Failed, err
+			return res
+		}
+		r.fdb[l.VtepMAC] = l.PublicIP
+	}
+	res.Writes++
+	if err := r.kernel.SetNeigh(m.IP, mac); err != nil {
+		res.Outcome, res.Err = Failed, err
+	}
+	return res
+}
+
+func (r *Responder) answerL2(m *Miss) Result {
+	if !m.HasMAC {
+		return Result{Outcome: NoLease}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l, ok := r.leases.LookupMAC(m.MAC)
+	if !ok {
+		return Result{Outcome: NoLease}
+	}
+	if r.cfg.Own.Contains(l.Subnet.Addr()) {
+		return Result{Outcome: OwnSubnet, Lease: l}
+	}
+	// The kernel says the entry is missing, whatever r.fdb believes (it
+	// may have been deleted behind our back): write it.
+	res := Result{Outcome: Answered, Lease: l, Writes: 1}
+	if err := r.kernel.SetFDB(net.HardwareAddr(l.VtepMAC[:]), l.PublicIP); err != nil {
+		delete(r.fdb, l.VtepMAC)
+		res.Outcome, res.Err = Failed, err
+		return res
+	}
+	r.fdb[l.VtepMAC] = l.PublicIP
+	return res
+}
+
+func missFields(m *Miss, res Result) []zap.Field {
+	f := make([]zap.Field, 0, 9)
+	f = append(f, zap.Stringer("kind", m.Kind))
+	if m.IP.IsValid() {
+		f = append(f, zap.Stringer("ip", m.IP))
+	}
+	if m.HasMAC {
+		f = append(f, zap.Stringer("mac", m.MAC))
+	}
+	f = append(f, zap.String("state", StateString(m.State)), zap.Stringer("outcome", res.Outcome))
+	if res.Lease.Subnet.IsValid() {
+		f = append(f, zap.Stringer("lease", res.Lease.Subnet), zap.Stringer("vtep", res.Lease.PublicIP), zap.Stringer("vtep_mac", res.Lease.VtepMAC))
+	}
+	f = append(f, zap.Int("writes", res.Writes), zap.Duration("latency", res.Latency))
+	if res.Err != nil {
+		f = append(f, zap.Error(res.Err))
+	}
+	return f
+}
