@@ -1,0 +1,89 @@
+// Command vtepd is a miss-driven VXLAN VTEP responder for etcd-backed
+// overlays that share flannel's schema.
+//
+//	vtepd run [flags]      run the agent on this host
+//	vtepd version          print the version
+//
+// Every flag of a subcommand can also be given as an environment variable:
+// --etcd-endpoints as VTEPD_ETCD_ENDPOINTS, and so on. A flag on the command
+// line wins over the environment.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// command is one vtepd subcommand.
+type command struct {
+	name    string
+	summary string
+	run     func(args []string, stdout, stderr io.Writer) error
+}
+
+func commands() []command {
+	return []command{
+		{"run", "run the agent on this host", runCommand},
+		{"version", "print the version", func(_ []string, stdout, _ io.Writer) error {
+			fmt.Fprintln(stdout, "vtepd", version)
+			return nil
+		}},
+	}
+}
+
+// usageError is a mistake on the command line: exit status 2.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func main() {
+	os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func realMain(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		usage(stderr)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name != args[0] {
+			continue
+		}
+		err := c.run(args[1:], stdout, stderr)
+		var ue usageError
+		switch {
+		case err == nil, errors.Is(err, flag.ErrHelp):
+			return 0
+		case errors.As(err, &ue):
+			fmt.Fprintf(stderr, "vtepd %s: %v\n", c.name, err)
+			return 2
+		default:
+			fmt.Fprintf(stderr, "vtepd %s: %v\n", c.name, err)
+			return 1
+		}
+	}
+	fmt.Fprintf(stderr, "vtepd: unknown command %q\n\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: vtepd <command> [flags]")
+	fmt.Fprintln(w)
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Run 'vtepd <command> -h' for a command's flags. Every flag can also be set")
+	fmt.Fprintln(w, "through the environment: --etcd-endpoints as VTEPD_ETCD_ENDPOINTS.")
+}

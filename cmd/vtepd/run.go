@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os/signal"
+	"regexp"
+	"syscall"
+	"time"
+
+	"github.com/vtepd/vtepd/agent"
+	"github.com/vtepd/vtepd/store"
+	"github.com/vtepd/vtepd/subnetfile"
+	"go.uber.org/zap"
+)
+
+func runCommand(args []string, _, stderr io.Writer) error {
+	fs := newFlagSet("run", stderr)
+	endpoints := &listFlag{values: []string{"http://127.0.0.1:2379"}}
+	fs.Var(endpoints, "etcd-endpoints", "comma-separated etcd endpoints")
+	prefix := fs.String("etcd-prefix", "/coreos.com/network", "etcd prefix of the network config and leases (flannel's)")
+	ifaces := &listFlag{}
+	fs.Var(ifaces, "iface", "underlay interface, by name or address (repeatable; first match wins; default: the interface of the default route)")
+	ifaceRegexes := &listFlag{}
+	fs.Var(ifaceRegexes, "iface-regex", "regular expression matching the underlay interface's name or address (repeatable; tried after --iface)")
+	var publicIP addrFlag
+	fs.Var(&publicIP, "public-ip", "address published to other hosts (default: the underlay interface's address)")
+	device := fs.String("device", "", "VXLAN device name (default flannel.<VNI>)")
+	subnetFile := fs.String("subnet-file", subnetfile.DefaultPath, "where to write the subnet file for Docker")
+	leaseTTL := fs.Duration("subnet-lease-ttl", store.DefaultLeaseTTL, "TTL of this host's subnet lease in etcd")
+	renewMargin := fs.Int("subnet-lease-renew-margin", int(store.DefaultRenewMargin/time.Minute), "renew the subnet lease this many minutes before it expires (flannel's flag)")
+	var logs logFlags
+	logs.register(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+
+	cfg := agent.Config{
+		EtcdEndpoints: endpoints.values,
+		EtcdPrefix:    *prefix,
+		DeviceName:    *device,
+		SubnetFile:    *subnetFile,
+		LeaseTTL:      *leaseTTL,
+		RenewMargin:   time.Duration(*renewMargin) * time.Minute,
+	}
+	cfg.Underlay.Ifaces = ifaces.values
+	cfg.Underlay.PublicIP = publicIP.addr
+	for _, s := range ifaceRegexes.values {
+		re, err := regexp.Compile(s)
+		if err != nil {
+			return usageError{fmt.Errorf("invalid value %q for --iface-regex: %v", s, err)}
+		}
+		cfg.Underlay.IfaceRegexes = append(cfg.Underlay.IfaceRegexes, re)
+	}
+	switch {
+	case len(cfg.EtcdEndpoints) == 0:
+		return usageError{fmt.Errorf("--etcd-endpoints is empty")}
+	case cfg.LeaseTTL < 10*time.Second:
+		return usageError{fmt.Errorf("invalid value %s for --subnet-lease-ttl: want at least 10s", cfg.LeaseTTL)}
+	case cfg.RenewMargin <= 0 || cfg.RenewMargin >= 24*time.Hour:
+		return usageError{fmt.Errorf("invalid value %d for --subnet-lease-renew-margin: want more than 0 and less than 1440 minutes (24h)", *renewMargin)}
+	}
+
+	log, err := logs.logger(stderr)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	log.Info("vtepd starting", zap.String("version", version), zap.Strings("etcd_endpoints", cfg.EtcdEndpoints), zap.String("etcd_prefix", cfg.EtcdPrefix))
+	if err := agent.Run(ctx, cfg, log); err != nil {
+		log.Error("vtepd stopped", zap.Error(err))
+		return err
+	}
+	log.Info("vtepd stopped; device, entries and lease left in place for the next start")
+	return nil
+}
