@@ -1,0 +1,288 @@
+package netns
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"github.com/vtepd/vtepd/fabric"
+	"github.com/vtepd/vtepd/subnetfile"
+	"golang.org/x/sys/unix"
+)
+
+// Host is a namespace standing for one machine of the overlay.
+type Host struct {
+	Index int
+	Name  string // short name, e.g. h1
+	NS    string // namespace
+	IP    netip.Addr
+	// SubnetFile is where this host's vtepd writes the subnet file.
+	SubnetFile string
+	// Vtepd is the agent process, once started.
+	Vtepd *Process
+	// Container is the host's container, once added.
+	Container *Container
+
+	lab *Lab
+}
+
+// AddHost adds host N+1: a namespace with eth0 on the underlay bridge,
+// address 198.51.100.(10+N+1)/24, a default route via the bridge, and IPv4
+// forwarding on (as Docker turns it on).
+func (l *Lab) AddHost() (*Host, error) {
+	l.mu.Lock()
+	i := len(l.hosts) + 1
+	l.mu.Unlock()
+	h := &Host{
+		Index:      i,
+		Name:       fmt.Sprintf("h%d", i),
+		NS:         fmt.Sprintf("%s-h%d", l.Name, i),
+		IP:         netip.AddrFrom4([4]byte{198, 51, 100, byte(10 + i)}),
+		SubnetFile: filepath.Join(l.Dir, fmt.Sprintf("h%d.subnet.env", i)),
+		lab:        l,
+	}
+	if err := l.addNamespace(h.NS); err != nil {
+		return nil, err
+	}
+	port := fmt.Sprintf("h%d", i)
+	err := l.runAll(
+		[]string{"ip", "link", "add", "eth0", "netns", h.NS, "type", "veth", "peer", "name", port, "netns", l.Underlay},
+		[]string{"ip", "-n", l.Underlay, "link", "set", port, "master", "br0", "up"},
+		[]string{"ip", "-n", h.NS, "addr", "add", h.IP.String() + "/24", "dev", "eth0"},
+		[]string{"ip", "-n", h.NS, "link", "set", "eth0", "up"},
+		[]string{"ip", "-n", h.NS, "route", "add", "default", "via", UnderlayBridge.String()},
+		[]string{"ip", "netns", "exec", h.NS, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
+	)
+	if err != nil {
+		return nil, err
+	}
+	l.mu.Lock()
+	l.hosts = append(l.hosts, h)
+	l.mu.Unlock()
+	return h, nil
+}
+
+// StartVtepd starts `vtepd run` on the host against the lab's etcd, at debug
+// level, and waits until it has written its subnet file (the last thing it
+// does when ready). Extra arguments are appended.
+func (h *Host) StartVtepd(extra ...string) (*Process, error) {
+	p, err := h.StartVtepdNoWait(extra...)
+	if err != nil {
+		return nil, err
+	}
+	return p, h.WaitReady(p, 30*time.Second)
+}
+
+// StartVtepdNoWait starts vtepd without waiting for it to be ready. The
+// subnet file of an earlier run is removed first, so that WaitReady waits
+// for this run.
+func (h *Host) StartVtepdNoWait(extra ...string) (*Process, error) {
+	os.Remove(h.SubnetFile)
+	args := []string{h.lab.Bin.Vtepd, "run",
+		"--etcd-endpoints", strings.Join(h.lab.Endpoints(), ","),
+		"--subnet-file", h.SubnetFile,
+		"--log-level", "debug",
+		"--log-format", "json",
+	}
+	p, err := h.lab.Start(h.NS, h.Name+".vtepd", append(args, extra...)...)
+	if err != nil {
+		return nil, err
+	}
+	h.Vtepd = p
+	return p, nil
+}
+
+// WaitReady waits until p has written the host's subnet file, or has exited.
+func (h *Host) WaitReady(p *Process, timeout time.Duration) error {
+	err := poll(timeout, func() error {
+		if done, err := p.Exited(); done {
+			return fmt.Errorf("vtepd on %s exited (%v) before it was ready", h.Name, err)
+		}
+		_, err := os.Stat(h.SubnetFile)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("netns: vtepd on %s not ready: %w\n%s", h.Name, err, Tail(p.Log(), 20))
+	}
+	return nil
+}
+
+// Subnet reads the host's subnet file.
+func (h *Host) Subnet() (subnetfile.Env, error) { return subnetfile.Read(h.SubnetFile) }
+
+// Exec runs a command in the host's namespace and returns its output.
+func (h *Host) Exec(args ...string) (string, error) {
+	return h.lab.output(append([]string{"ip", "netns", "exec", h.NS}, args...)...)
+}
+
+// Sysctl sets a sysctl in the host's namespace.
+func (h *Host) Sysctl(name, value string) error {
+	_, err := h.Exec("sysctl", "-qw", name+"="+value)
+	return err
+}
+
+// Container is a namespace behind a host's container bridge.
+type Container struct {
+	NS   string
+	Host *Host
+	// Addr is the container's primary address (the subnet's .2).
+	Addr netip.Addr
+	// Extra are further addresses on the container, fresh targets for
+	// first-packet tests.
+	Extra []netip.Addr
+}
+
+// AddContainer builds the host's container bridge from its subnet file
+// (cbr0 with FLANNEL_SUBNET and FLANNEL_MTU, as dockerd --bip --mtu would)
+// and one container on it with .2 and extra more addresses from .10 up.
+// The host's vtepd must be ready.
+func (h *Host) AddContainer(extra int) (*Container, error) {
+	env, err := h.Subnet()
+	if err != nil {
+		return nil, err
+	}
+	c := &Container{NS: fmt.Sprintf("%s-c%d", h.lab.Name, h.Index), Host: h}
+	base := env.Subnet.Masked().Addr().As4()
+	at := func(n int) netip.Addr {
+		b := base
+		b[3] += byte(n)
+		return netip.AddrFrom4(b)
+	}
+	c.Addr = at(2)
+	if 10+extra > 1<<(32-env.Subnet.Bits())-1 {
+		return nil, fmt.Errorf("netns: %d extra addresses do not fit in %s", extra, env.Subnet)
+	}
+	for n := 0; n < extra; n++ {
+		c.Extra = append(c.Extra, at(10+n))
+	}
+	if err := h.lab.addNamespace(c.NS); err != nil {
+		return nil, err
+	}
+	mtu := strconv.Itoa(env.MTU)
+	bits := strconv.Itoa(env.Subnet.Bits())
+	cmds := [][]string{
+		{"ip", "-n", h.NS, "link", "add", "cbr0", "mtu", mtu, "type", "bridge"},
+		{"ip", "-n", h.NS, "addr", "add", env.Subnet.String(), "dev", "cbr0"},
+		{"ip", "-n", h.NS, "link", "set", "cbr0", "up"},
+		{"ip", "link", "add", "veth-c", "netns", h.NS, "mtu", mtu, "type", "veth", "peer", "name", "eth0", "netns", c.NS, "mtu", mtu},
+		{"ip", "-n", h.NS, "link", "set", "veth-c", "master", "cbr0", "up"},
+		{"ip", "-n", c.NS, "addr", "add", c.Addr.String() + "/" + bits, "dev", "eth0"},
+	}
+	for _, a := range c.Extra {
+		cmds = append(cmds, []string{"ip", "-n", c.NS, "addr", "add", a.String() + "/" + bits, "dev", "eth0"})
+	}
+	cmds = append(cmds,
+		[]string{"ip", "-n", c.NS, "link", "set", "eth0", "up"},
+		[]string{"ip", "-n", c.NS, "route", "add", "default", "via", env.Subnet.Addr().String()},
+	)
+	if err := h.lab.runAll(cmds...); err != nil {
+		return nil, err
+	}
+	h.Container = c
+	return c, nil
+}
+
+// PingResult is what one ping run reported.
+type PingResult struct {
+	Sent, Received int
+	// RTTs of the replies, in order.
+	RTTs []time.Duration
+	// Output is ping's output.
+	Output string
+}
+
+var (
+	rttRe   = regexp.MustCompile(`time=([0-9.]+) ms`)
+	countRe = regexp.MustCompile(`(\d+) packets transmitted, (\d+) received`)
+)
+
+// Ping runs ping in the container. args go to ping before the address,
+// e.g. "-c1", "-W1". Ping gives up after five minutes.
+func (c *Container) Ping(addr netip.Addr, args ...string) (PingResult, error) {
+	argv := append([]string{"ip", "netns", "exec", c.NS, "ping", "-n"}, args...)
+	argv = append(argv, addr.String())
+	out, err := c.Host.lab.outputWithin(5*time.Minute, argv...)
+	res := PingResult{Output: out}
+	if m := countRe.FindStringSubmatch(out); m != nil {
+		res.Sent, _ = strconv.Atoi(m[1])
+		res.Received, _ = strconv.Atoi(m[2])
+	} else {
+		return res, fmt.Errorf("netns: ping %s from %s: no summary in output: %v", addr, c.NS, err)
+	}
+	for _, m := range rttRe.FindAllStringSubmatch(out, -1) {
+		ms, _ := strconv.ParseFloat(m[1], 64)
+		res.RTTs = append(res.RTTs, time.Duration(ms*float64(time.Millisecond)))
+	}
+	// ping exits non-zero when a packet is lost; the counts say so.
+	return res, nil
+}
+
+// Kernel is a read-only view of a host's VXLAN device state, for
+// assertions.
+type Kernel struct {
+	Neighbours []fabric.Neighbour
+	FDB        []fabric.FDBEntry
+	Routes     []netlink.Route
+	Device     netlink.Link
+}
+
+// Kernel reads the host's device, its IPv4 neighbour and FDB entries, and
+// the IPv4 routes through it.
+func (h *Host) Kernel(device string) (Kernel, error) {
+	ns, err := netns.GetFromName(h.NS)
+	if err != nil {
+		return Kernel{}, err
+	}
+	defer ns.Close()
+	nh, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return Kernel{}, err
+	}
+	defer nh.Close()
+	link, err := nh.LinkByName(device)
+	if err != nil {
+		return Kernel{}, fmt.Errorf("netns: %s on %s: %w", device, h.Name, err)
+	}
+	entries, err := fabric.OpenEntriesAt(ns, link.Attrs().Index, device)
+	if err != nil {
+		return Kernel{}, err
+	}
+	defer entries.Close()
+	k := Kernel{Device: link}
+	if k.Neighbours, err = entries.Neighbours(); err != nil {
+		return Kernel{}, err
+	}
+	if k.FDB, err = entries.FDB(); err != nil {
+		return Kernel{}, err
+	}
+	routes, err := nh.RouteList(link, unix.AF_INET)
+	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+		return Kernel{}, err
+	}
+	for _, r := range routes {
+		if r.Protocol != unix.RTPROT_KERNEL {
+			k.Routes = append(k.Routes, r)
+		}
+	}
+	return k, nil
+}
+
+// Tail returns the last n lines of s.
+func Tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Tail returns the last n lines of a process's log.
+func (p *Process) Tail(n int) string { return Tail(p.Log(), n) }
