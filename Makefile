@@ -1,0 +1,40 @@
+# vtepd. The two commands that matter:
+#   make demo   a lab of vtepd hosts on this machine, misses answered live (root)
+#   make test   every test: unit tests, then the netns lab tests (root)
+
+GO      ?= go
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+PREFIX  ?= /usr/local
+
+# Packages without network namespaces; their tests run anywhere.
+UNIT_PKGS := ./store/... ./miss/... ./fabric/... ./subnetfile/... ./agent/... ./cmd/...
+
+.PHONY: all build deps test unit netns demo clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/vtepd ./cmd/vtepd
+
+deps:
+	@./scripts/deps.sh
+	@$(GO) mod download
+
+test: deps
+	$(GO) vet ./...
+	$(GO) test -race -count=1 $(UNIT_PKGS)
+	$(GO) test -count=1 -timeout 14m -v ./test/netns/... 2>&1 | ./scripts/test-summary.sh
+
+unit:
+	$(GO) test -race -count=1 $(UNIT_PKGS)
+
+# The netns suite alone, e.g. `make netns RUN=TestCore`.
+netns: deps
+	$(GO) test -count=1 -timeout 14m -v -run '$(RUN)' ./test/netns/... 2>&1 | ./scripts/test-summary.sh
+
+demo: deps
+	$(GO) run ./test/netns/cmd/demo
+
+clean:
+	rm -rf bin
