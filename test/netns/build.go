@@ -14,21 +14,36 @@ type Binaries struct {
 	LabEtcd string
 }
 
+// BuildOptions say how to build the lab's binaries.
+type BuildOptions struct {
+	// Race builds vtepd with the race detector: the tests then catch data
+	// races in the daemon under real traffic (see RaceReports).
+	Race bool
+}
+
 // Build compiles vtepd and labetcd into dir. It finds the module from the
 // working directory, so it works from the repository root and from a test's
 // package directory.
-func Build(dir string) (Binaries, error) {
+func Build(dir string, opts BuildOptions) (Binaries, error) {
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
 		return Binaries{}, fmt.Errorf("netns: go env GOMOD: %w", err)
 	}
 	root := filepath.Dir(strings.TrimSpace(string(out)))
 	b := Binaries{Vtepd: filepath.Join(dir, "vtepd"), LabEtcd: filepath.Join(dir, "labetcd")}
-	for _, t := range []struct{ out, pkg string }{
-		{b.Vtepd, "./cmd/vtepd"},
-		{b.LabEtcd, "./test/netns/cmd/labetcd"},
+	var race []string
+	if opts.Race {
+		race = []string{"-race"}
+	}
+	for _, t := range []struct {
+		out, pkg string
+		flags    []string
+	}{
+		{b.Vtepd, "./cmd/vtepd", race},
+		{b.LabEtcd, "./test/netns/cmd/labetcd", nil},
 	} {
-		cmd := exec.Command("go", "build", "-o", t.out, t.pkg)
+		args := append(append([]string{"build"}, t.flags...), "-o", t.out, t.pkg)
+		cmd := exec.Command("go", args...)
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return Binaries{}, fmt.Errorf("netns: go build %s: %v: %s", t.pkg, err, bytes.TrimSpace(out))

@@ -210,18 +210,34 @@ func (c *Container) Ping(addr netip.Addr, args ...string) (PingResult, error) {
 	argv := append([]string{"ip", "netns", "exec", c.NS, "ping", "-n"}, args...)
 	argv = append(argv, addr.String())
 	out, err := c.Host.lab.outputWithin(5*time.Minute, argv...)
-	res := PingResult{Output: out}
-	if m := countRe.FindStringSubmatch(out); m != nil {
-		res.Sent, _ = strconv.Atoi(m[1])
-		res.Received, _ = strconv.Atoi(m[2])
-	} else {
-		return res, fmt.Errorf("netns: ping %s from %s: no summary in output: %v", addr, c.NS, err)
+	res, perr := ParsePing(out)
+	if perr != nil {
+		return res, fmt.Errorf("netns: ping %s from %s: %v: %w", addr, c.NS, err, perr)
 	}
+	// ping exits non-zero when a packet is lost; the counts say so.
+	return res, nil
+}
+
+// StartPing starts ping in the container in the background; parse its
+// output with ParsePing once it has exited.
+func (c *Container) StartPing(name string, addr netip.Addr, args ...string) (*Process, error) {
+	argv := append([]string{"ping", "-n"}, args...)
+	return c.Host.lab.Start(c.NS, name, append(argv, addr.String())...)
+}
+
+// ParsePing reads ping's summary from its output.
+func ParsePing(out string) (PingResult, error) {
+	res := PingResult{Output: out}
+	m := countRe.FindStringSubmatch(out)
+	if m == nil {
+		return res, fmt.Errorf("netns: no ping summary in output:\n%s", Tail(out, 5))
+	}
+	res.Sent, _ = strconv.Atoi(m[1])
+	res.Received, _ = strconv.Atoi(m[2])
 	for _, m := range rttRe.FindAllStringSubmatch(out, -1) {
 		ms, _ := strconv.ParseFloat(m[1], 64)
 		res.RTTs = append(res.RTTs, time.Duration(ms*float64(time.Millisecond)))
 	}
-	// ping exits non-zero when a packet is lost; the counts say so.
 	return res, nil
 }
 

@@ -146,6 +146,21 @@ func (l *Lab) addNamespace(ns string) error {
 	return l.run("ip", "-n", ns, "link", "set", "lo", "up")
 }
 
+// RaceReports returns, for every process of the lab whose log shows a data
+// race report, its name.
+func (l *Lab) RaceReports() []string {
+	l.mu.Lock()
+	procs := append([]*Process(nil), l.procs...)
+	l.mu.Unlock()
+	var out []string
+	for _, p := range procs {
+		if strings.Contains(p.Log(), "WARNING: DATA RACE") {
+			out = append(out, p.Name)
+		}
+	}
+	return out
+}
+
 // Hosts returns the hosts added so far.
 func (l *Lab) Hosts() []*Host {
 	l.mu.Lock()

@@ -27,7 +27,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		bins, buildErr = netns.Build(dir)
+		bins, buildErr = netns.Build(dir, netns.BuildOptions{Race: true})
 		code := m.Run()
 		os.RemoveAll(dir)
 		os.Exit(code)
@@ -51,6 +51,9 @@ func newLab(t *testing.T, name string) *netns.Lab {
 		t.Fatalf("creating the lab: %v", err)
 	}
 	t.Cleanup(func() {
+		for _, name := range lab.RaceReports() {
+			t.Errorf("%s reported a data race; see its log", name)
+		}
 		if t.Failed() {
 			for _, h := range lab.Hosts() {
 				if h.Vtepd != nil {

@@ -49,7 +49,7 @@ func run(nhosts int, keep bool) error {
 	}
 	defer os.RemoveAll(dir)
 	step("building vtepd and the lab's embedded etcd")
-	bins, err := netns.Build(dir)
+	bins, err := netns.Build(dir, netns.BuildOptions{})
 	if err != nil {
 		return err
 	}
