@@ -90,6 +90,13 @@ func (l *Listener) Stats() ListenerStats {
 // misses and are skipped. A socket overflow is counted and reading goes on at
 // once: sleeping would only lose more (flannel#414, flannel#779).
 func (l *Listener) Run(ctx context.Context, handle func(m *Miss)) error {
+	// Clear the past deadline an earlier Run left behind when its context
+	// was cancelled; otherwise every read fails at once and the loop below
+	// spins on os.ErrDeadlineExceeded. Before AfterFunc, so that a context
+	// that is already done still wakes this Run.
+	if err := l.conn.SetReadDeadline(time.Time{}); err != nil {
+		return fmt.Errorf("miss: clear read deadline: %w", err)
+	}
 	stop := context.AfterFunc(ctx, func() {
 		// Wake the blocked read; the deadline error ends the loop below.
 		l.conn.SetReadDeadline(time.Unix(1, 0))

@@ -51,11 +51,12 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 			return
 		}
 		if e := fs.Set(f.Name, v); e != nil {
-			shown := v
 			if strings.Contains(f.Name, "password") {
-				shown = "***"
+				// Never echo a secret, not even inside the flag's own error.
+				err = usageError{fmt.Errorf("environment %s: invalid value for --%s", name, f.Name)}
+				return
 			}
-			err = usageError{fmt.Errorf("environment %s=%q: invalid value for --%s: %v", name, shown, f.Name, e)}
+			err = usageError{fmt.Errorf("environment %s=%q: invalid value for --%s: %v", name, v, f.Name, e)}
 		}
 	})
 	return err
