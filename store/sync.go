@@ -105,8 +105,12 @@ func (s *syncer) list(ctx context.Context) (int64, error) {
 	s.t.mu.Lock()
 	changes, rejected := s.t.replaceAll(leases)
 	s.t.mu.Unlock()
-	for key, why := range rejected {
-		s.reject(key, resp.Header.Revision, why)
+	// Report each conflict at the lease's own revision, as the watch does,
+	// so that an unchanged conflict is not reported again on every re-list.
+	for _, l := range leases {
+		if why, ok := rejected[l.Key]; ok {
+			s.reject(l.Key, l.ModRevision, why)
+		}
 	}
 	s.t.notify(changes)
 	s.t.markSynced()
@@ -132,7 +136,16 @@ func (s *syncer) watch(ctx context.Context, rev int64) (int64, error) {
 		for _, ev := range wresp.Events {
 			s.apply(ev)
 		}
-		if r := wresp.Header.Revision; r > rev {
+		// A watch catching up on history gets its events in batches of at
+		// most 1000 revisions, each headed by etcd's current revision, not
+		// by the batch's last: resuming after the header would lose the
+		// batches not yet sent. Only a response without events (a progress
+		// notification) vouches for its header revision.
+		r := wresp.Header.Revision
+		if n := len(wresp.Events); n > 0 {
+			r = wresp.Events[n-1].Kv.ModRevision
+		}
+		if r > rev {
 			rev = r
 		}
 	}
