@@ -130,6 +130,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	defer listener.Close()
 
 	table := store.NewTable(netCfg)
+	table.SetOwn(ownLease.Key)
 	table.OnChange(func(c store.Change) {
 		// Our key deleted, or saying something we did not write: let the
 		// keeper find out whether to publish again or give up the subnet.

@@ -153,10 +153,11 @@ func ParseConfig(key string, value []byte) (Config, error) {
 	if cfg.Backend.Type != "vxlan" {
 		return fail("Backend.Type", "%q is not supported: vtepd speaks only vxlan", cfg.Backend.Type)
 	}
-	if err := decodeField(backend, "VNI", &cfg.Backend.VNI, false); err != nil {
+	// flannel's default applies only when the field is absent: an explicit
+	// 0 is VNI 0, which Linux accepts.
+	if present, err := decodeFieldPresent(backend, "VNI", &cfg.Backend.VNI, false); err != nil {
 		return fail("Backend.VNI", "%v", err)
-	}
-	if cfg.Backend.VNI == 0 {
+	} else if !present {
 		cfg.Backend.VNI = DefaultVNI
 	}
 	if cfg.Backend.VNI < 0 || cfg.Backend.VNI >= 1<<24 {
@@ -180,19 +181,35 @@ func (c Config) SubnetCount() int {
 }
 
 // decodeField decodes doc[name] into dst. A missing field is an error only
-// when required; JSON null counts as missing.
+// when required; JSON null counts as missing. Names match as encoding/json
+// (and so flannel) matches them: exactly if possible, else ignoring case.
 func decodeField(doc map[string]json.RawMessage, name string, dst any, required bool) error {
+	_, err := decodeFieldPresent(doc, name, dst, required)
+	return err
+}
+
+// decodeFieldPresent is decodeField that also reports whether the field was
+// there, for defaults that apply only to an absent field.
+func decodeFieldPresent(doc map[string]json.RawMessage, name string, dst any, required bool) (bool, error) {
 	raw, ok := doc[name]
+	if !ok {
+		for k, v := range doc {
+			if strings.EqualFold(k, name) {
+				raw, ok = v, true
+				break
+			}
+		}
+	}
 	if !ok || strings.TrimSpace(string(raw)) == "null" {
 		if required {
-			return fmt.Errorf("missing")
+			return false, fmt.Errorf("missing")
 		}
-		return nil
+		return false, nil
 	}
 	if err := json.Unmarshal(raw, dst); err != nil {
-		return fmt.Errorf("want %s, got %s", jsonKind(dst), raw)
+		return true, fmt.Errorf("want %s, got %s", jsonKind(dst), raw)
 	}
-	return nil
+	return true, nil
 }
 
 func jsonKind(v any) string {

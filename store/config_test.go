@@ -95,8 +95,20 @@ func TestParseConfigValid(t *testing.T) {
 		},
 		{
 			name:    "zero and null mean the default",
-			value:   `{"Network":"10.5.0.0/16","SubnetLen":0,"SubnetMin":null,"SubnetMax":"","Backend":{"Type":"vxlan","VNI":0,"Port":null}}`,
+			value:   `{"Network":"10.5.0.0/16","SubnetLen":0,"SubnetMin":null,"SubnetMax":"","Backend":{"Type":"vxlan","VNI":null,"Port":0}}`,
 			network: "10.5.0.0/16", subnetLen: 24, min: "10.5.1.0", max: "10.5.255.0", count: 255, vni: 1, port: 8472,
+		},
+		{
+			// flannel's default VNI applies only to an absent field.
+			name:    "explicit VNI 0 is VNI 0, as in flannel",
+			value:   `{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":0}}`,
+			network: "10.5.0.0/16", subnetLen: 24, min: "10.5.1.0", max: "10.5.255.0", count: 255, vni: 0, port: 8472,
+		},
+		{
+			// flannel decodes with encoding/json, which ignores case.
+			name:    "field names in any case, as in flannel",
+			value:   `{"network":"10.5.0.0/16","subnetlen":25,"BACKEND":{"type":"vxlan","vni":3}}`,
+			network: "10.5.0.0/16", subnetLen: 25, min: "10.5.0.128", max: "10.5.255.128", count: 511, vni: 3, port: 8472,
 		},
 		{
 			name: "flannel's other fields are ignored",

@@ -308,6 +308,11 @@ func (o *OwnLease) takeOver(ctx context.Context, mine Lease, grant func() (clien
 		return Lease{}, false, fmt.Errorf("store: update %s: %w", mine.Key, err)
 	}
 	want.EtcdLease, want.ModRevision = int64(id), txn.Header.Revision
+	if txn.Succeeded && mine.EtcdLease != 0 && mine.EtcdLease != int64(id) {
+		// The key has moved to the new etcd lease; the old one holds nothing
+		// of ours now. Revoking it is tidiness, not correctness: best effort.
+		o.c.Revoke(ctx, clientv3.LeaseID(mine.EtcdLease))
+	}
 	return want, txn.Succeeded, nil
 }
 

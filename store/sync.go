@@ -103,15 +103,10 @@ func (s *syncer) list(ctx context.Context) (int64, error) {
 		}
 	}
 	s.t.mu.Lock()
-	changes, rejected := s.t.replaceAll(leases)
+	changes, _ := s.t.replaceAll(leases)
+	rejected := s.t.rejectedLeases()
 	s.t.mu.Unlock()
-	// Report each conflict at the lease's own revision, as the watch does,
-	// so that an unchanged conflict is not reported again on every re-list.
-	for _, l := range leases {
-		if why, ok := rejected[l.Key]; ok {
-			s.reject(l.Key, l.ModRevision, why)
-		}
-	}
+	s.warnRejected(rejected)
 	s.t.notify(changes)
 	s.t.markSynced()
 	s.log.Info("lease table loaded", zap.Int("leases", s.t.Len()), zap.Int("rejected", len(rejected)), zap.Int64("revision", resp.Header.Revision))
@@ -154,28 +149,26 @@ func (s *syncer) watch(ctx context.Context, rev int64) (int64, error) {
 
 func (s *syncer) apply(ev *clientv3.Event) {
 	key := string(ev.Kv.Key)
-	var changes []Change
-	switch ev.Type {
-	case mvccpb.DELETE:
+	var l Lease
+	ok := false
+	if ev.Type == mvccpb.PUT {
+		l, ok = s.parse(ev.Kv)
+	} else {
 		delete(s.warned, key)
-		s.t.mu.Lock()
-		changes = s.t.remove(key)
-		s.t.mu.Unlock()
-	case mvccpb.PUT:
-		l, ok := s.parse(ev.Kv)
-		var conflict error
-		s.t.mu.Lock()
-		if ok {
-			changes, conflict = s.t.put(l)
-		} else {
-			// The key's value is no longer believable: forget what it said.
-			changes = s.t.remove(key)
-		}
-		s.t.mu.Unlock()
-		if conflict != nil {
-			s.reject(key, ev.Kv.ModRevision, conflict)
-		}
 	}
+	var changes []Change
+	s.t.mu.Lock()
+	if ok {
+		changes, _ = s.t.put(l)
+	} else {
+		// Deleted, or no longer believable: forget what the key said.
+		changes = s.t.remove(key)
+	}
+	// Any event can reject a lease, not only the one it is about: a delete
+	// that admits an older lease can push out a newer one it conflicts with.
+	rejected := s.t.rejectedLeases()
+	s.t.mu.Unlock()
+	s.warnRejected(rejected)
 	s.t.notify(changes)
 }
 
@@ -211,13 +204,17 @@ func (s *syncer) parseKV(kv *mvccpb.KeyValue) (Lease, error) {
 	return l, nil
 }
 
-func (s *syncer) reject(key string, rev int64, why error) {
-	if s.warned[key] == rev {
-		return
+// warnRejected warns about each rejected lease once per key and revision.
+func (s *syncer) warnRejected(rejected []rejectedLease) {
+	for _, r := range rejected {
+		if s.warned[r.lease.Key] == r.lease.ModRevision {
+			continue
+		}
+		s.warned[r.lease.Key] = r.lease.ModRevision
+		s.t.stats.conflicts.Add(1)
+		s.log.Warn("lease conflicts with another; not installing it until the conflict is gone",
+			zap.String("key", r.lease.Key), zap.Int64("mod_revision", r.lease.ModRevision), zap.Error(r.reason))
 	}
-	s.warned[key] = rev
-	s.t.stats.conflicts.Add(1)
-	s.log.Warn("lease conflicts with an older one; not installing it until the conflict is gone", zap.String("key", key), zap.Error(why))
 }
 
 // backoff is a capped exponential backoff with jitter.

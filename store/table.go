@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -20,10 +21,16 @@ type Change struct {
 // VTEP MAC.
 //
 // Two leases that overlap, or that share a VTEP MAC, cannot both be right.
-// The one created first in etcd is admitted; the other waits, rejected, and is
-// admitted as soon as the conflict goes away.
+// Which are admitted is a function of the set of leases alone: this host's
+// own lease first, then oldest first (by etcd create revision, ties by key),
+// each admitted unless it conflicts with one admitted before it. So a table
+// kept by the watch and one built by a fresh list always agree, and a
+// rejected lease is admitted as soon as its conflict goes away.
 type Table struct {
 	cfg Config
+	// ownKey is this host's lease. It is admitted before any other, so a
+	// lease claiming this host's subnet or VTEP MAC is the one refused.
+	ownKey string
 
 	mu      sync.RWMutex
 	byKey   map[string]*Lease
@@ -75,6 +82,9 @@ func NewTable(cfg Config) *Table {
 		synced:   make(chan struct{}),
 	}
 }
+
+// SetOwn names this host's own lease key. Call it before Sync.
+func (t *Table) SetOwn(key string) { t.ownKey = key }
 
 // OnChange registers fn to be called after every change to the table, on the
 // goroutine that applies etcd's events, in the order of the events. Register
@@ -174,73 +184,104 @@ func (t *Table) check(l Lease) error {
 	return nil
 }
 
-// put admits l, or rejects it for a conflict, replacing whatever was stored
-// under its key. It returns the changes to report and, if l was rejected,
-// why. Called with t.mu held.
+// put stores l under its key, admitted or rejected, and returns the changes
+// to the admitted set and, if l was rejected, why. Called with t.mu held.
+//
+// While nothing conflicts, a put is O(1). A conflict, or a lease waiting on
+// one, makes every put and remove decide the whole admission again: slower,
+// but only while the input is already wrong.
 func (t *Table) put(l Lease) ([]Change, error) {
-	var changes []Change
 	old := t.byKey[l.Key]
-	if old != nil {
-		t.unindex(old)
-	}
-	delete(t.rejected, l.Key)
-	if err := t.conflict(l); err != nil {
-		t.rejected[l.Key] = rejectedLease{lease: l, reason: err}
+	if len(t.rejected) == 0 {
 		if old != nil {
-			changes = append(changes, Change{Old: old})
-			changes = append(changes, t.readmit()...)
+			t.unindex(old)
 		}
-		return changes, err
+		if t.conflict(l) == nil {
+			nl := new(Lease)
+			*nl = l
+			t.index(nl)
+			return []Change{{Old: old, New: nl}}, nil
+		}
+		if old != nil {
+			t.index(old)
+		}
 	}
-	nl := new(Lease)
-	*nl = l
-	t.index(nl)
-	changes = append(changes, Change{Old: old, New: nl})
-	if old != nil && !old.SameTarget(l) {
-		// The old lease's subnet or MAC is free now; a waiting lease may fit.
-		changes = append(changes, t.readmit()...)
+	all := t.all()
+	for i := range all {
+		if all[i].Key == l.Key {
+			all = slices.Delete(all, i, i+1)
+			break
+		}
 	}
-	return changes, nil
+	changes, rejected := t.replaceAll(append(all, l))
+	return changes, rejected[l.Key]
 }
 
 // remove drops whatever is stored under key. Called with t.mu held.
 func (t *Table) remove(key string) []Change {
-	delete(t.rejected, key)
+	if _, ok := t.rejected[key]; ok {
+		delete(t.rejected, key) // it was not admitted: nothing changes
+		return nil
+	}
 	old := t.byKey[key]
 	if old == nil {
 		return nil
 	}
 	t.unindex(old)
-	return append([]Change{{Old: old}}, t.readmit()...)
+	if len(t.rejected) == 0 {
+		return []Change{{Old: old}}
+	}
+	// A waiting lease may fit now.
+	changes, _ := t.replaceAll(t.all())
+	return append([]Change{{Old: old}}, changes...)
 }
 
-// readmit admits rejected leases whose conflict is gone, oldest first.
-func (t *Table) readmit() []Change {
+// rejectedLeases returns the leases waiting on a conflict. Called with t.mu
+// held.
+func (t *Table) rejectedLeases() []rejectedLease {
 	if len(t.rejected) == 0 {
 		return nil
 	}
-	waiting := make([]Lease, 0, len(t.rejected))
+	out := make([]rejectedLease, 0, len(t.rejected))
 	for _, r := range t.rejected {
-		waiting = append(waiting, r.lease)
+		out = append(out, r)
 	}
-	slices.SortFunc(waiting, func(a, b Lease) int { return cmp.Compare(a.CreateRevision, b.CreateRevision) })
-	var changes []Change
-	for _, l := range waiting {
-		if t.conflict(l) != nil {
-			continue
-		}
-		delete(t.rejected, l.Key)
-		nl := new(Lease)
-		*nl = l
-		t.index(nl)
-		changes = append(changes, Change{New: nl})
+	return out
+}
+
+// all returns every lease the table holds, admitted or rejected.
+func (t *Table) all() []Lease {
+	out := make([]Lease, 0, len(t.byKey)+len(t.rejected))
+	for _, l := range t.byKey {
+		out = append(out, *l)
 	}
-	return changes
+	for _, r := range t.rejected {
+		out = append(out, r.lease)
+	}
+	return out
+}
+
+// admissionOrder is the order leases are admitted in: this host's own
+// first, then oldest first, ties by key.
+func (t *Table) admissionOrder(a, b Lease) int {
+	switch {
+	case a.Key == t.ownKey && b.Key != t.ownKey:
+		return -1
+	case b.Key == t.ownKey && a.Key != t.ownKey:
+		return 1
+	}
+	if c := cmp.Compare(a.CreateRevision, b.CreateRevision); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Key, b.Key)
 }
 
 // conflict reports an admitted lease that l overlaps or shares a MAC with.
 func (t *Table) conflict(l Lease) error {
 	if o := t.byMAC[l.VtepMAC]; o != nil && o.Key != l.Key {
+		if o.Key == t.ownKey {
+			return fmt.Errorf("VtepMAC %s is this host's own", l.VtepMAC)
+		}
 		return fmt.Errorf("VtepMAC %s is already used by %s", l.VtepMAC, o.Key)
 	}
 	for i := range t.lengths {
@@ -248,18 +289,25 @@ func (t *Table) conflict(l Lease) error {
 		if li.bits <= l.Subnet.Bits() {
 			// A lease as long or shorter overlaps l only if it holds l's address.
 			if o := li.bySubnet[u32(l.Subnet.Addr())&li.mask]; o != nil {
-				return fmt.Errorf("subnet %s overlaps %s of %s", l.Subnet, o.Subnet, o.Key)
+				return t.overlapError(l, o)
 			}
 			continue
 		}
 		// Longer leases inside l: mixed lengths are rare, a scan is fine.
 		for _, o := range li.bySubnet {
 			if l.Subnet.Contains(o.Subnet.Addr()) {
-				return fmt.Errorf("subnet %s overlaps %s of %s", l.Subnet, o.Subnet, o.Key)
+				return t.overlapError(l, o)
 			}
 		}
 	}
 	return nil
+}
+
+func (t *Table) overlapError(l Lease, o *Lease) error {
+	if o.Key == t.ownKey {
+		return fmt.Errorf("subnet %s claims this host's own subnet %s", l.Subnet, o.Subnet)
+	}
+	return fmt.Errorf("subnet %s overlaps %s of %s", l.Subnet, o.Subnet, o.Key)
 }
 
 func (t *Table) index(l *Lease) {
@@ -292,16 +340,22 @@ func (t *Table) unindex(l *Lease) {
 }
 
 // replaceAll makes the table hold exactly leases, as after a fresh list, and
-// returns the difference to what it held. Leases are admitted oldest first,
-// so a re-list decides conflicts the same way the watch did.
+// returns the difference to what it held and every rejected lease with the
+// reason. It sorts leases in place.
 func (t *Table) replaceAll(leases []Lease) ([]Change, map[string]error) {
 	fresh := NewTable(t.cfg)
-	slices.SortFunc(leases, func(a, b Lease) int { return cmp.Compare(a.CreateRevision, b.CreateRevision) })
+	fresh.ownKey = t.ownKey
+	slices.SortFunc(leases, t.admissionOrder)
 	rejected := make(map[string]error)
 	for _, l := range leases {
-		if _, err := fresh.put(l); err != nil {
+		if err := fresh.conflict(l); err != nil {
+			fresh.rejected[l.Key] = rejectedLease{lease: l, reason: err}
 			rejected[l.Key] = err
+			continue
 		}
+		nl := new(Lease)
+		*nl = l
+		fresh.index(nl)
 	}
 
 	var changes []Change
@@ -319,12 +373,24 @@ func (t *Table) replaceAll(leases []Lease) ([]Change, map[string]error) {
 			changes = append(changes, Change{New: nl})
 		}
 	}
-	// Removals first, so that observers never see two leases for one subnet.
-	slices.SortStableFunc(changes, func(a, b Change) int {
-		return cmp.Compare(rank(a), rank(b))
+	// Removals first, so that observers never see two leases for one
+	// subnet; then by key, so that the same difference is always reported
+	// the same way.
+	slices.SortFunc(changes, func(a, b Change) int {
+		if c := cmp.Compare(rank(a), rank(b)); c != 0 {
+			return c
+		}
+		return strings.Compare(changeKey(a), changeKey(b))
 	})
 	t.byKey, t.byMAC, t.lengths, t.rejected = fresh.byKey, fresh.byMAC, fresh.lengths, fresh.rejected
 	return changes, rejected
+}
+
+func changeKey(c Change) string {
+	if c.New != nil {
+		return c.New.Key
+	}
+	return c.Old.Key
 }
 
 func rank(c Change) int {

@@ -580,10 +580,11 @@ func TestTableReplaceAllOldestWins(t *testing.T) {
 		if s := tb.Stats(); s.Rejected != 2 {
 			t.Errorf("Stats = %+v, want 2 rejected", s)
 		}
-		// The rejected leases wait: when b goes, d is admitted, while a
-		// still overlaps nothing but shares c's MAC, so it keeps waiting.
-		expectChanges(t, tremove(tb, b.Key), removed(b), added(d))
-		expectAdmitted(t, tb, c, d)
+		// The rejected leases wait: when b goes, admission is decided as a
+		// fresh list of a, c, d would decide it: a (older than c) is
+		// admitted and pushes out c, which shares its MAC; d fits now.
+		expectChangeSet(t, tremove(tb, b.Key), removed(b), removed(c), added(a), added(d))
+		expectAdmitted(t, tb, a, d)
 	}
 	if n != 24 {
 		t.Fatalf("tried %d orders", n)
@@ -707,13 +708,11 @@ func TestTableReplaceAllFlipsToOlder(t *testing.T) {
 // decides conflicts the same way the watch did", and the Lease doc's rule
 // that the earlier-created of two conflicting leases is believed.
 //
-// KNOWN BUG, not fixed here: put and readmit never displace an admitted
-// lease, so once the older of two conflicting leases had to wait for a third
-// lease, the newer one keeps its place, while a re-list (replaceAll, oldest
-// first) admits the older. A host that watched and a host that (re)listed then
-// route the same addresses to different peers. Remove the Skip when fixed.
+// It once failed: put never displaced an admitted lease, so once the older of
+// two conflicting leases had to wait for a third, the newer kept its place,
+// while a re-list admitted the older, and a host that watched and one that
+// listed routed the same addresses to different peers.
 func TestTableWatchAgreesWithRelist(t *testing.T) {
-	t.Skip("known bug: the watch path does not displace a newer admitted lease (see comment)")
 	z := mkLease("10.5.9.0/24", 1, 1)
 	x := mkLease("10.5.2.0/23", 2, 2) // shares z's MAC: waits for z
 	x.VtepMAC = z.VtepMAC
@@ -1146,4 +1145,31 @@ func BenchmarkLookupMAC(b *testing.B) {
 			i = 0
 		}
 	}
+}
+
+// TestTableOwnLeaseWins: this host's lease is admitted before any other, so
+// a lease claiming its subnet or MAC is refused even when it is older.
+func TestTableOwnLeaseWins(t *testing.T) {
+	own := mkLease("10.5.3.0/24", 3, 50)
+	claim := mkLease("10.5.3.0/25", 4, 10) // older than own, inside it
+	sameMAC := mkLease("10.5.4.0/24", 5, 11)
+	sameMAC.VtepMAC = own.VtepMAC
+
+	tb := NewTable(testConfig())
+	tb.SetOwn(own.Key)
+	mustAdmit(t, tb, claim)
+	expectChanges(t, mustAdmit(t, tb, own), removed(claim), added(own))
+	mustReject(t, tb, sameMAC, "VtepMAC 02:00:00:00:00:03 is this host's own")
+	tb.mu.Lock()
+	why := tb.rejected[claim.Key].reason
+	tb.mu.Unlock()
+	if why == nil || !strings.Contains(why.Error(), "claims this host's own subnet 10.5.3.0/24") {
+		t.Errorf("claim rejected for %v, want it named as a claim on this host's subnet", why)
+	}
+	expectAdmitted(t, tb, own)
+
+	listed := NewTable(testConfig())
+	listed.SetOwn(own.Key)
+	treplace(listed, []Lease{claim, sameMAC, own})
+	expectAdmitted(t, listed, own)
 }
