@@ -8,11 +8,16 @@
 //  2. the device is ensured, then the lease taken with the device's MAC;
 //  3. the miss subscription is opened and the lease table synced before the
 //     overlay route exists, so no miss can arrive unheard or unanswerable;
-//  4. the address and route go on, and the subnet file is written last: it
+//  4. the device's existing entries are reconciled with the table: right
+//     ones kept, wrong ones fixed or deleted, and addresses the kernel asked
+//     about while no vtepd listened answered;
+//  5. the address and route go on, and the subnet file is written last: it
 //     is what tells Docker the overlay is ready.
 //
-// Stopping (context cancelled) leaves the device, its entries and the lease
-// in place, so a restart does not disturb traffic.
+// etcd being unreachable is waited out at every step, never a reason to
+// exit: a host whose agent restarts in a loop helps nobody. Stopping
+// (context cancelled) leaves the device, its entries and the lease in place,
+// so a restart does not disturb traffic.
 package agent
 
 import (
@@ -35,6 +40,8 @@ import (
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 )
 
 // Config is everything `vtepd run` is told.
@@ -47,6 +54,11 @@ type Config struct {
 	SubnetFile  string
 	LeaseTTL    time.Duration
 	RenewMargin time.Duration
+	// ReadBuffer is the miss socket's receive buffer in bytes (0: default).
+	ReadBuffer int
+	// ReportInterval is how often unusual counts (unanswered misses,
+	// socket overflows, failed writes) are summarised in the log.
+	ReportInterval time.Duration
 }
 
 // Run runs the agent until ctx is done. It returns nil after a clean stop,
@@ -66,17 +78,9 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	log.Info("underlay chosen", zap.String("iface", underlay.Name), zap.Stringer("local", underlay.Addr),
 		zap.Stringer("public_ip", underlay.PublicIP), zap.Int("mtu", underlay.MTU))
 
-	etcd, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.EtcdEndpoints,
-		DialTimeout: 5 * time.Second,
-		// The client's own logs are about connections; ours say what they
-		// mean for the overlay. Keep its warnings, drop its chatter.
-		Logger:               log.Named("etcd").WithOptions(zap.IncreaseLevel(zapcore.WarnLevel)),
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: 5 * time.Second,
-	})
+	etcd, err := newEtcdClient(cfg, log)
 	if err != nil {
-		return fmt.Errorf("agent: etcd client for %v: %w", cfg.EtcdEndpoints, err)
+		return err
 	}
 	defer etcd.Close()
 
@@ -94,7 +98,11 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 	defer lock.Close()
 
-	prev, err := previousLease(ctx, etcd, cfg.EtcdPrefix, underlay.PublicIP)
+	var prev store.Lease
+	err = retry(ctx, log, "looking for this host's previous lease", func(ctx context.Context) (err error) {
+		prev, err = previousLease(ctx, etcd, cfg.EtcdPrefix, underlay.PublicIP)
+		return err
+	})
 	if err != nil {
 		return err
 	}
@@ -116,21 +124,34 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if env, err := subnetfile.Read(cfg.SubnetFile); err == nil && env.Network == netCfg.Network {
 		claim.Previous = env.Subnet.Masked()
 	}
-	own, err := store.AcquireLease(ctx, etcd, cfg.EtcdPrefix, netCfg, claim, log)
+	var own *store.OwnLease
+	err = retry(ctx, log, "acquiring a subnet lease", func(ctx context.Context) (err error) {
+		own, err = store.AcquireLease(ctx, etcd, cfg.EtcdPrefix, netCfg, claim, log)
+		return err
+	})
 	if err != nil {
 		return err
 	}
 	ownLease := own.Lease()
 
 	// Subscribe before the route exists: from then on every miss is heard.
-	listener, err := miss.Listen(0)
+	listener, err := miss.Listen(cfg.ReadBuffer)
 	if err != nil {
 		return err
 	}
 	defer listener.Close()
+	entries, err := fabric.OpenEntries(dev.Index, dev.Name)
+	if err != nil {
+		return err
+	}
+	defer entries.Close()
 
 	table := store.NewTable(netCfg)
 	table.SetOwn(ownLease.Key)
+	responder := miss.NewResponder(miss.ResponderConfig{
+		Ifindex: dev.Index, Network: netCfg.Network, Own: ownLease.Subnet,
+	}, table, entries, log)
+	table.OnChange(responder.Invalidate)
 	table.OnChange(func(c store.Change) {
 		// Our key deleted, or saying something we did not write: let the
 		// keeper find out whether to publish again or give up the subnet.
@@ -157,16 +178,17 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	case <-gctx.Done():
 		return waitErr(ctx, g)
 	}
-
-	entries, err := fabric.OpenEntries(dev.Index, dev.Name)
+	rec, err := responder.Reconcile()
 	if err != nil {
-		return fail(err)
+		log.Warn("reconciling the device's entries with the lease table was incomplete", zap.Error(err))
 	}
-	defer entries.Close()
-	responder := miss.NewResponder(miss.ResponderConfig{
-		Ifindex: dev.Index, Network: netCfg.Network, Own: ownLease.Subnet,
-	}, table, entries, log)
+	log.Info("device entries reconciled", zap.Int("kept", rec.Kept), zap.Int("fixed", rec.Fixed),
+		zap.Int("removed", rec.Removed), zap.Int("answered", rec.Answered))
 	g.Go(func() error { return listener.Run(gctx, responder.Handle) })
+	g.Go(func() error {
+		report(gctx, cfg.ReportInterval, log, responder, listener, table)
+		return nil
+	})
 
 	if err := dev.SetAddress(ownLease.Gateway()); err != nil {
 		return fail(err)
@@ -189,6 +211,54 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		zap.Stringer("vtep_mac", ownLease.VtepMAC), zap.Int("leases", table.Len()), zap.String("subnet_file", cfg.SubnetFile))
 
 	return waitErr(ctx, g)
+}
+
+// newEtcdClient returns a client that reconnects on its own. gRPC's default
+// reconnect backoff grows to two minutes; capped at five seconds, an etcd
+// member that comes back is used again within seconds.
+func newEtcdClient(cfg Config, log *zap.Logger) (*clientv3.Client, error) {
+	bo := backoff.DefaultConfig
+	bo.MaxDelay = 5 * time.Second
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.EtcdEndpoints,
+		DialTimeout: 5 * time.Second,
+		// The client's own logs are about connections; ours say what they
+		// mean for the overlay. Keep its warnings, drop its chatter.
+		Logger:               log.Named("etcd").WithOptions(zap.IncreaseLevel(zapcore.WarnLevel)),
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+		DialOptions:          []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: 5 * time.Second})},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("agent: etcd client for %v: %w", cfg.EtcdEndpoints, err)
+	}
+	return c, nil
+}
+
+// retry calls fn until it succeeds or ctx ends, logging each failure: etcd
+// unreachable, or every subnet taken, are conditions to wait out. Each
+// attempt gets 15 seconds.
+func retry(ctx context.Context, log *zap.Logger, what string, fn func(context.Context) error) error {
+	wait := time.Second
+	for {
+		actx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		err := fn(actx)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		level := zapcore.WarnLevel
+		if errors.Is(err, store.ErrNoFreeSubnet) {
+			level = zapcore.ErrorLevel // needs an operator: free a subnet or grow the network
+		}
+		log.Log(level, what+" failed; retrying", zap.Error(err), zap.Duration("backoff", wait))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Minute)
+	}
 }
 
 // waitErr waits for the group and turns a clean stop into nil.

@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/vtepd/vtepd/fabric"
 	"github.com/vtepd/vtepd/store"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -20,10 +21,15 @@ type Leases interface {
 	LookupMAC(store.MAC) (store.Lease, bool)
 }
 
-// Kernel is what the responder writes to; *fabric.Entries implements it.
+// Kernel is the device's entries as the responder reads and writes them;
+// *fabric.Entries implements it.
 type Kernel interface {
 	SetFDB(mac net.HardwareAddr, dst netip.Addr) error
+	DelFDB(mac net.HardwareAddr, dst netip.Addr) error
 	SetNeigh(ip netip.Addr, mac net.HardwareAddr) error
+	DelNeigh(ip netip.Addr) error
+	Neighbours() ([]fabric.Neighbour, error)
+	FDB() ([]fabric.FDBEntry, error)
 }
 
 // Outcome is what became of a miss.
@@ -161,19 +167,17 @@ func (r *Responder) answerL3(m *Miss) Result {
 		return Result{Outcome: NoLease}
 	}
 	res := Result{Outcome: Answered, Lease: l}
-	mac := net.HardwareAddr(l.VtepMAC[:])
 	// FDB first: the neighbour write releases the queued packets at once,
 	// and a packet towards a MAC without an FDB entry is dropped.
 	if r.fdb[l.VtepMAC] != l.PublicIP {
 		res.Writes++
-		if err := r.kernel.SetFDB(mac, l.PublicIP); err != nil {
+		if err := r.ensureFDB(l); err != nil {
 			res.Outcome, res.Err = Failed, err
 			return res
 		}
-		r.fdb[l.VtepMAC] = l.PublicIP
 	}
 	res.Writes++
-	if err := r.kernel.SetNeigh(m.IP, mac); err != nil {
+	if err := r.kernel.SetNeigh(m.IP, net.HardwareAddr(l.VtepMAC[:])); err != nil {
 		res.Outcome, res.Err = Failed, err
 	}
 	return res

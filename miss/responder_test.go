@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vtepd/vtepd/fabric"
 	"github.com/vtepd/vtepd/store"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -100,6 +101,23 @@ func (k *fakeKernel) SetNeigh(ip netip.Addr, mac net.HardwareAddr) error {
 	k.writes = append(k.writes, write{"neigh", mac.String(), ip})
 	return k.neighErr
 }
+
+func (k *fakeKernel) DelFDB(mac net.HardwareAddr, dst netip.Addr) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.writes = append(k.writes, write{"del-fdb", mac.String(), dst})
+	return nil
+}
+
+func (k *fakeKernel) DelNeigh(ip netip.Addr) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.writes = append(k.writes, write{"del-neigh", "", ip})
+	return nil
+}
+
+func (k *fakeKernel) Neighbours() ([]fabric.Neighbour, error) { return nil, nil }
+func (k *fakeKernel) FDB() ([]fabric.FDBEntry, error)         { return nil, nil }
 
 // take returns the writes made since the last take.
 func (k *fakeKernel) take() []write {

@@ -33,6 +33,9 @@ type Claim struct {
 	TTL time.Duration
 }
 
+// ErrNoFreeSubnet is returned when every subnet of the network is leased.
+var ErrNoFreeSubnet = errors.New("no free subnet")
+
 // ErrSubnetTaken is returned when this host's subnet has been leased by
 // another host: carrying on would answer misses for addresses that are not
 // ours.
@@ -107,8 +110,15 @@ func (o *OwnLease) set(l Lease, ttl time.Duration) {
 func (o *OwnLease) Keep(ctx context.Context, margin time.Duration) error {
 	margin = min(margin, o.claim.TTL/2)
 	bo := newBackoff(time.Second, time.Minute)
+	var failing bool
 	for {
 		wait := time.Until(o.Expires().Add(-margin))
+		if failing {
+			wait = bo.next()
+		}
+		// A recheck cuts any wait short, the backoff after a failure too:
+		// when etcd comes back and the table shows our key gone, the subnet
+		// is taken again at once, not after the backoff.
 		timer := time.NewTimer(max(wait, 0))
 		select {
 		case <-ctx.Done():
@@ -118,16 +128,15 @@ func (o *OwnLease) Keep(ctx context.Context, margin time.Duration) error {
 		case <-o.recheck:
 			timer.Stop()
 		}
-		err := o.renew(ctx)
+		rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		err := o.renew(rctx)
+		cancel()
 		if errors.Is(err, ErrSubnetTaken) || ctx.Err() != nil {
 			return err
 		}
-		if err != nil {
+		failing = err != nil
+		if failing {
 			o.log.Warn("renewing own lease failed; retrying", zap.Error(err), zap.Time("expires", o.Expires()), zap.Duration("backoff", bo.peek()))
-			if !bo.wait(ctx) {
-				return ctx.Err()
-			}
-			o.Recheck()
 			continue
 		}
 		bo.reset()
@@ -374,8 +383,8 @@ func (o *OwnLease) pickFree(taken *takenSet) (netip.Prefix, error) {
 		}
 	}
 	if len(free) == 0 {
-		return netip.Prefix{}, fmt.Errorf("store: network %s has no free /%d subnet: all %d between %s and %s are leased",
-			o.cfg.Network, o.cfg.SubnetLen, n, o.cfg.SubnetMin, o.cfg.SubnetMax)
+		return netip.Prefix{}, fmt.Errorf("store: network %s has no free /%d subnet: all %d between %s and %s are leased: %w",
+			o.cfg.Network, o.cfg.SubnetLen, n, o.cfg.SubnetMin, o.cfg.SubnetMax, ErrNoFreeSubnet)
 	}
 	return free[rand.IntN(len(free))], nil
 }

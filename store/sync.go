@@ -227,12 +227,16 @@ func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max
 func (b *backoff) peek() time.Duration { return b.cur }
 func (b *backoff) reset()              { b.cur = b.min }
 
-// wait sleeps for the current backoff (±20%) and doubles it. It returns
-// false if ctx ended first.
-func (b *backoff) wait(ctx context.Context) bool {
+// next returns the current backoff (±20%) and doubles it.
+func (b *backoff) next() time.Duration {
 	d := b.cur + time.Duration(float64(b.cur)*0.4*(rand.Float64()-0.5))
 	b.cur = min(2*b.cur, b.max)
-	timer := time.NewTimer(d)
+	return d
+}
+
+// wait sleeps for the next backoff. It returns false if ctx ended first.
+func (b *backoff) wait(ctx context.Context) bool {
+	timer := time.NewTimer(b.next())
 	defer timer.Stop()
 	select {
 	case <-ctx.Done():

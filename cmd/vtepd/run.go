@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/vtepd/vtepd/agent"
+	"github.com/vtepd/vtepd/miss"
 	"github.com/vtepd/vtepd/store"
 	"github.com/vtepd/vtepd/subnetfile"
 	"go.uber.org/zap"
@@ -30,6 +31,8 @@ func runCommand(args []string, _, stderr io.Writer) error {
 	subnetFile := fs.String("subnet-file", subnetfile.DefaultPath, "where to write the subnet file for Docker")
 	leaseTTL := fs.Duration("subnet-lease-ttl", store.DefaultLeaseTTL, "TTL of this host's subnet lease in etcd")
 	renewMargin := fs.Int("subnet-lease-renew-margin", int(store.DefaultRenewMargin/time.Minute), "renew the subnet lease this many minutes before it expires (flannel's flag)")
+	readBuffer := fs.Int("netlink-rcvbuf", miss.DefaultReadBuffer, "receive buffer of the miss socket, in bytes: what a miss storm can queue before the kernel drops notifications")
+	reportInterval := fs.Duration("report-interval", agent.DefaultReportInterval, "how often unanswered misses and losses are summarised in the log")
 	var logs logFlags
 	logs.register(fs)
 	if err := parseFlags(fs, args); err != nil {
@@ -37,12 +40,14 @@ func runCommand(args []string, _, stderr io.Writer) error {
 	}
 
 	cfg := agent.Config{
-		EtcdEndpoints: endpoints.values,
-		EtcdPrefix:    *prefix,
-		DeviceName:    *device,
-		SubnetFile:    *subnetFile,
-		LeaseTTL:      *leaseTTL,
-		RenewMargin:   time.Duration(*renewMargin) * time.Minute,
+		EtcdEndpoints:  endpoints.values,
+		EtcdPrefix:     *prefix,
+		DeviceName:     *device,
+		SubnetFile:     *subnetFile,
+		LeaseTTL:       *leaseTTL,
+		RenewMargin:    time.Duration(*renewMargin) * time.Minute,
+		ReadBuffer:     *readBuffer,
+		ReportInterval: *reportInterval,
 	}
 	cfg.Underlay.Ifaces = ifaces.values
 	cfg.Underlay.PublicIP = publicIP.addr
@@ -58,6 +63,10 @@ func runCommand(args []string, _, stderr io.Writer) error {
 		return usageError{fmt.Errorf("--etcd-endpoints is empty")}
 	case cfg.LeaseTTL < 10*time.Second:
 		return usageError{fmt.Errorf("invalid value %s for --subnet-lease-ttl: want at least 10s", cfg.LeaseTTL)}
+	case cfg.ReadBuffer < 4096:
+		return usageError{fmt.Errorf("invalid value %d for --netlink-rcvbuf: want at least 4096 bytes", cfg.ReadBuffer)}
+	case cfg.ReportInterval < time.Second:
+		return usageError{fmt.Errorf("invalid value %s for --report-interval: want at least 1s", cfg.ReportInterval)}
 	case cfg.RenewMargin <= 0 || cfg.RenewMargin >= 24*time.Hour:
 		return usageError{fmt.Errorf("invalid value %d for --subnet-lease-renew-margin: want more than 0 and less than 1440 minutes (24h)", *renewMargin)}
 	}

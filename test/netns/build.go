@@ -12,6 +12,8 @@ import (
 type Binaries struct {
 	Vtepd   string
 	LabEtcd string
+	// Burst sends a miss storm: one datagram to each of many addresses.
+	Burst string
 }
 
 // BuildOptions say how to build the lab's binaries.
@@ -30,7 +32,7 @@ func Build(dir string, opts BuildOptions) (Binaries, error) {
 		return Binaries{}, fmt.Errorf("netns: go env GOMOD: %w", err)
 	}
 	root := filepath.Dir(strings.TrimSpace(string(out)))
-	b := Binaries{Vtepd: filepath.Join(dir, "vtepd"), LabEtcd: filepath.Join(dir, "labetcd")}
+	b := Binaries{Vtepd: filepath.Join(dir, "vtepd"), LabEtcd: filepath.Join(dir, "labetcd"), Burst: filepath.Join(dir, "burst")}
 	var race []string
 	if opts.Race {
 		race = []string{"-race"}
@@ -41,6 +43,7 @@ func Build(dir string, opts BuildOptions) (Binaries, error) {
 	}{
 		{b.Vtepd, "./cmd/vtepd", race},
 		{b.LabEtcd, "./test/netns/cmd/labetcd", nil},
+		{b.Burst, "./test/netns/cmd/burst", nil},
 	} {
 		args := append(append([]string{"build"}, t.flags...), "-o", t.out, t.pkg)
 		cmd := exec.Command("go", args...)

@@ -30,6 +30,9 @@ type Host struct {
 	Vtepd *Process
 	// Container is the host's container, once added.
 	Container *Container
+	// Endpoints, if set, are the etcd endpoints this host's vtepd uses
+	// instead of every member's.
+	Endpoints []string
 
 	lab *Lab
 }
@@ -86,8 +89,12 @@ func (h *Host) StartVtepd(extra ...string) (*Process, error) {
 // for this run.
 func (h *Host) StartVtepdNoWait(extra ...string) (*Process, error) {
 	os.Remove(h.SubnetFile)
+	endpoints := h.Endpoints
+	if len(endpoints) == 0 {
+		endpoints = h.lab.Endpoints()
+	}
 	args := []string{h.lab.Bin.Vtepd, "run",
-		"--etcd-endpoints", strings.Join(h.lab.Endpoints(), ","),
+		"--etcd-endpoints", strings.Join(endpoints, ","),
 		"--subnet-file", h.SubnetFile,
 		"--log-level", "debug",
 		"--log-format", "json",

@@ -22,6 +22,11 @@ const overlayConfig = `{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type"
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() == 0 {
+		// A run that crashed with the neighbour limits raised left them so.
+		if err := netns.RestoreNeighbourLimits(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
 		dir, err := os.MkdirTemp("", "vtepd-bin-")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)

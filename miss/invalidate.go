@@ -1,0 +1,232 @@
+package miss
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+
+	"github.com/vtepd/vtepd/fabric"
+	"github.com/vtepd/vtepd/store"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// Invalidate brings the kernel in line with one change of the lease table,
+// so that nothing vtepd installed outlives the truth in etcd: when a lease
+// goes, every neighbour and FDB entry pointing at its VTEP goes; when its
+// VTEP MAC or public IP changes (a rebuilt host), the entries are re-pointed,
+// the new FDB entry first. Pass it to store.Table.OnChange; it runs on the
+// table's goroutine and is serialised with answering by r.mu.
+func (r *Responder) Invalidate(c store.Change) {
+	if c.Old == nil || c.New != nil && c.Old.SameTarget(*c.New) {
+		return // a new lease has no entries yet; a new revision changes none
+	}
+	old := *c.Old
+	if old.Subnet == r.cfg.Own {
+		return // nothing is ever installed for our own subnet
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var next *store.Lease
+	if c.New != nil && c.New.Subnet == old.Subnet {
+		next = c.New
+	}
+	n, err := r.repoint(old, next)
+	if err != nil {
+		r.log.Warn("cleaning up entries of a changed lease failed", zap.Stringer("lease", old.Subnet), zap.Error(err))
+	}
+	if n > 0 || err != nil {
+		what := "removed"
+		if next != nil {
+			what = "re-pointed"
+		}
+		r.log.Info("lease "+what+"; kernel entries updated", zap.Stringer("lease", old.Subnet),
+			zap.Stringer("old_vtep", old.PublicIP), zap.Stringer("old_vtep_mac", old.VtepMAC), zap.Int("entries", n))
+	}
+}
+
+// repoint moves every entry pointing at old's VTEP to next's, or deletes it
+// when next is nil. It returns the number of entries changed. Called with
+// r.mu held.
+func (r *Responder) repoint(old store.Lease, next *store.Lease) (int, error) {
+	neighbours, err := r.kernel.Neighbours()
+	if err != nil {
+		return 0, err
+	}
+	fdb, err := r.kernel.FDB()
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	changed := 0
+	oldMAC := net.HardwareAddr(old.VtepMAC[:])
+
+	var stale []fabric.Neighbour
+	for _, n := range neighbours {
+		if old.Subnet.Contains(n.IP) || macIs(n.MAC, old.VtepMAC) {
+			stale = append(stale, n)
+		}
+	}
+	var oldFDB []fabric.FDBEntry
+	for _, f := range fdb {
+		if macIs(f.MAC, old.VtepMAC) {
+			oldFDB = append(oldFDB, f)
+		}
+	}
+	if next != nil && len(stale)+len(oldFDB) > 0 {
+		// FDB first, as when answering: a neighbour pointing at a MAC with
+		// no FDB entry drops the packets sent to it.
+		had := r.fdb[next.VtepMAC] == next.PublicIP
+		if err := r.ensureFDB(*next); err != nil {
+			errs = append(errs, err)
+			next = nil // cannot re-point: delete, so the next packet misses afresh
+		} else if !had {
+			changed++
+		}
+	}
+	for _, n := range stale {
+		if next != nil && next.Subnet.Contains(n.IP) && len(n.MAC) == 6 {
+			if macIs(n.MAC, next.VtepMAC) {
+				continue // only the public IP moved: the FDB entry did the work
+			}
+			err = r.kernel.SetNeigh(n.IP, net.HardwareAddr(next.VtepMAC[:]))
+		} else {
+			err = r.kernel.DelNeigh(n.IP)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		changed++
+	}
+	for _, f := range oldFDB {
+		if next != nil && next.VtepMAC == old.VtepMAC && next.PublicIP == f.Dst {
+			continue // the entry ensureFDB just wrote or confirmed
+		}
+		if err := r.kernel.DelFDB(oldMAC, f.Dst); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		changed++
+	}
+	if next == nil || next.VtepMAC != old.VtepMAC {
+		delete(r.fdb, old.VtepMAC)
+	}
+	return changed, errors.Join(errs...)
+}
+
+// ensureFDB installs l's FDB entry unless it is known to be there.
+func (r *Responder) ensureFDB(l store.Lease) error {
+	if r.fdb[l.VtepMAC] == l.PublicIP {
+		return nil
+	}
+	if err := r.kernel.SetFDB(net.HardwareAddr(l.VtepMAC[:]), l.PublicIP); err != nil {
+		delete(r.fdb, l.VtepMAC)
+		return err
+	}
+	r.fdb[l.VtepMAC] = l.PublicIP
+	return nil
+}
+
+// Reconciled counts what Reconcile did.
+type Reconciled struct {
+	Kept, Fixed, Removed int
+	// Answered counts addresses the kernel was still resolving (their
+	// misses arrived while no vtepd listened); answering them now releases
+	// the packets queued on them.
+	Answered int
+}
+
+// Reconcile compares the device's neighbour and FDB entries with the lease
+// table, as at start-up: right entries are kept untouched (no flap, no lost
+// packet), entries pointing at the wrong VTEP are re-pointed, entries with no
+// lease behind them are deleted, and addresses still being resolved are
+// answered. Call it once the table has synced.
+func (r *Responder) Reconcile() (Reconciled, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var res Reconciled
+	var errs []error
+	clear(r.fdb)
+
+	fdb, err := r.kernel.FDB()
+	if err != nil {
+		return res, err
+	}
+	for _, f := range fdb {
+		l, ok := r.leases.LookupMAC(store.MAC(f.MAC))
+		switch {
+		case ok && l.PublicIP == f.Dst && l.Subnet != r.cfg.Own && f.State&unix.NUD_PERMANENT != 0:
+			r.fdb[l.VtepMAC] = l.PublicIP
+			res.Kept++
+		case ok && l.PublicIP == f.Dst && l.Subnet != r.cfg.Own:
+			// Right place, but ageing (left by flanneld, say): make it
+			// PERMANENT in place rather than delete and re-add it.
+			if err := r.ensureFDB(l); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			res.Fixed++
+		default:
+			if err := r.kernel.DelFDB(f.MAC, f.Dst); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			res.Removed++
+		}
+	}
+
+	neighbours, err := r.kernel.Neighbours()
+	if err != nil {
+		return res, errors.Join(append(errs, err)...)
+	}
+	for _, n := range neighbours {
+		if n.State&unix.NUD_NOARP != 0 {
+			continue // multicast and broadcast: the kernel's own entries
+		}
+		l, ok := r.remoteLease(n.IP)
+		resolving := n.State&(unix.NUD_INCOMPLETE|unix.NUD_FAILED) != 0 || len(n.MAC) != 6
+		if !ok {
+			if resolving {
+				continue // the kernel's own business; it will fail and go
+			}
+			if err := r.kernel.DelNeigh(n.IP); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			res.Removed++
+			continue
+		}
+		// Even a right neighbour needs its FDB entry, which may have been
+		// missing or wrong (and deleted above).
+		if err := r.ensureFDB(l); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		switch {
+		case resolving:
+			res.Answered++
+		case macIs(n.MAC, l.VtepMAC):
+			res.Kept++
+			continue
+		default:
+			res.Fixed++
+		}
+		if err := r.kernel.SetNeigh(n.IP, net.HardwareAddr(l.VtepMAC[:])); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return res, errors.Join(errs...)
+}
+
+// remoteLease returns the lease of another host holding ip.
+func (r *Responder) remoteLease(ip netip.Addr) (store.Lease, bool) {
+	if !ip.Is4() || !r.cfg.Network.Contains(ip) || r.cfg.Own.Contains(ip) {
+		return store.Lease{}, false
+	}
+	return r.leases.LookupIP(ip)
+}
+
+func macIs(hw net.HardwareAddr, m store.MAC) bool {
+	return len(hw) == 6 && store.MAC(hw) == m
+}

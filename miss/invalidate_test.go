@@ -1,0 +1,265 @@
+package miss
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/vtepd/vtepd/fabric"
+	"github.com/vtepd/vtepd/store"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// stateKernel is a Kernel that keeps its entries, like the device does, and
+// logs every write in order.
+type stateKernel struct {
+	neigh map[netip.Addr]fabric.Neighbour
+	fdb   map[string]fabric.FDBEntry // by "mac dst"
+	ops   []string
+}
+
+func newStateKernel() *stateKernel {
+	return &stateKernel{neigh: map[netip.Addr]fabric.Neighbour{}, fdb: map[string]fabric.FDBEntry{}}
+}
+
+func (k *stateKernel) SetFDB(mac net.HardwareAddr, dst netip.Addr) error {
+	// NLM_F_REPLACE on a VXLAN FDB entry replaces its destination.
+	for key, f := range k.fdb {
+		if f.MAC.String() == mac.String() {
+			delete(k.fdb, key)
+		}
+	}
+	k.fdb[mac.String()+" "+dst.String()] = fabric.FDBEntry{MAC: mac, Dst: dst, State: unix.NUD_PERMANENT}
+	k.ops = append(k.ops, "set-fdb "+mac.String()+" "+dst.String())
+	return nil
+}
+
+func (k *stateKernel) DelFDB(mac net.HardwareAddr, dst netip.Addr) error {
+	delete(k.fdb, mac.String()+" "+dst.String())
+	k.ops = append(k.ops, "del-fdb "+mac.String()+" "+dst.String())
+	return nil
+}
+
+func (k *stateKernel) SetNeigh(ip netip.Addr, mac net.HardwareAddr) error {
+	k.neigh[ip] = fabric.Neighbour{IP: ip, MAC: mac, State: unix.NUD_REACHABLE}
+	k.ops = append(k.ops, "set-neigh "+ip.String()+" "+mac.String())
+	return nil
+}
+
+func (k *stateKernel) DelNeigh(ip netip.Addr) error {
+	delete(k.neigh, ip)
+	k.ops = append(k.ops, "del-neigh "+ip.String())
+	return nil
+}
+
+func (k *stateKernel) Neighbours() ([]fabric.Neighbour, error) {
+	var out []fabric.Neighbour
+	for _, n := range k.neigh {
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func (k *stateKernel) FDB() ([]fabric.FDBEntry, error) {
+	var out []fabric.FDBEntry
+	for _, f := range k.fdb {
+		out = append(out, f)
+	}
+	return out, nil
+}
+
+// plant puts entries in the kernel behind the responder's back.
+func (k *stateKernel) plantNeigh(ip string, mac store.MAC, state int) {
+	a := netip.MustParseAddr(ip)
+	var hw net.HardwareAddr
+	if mac != (store.MAC{}) {
+		hw = mac.HardwareAddr()
+	}
+	k.neigh[a] = fabric.Neighbour{IP: a, MAC: hw, State: state}
+}
+
+func (k *stateKernel) plantFDB(mac store.MAC, dst string, state int) {
+	d := netip.MustParseAddr(dst)
+	k.fdb[mac.String()+" "+dst] = fabric.FDBEntry{MAC: mac.HardwareAddr(), Dst: d, State: state}
+}
+
+// state renders the kernel's entries, sorted.
+func (k *stateKernel) state() []string {
+	var out []string
+	for _, n := range k.neigh {
+		out = append(out, fmt.Sprintf("neigh %s %s", n.IP, n.MAC))
+	}
+	for _, f := range k.fdb {
+		out = append(out, fmt.Sprintf("fdb %s %s", f.MAC, f.Dst))
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (k *stateKernel) takeOps() []string {
+	ops := k.ops
+	k.ops = nil
+	return ops
+}
+
+func expectState(t *testing.T, k *stateKernel, want ...string) {
+	t.Helper()
+	slices.Sort(want)
+	if got := k.state(); !slices.Equal(got, want) {
+		t.Errorf("kernel holds\n  %s\nwant\n  %s", strings.Join(got, "\n  "), strings.Join(want, "\n  "))
+	}
+}
+
+func newStateResponder(leases ...store.Lease) (*Responder, *fakeLeases, *stateKernel) {
+	fl := &fakeLeases{leases: append([]store.Lease{ownLease}, leases...)}
+	k := newStateKernel()
+	r := NewResponder(testConfig, fl, k, zap.NewNop())
+	return r, fl, k
+}
+
+// remove drops the lease stored under key.
+func (f *fakeLeases) remove(key string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.leases = slices.DeleteFunc(f.leases, func(l store.Lease) bool { return l.Key == key })
+}
+
+// answer drives an L3 miss for ip through the responder.
+func answer(t *testing.T, r *Responder, ip string) {
+	t.Helper()
+	res := r.Answer(l3Miss(ip))
+	if res.Outcome != Answered {
+		t.Fatalf("miss for %s: %v (%v)", ip, res.Outcome, res.Err)
+	}
+}
+
+func TestInvalidateRemovedLease(t *testing.T) {
+	r, fl, k := newStateResponder(peerLease, farLease)
+	answer(t, r, "10.5.2.7")
+	answer(t, r, "10.5.2.8")
+	answer(t, r, "10.5.3.3")
+	k.takeOps()
+
+	fl.remove(peerLease.Key)
+	r.Invalidate(store.Change{Old: &peerLease})
+	expectState(t, k,
+		"neigh 10.5.3.3 "+farLease.VtepMAC.String(),
+		"fdb "+farLease.VtepMAC.String()+" "+farLease.PublicIP.String())
+	ops := k.takeOps()
+	// Neighbours go before the FDB entry they use.
+	if len(ops) != 3 || !strings.HasPrefix(ops[0], "del-neigh") || !strings.HasPrefix(ops[1], "del-neigh") || !strings.HasPrefix(ops[2], "del-fdb") {
+		t.Errorf("ops %v, want two neighbour deletes, then the FDB delete", ops)
+	}
+
+	// Back with the same VTEP: the FDB entry is written again, not assumed.
+	fl.put(peerLease)
+	r.Invalidate(store.Change{New: &peerLease})
+	answer(t, r, "10.5.2.7")
+	if ops := k.takeOps(); len(ops) != 2 || !strings.HasPrefix(ops[0], "set-fdb") {
+		t.Errorf("after the lease came back: ops %v, want the FDB entry first, then the neighbour", ops)
+	}
+}
+
+func TestInvalidateRebuiltHost(t *testing.T) {
+	r, fl, k := newStateResponder(peerLease)
+	answer(t, r, "10.5.2.7")
+	answer(t, r, "10.5.2.8")
+	k.takeOps()
+
+	rebuilt := peerLease
+	rebuilt.VtepMAC = store.MAC{0x02, 0, 0, 0, 0, 0x77}
+	rebuilt.PublicIP = netip.MustParseAddr("203.0.113.77")
+	rebuilt.ModRevision++
+	fl.put(rebuilt)
+	r.Invalidate(store.Change{Old: &peerLease, New: &rebuilt})
+	expectState(t, k,
+		"neigh 10.5.2.7 "+rebuilt.VtepMAC.String(),
+		"neigh 10.5.2.8 "+rebuilt.VtepMAC.String(),
+		"fdb "+rebuilt.VtepMAC.String()+" "+rebuilt.PublicIP.String())
+	if ops := k.takeOps(); len(ops) == 0 || ops[0] != "set-fdb "+rebuilt.VtepMAC.String()+" 203.0.113.77" {
+		t.Errorf("ops %v: the new FDB entry must come first", ops)
+	}
+
+	// Same MAC, new public IP: only the FDB entry moves.
+	moved := rebuilt
+	moved.PublicIP = netip.MustParseAddr("203.0.113.78")
+	fl.put(moved)
+	r.Invalidate(store.Change{Old: &rebuilt, New: &moved})
+	expectState(t, k,
+		"neigh 10.5.2.7 "+moved.VtepMAC.String(),
+		"neigh 10.5.2.8 "+moved.VtepMAC.String(),
+		"fdb "+moved.VtepMAC.String()+" 203.0.113.78")
+	for _, op := range k.takeOps() {
+		if strings.HasPrefix(op, "set-neigh") || strings.HasPrefix(op, "del-neigh") {
+			t.Errorf("a public IP change rewrote a neighbour: %s", op)
+		}
+	}
+}
+
+func TestInvalidateNoOps(t *testing.T) {
+	r, _, k := newStateResponder(peerLease)
+	answer(t, r, "10.5.2.7")
+	k.takeOps()
+	renewed := peerLease
+	renewed.ModRevision += 10
+	r.Invalidate(store.Change{Old: &peerLease, New: &renewed}) // a re-put by flanneld
+	r.Invalidate(store.Change{New: &farLease})                 // a new lease
+	own := ownLease
+	r.Invalidate(store.Change{Old: &own}) // our own key deleted: the keeper's business
+	if ops := k.takeOps(); len(ops) != 0 {
+		t.Errorf("ops %v, want none", ops)
+	}
+}
+
+func TestReconcile(t *testing.T) {
+	r, _, k := newStateResponder(peerLease, farLease)
+	peerMAC, farMAC := peerLease.VtepMAC, farLease.VtepMAC
+	bogusMAC := store.MAC{0x02, 0xde, 0xad, 0, 0, 1}
+	// Right: kept untouched.
+	k.plantFDB(peerMAC, peerLease.PublicIP.String(), unix.NUD_PERMANENT)
+	k.plantNeigh("10.5.2.7", peerMAC, unix.NUD_STALE)
+	// Right place but ageing (flanneld's): made PERMANENT in place.
+	k.plantFDB(farMAC, farLease.PublicIP.String(), unix.NUD_REACHABLE)
+	// Wrong VTEP for a known lease: re-pointed.
+	k.plantNeigh("10.5.3.4", bogusMAC, unix.NUD_REACHABLE)
+	// No lease behind them: deleted.
+	k.plantFDB(bogusMAC, "203.0.113.250", unix.NUD_PERMANENT)
+	k.plantNeigh("10.5.200.1", bogusMAC, unix.NUD_REACHABLE)
+	k.plantNeigh("10.5.1.9", peerMAC, unix.NUD_REACHABLE) // in our own subnet
+	// Missed while vtepd was away: answered now.
+	k.plantNeigh("10.5.2.9", store.MAC{}, unix.NUD_INCOMPLETE)
+	// The kernel's own: left alone.
+	k.plantNeigh("10.5.200.2", store.MAC{}, unix.NUD_INCOMPLETE)
+	k.plantNeigh("10.5.255.255", store.MAC{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, unix.NUD_NOARP)
+
+	res, err := r.Reconcile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Reconciled{Kept: 2, Fixed: 2, Removed: 3, Answered: 1}
+	if res != want {
+		t.Errorf("Reconcile = %+v, want %+v", res, want)
+	}
+	expectState(t, k,
+		"fdb "+peerMAC.String()+" "+peerLease.PublicIP.String(),
+		"fdb "+farMAC.String()+" "+farLease.PublicIP.String(),
+		"neigh 10.5.2.7 "+peerMAC.String(),
+		"neigh 10.5.2.9 "+peerMAC.String(),
+		"neigh 10.5.3.4 "+farMAC.String(),
+		"neigh 10.5.200.2 ",
+		"neigh 10.5.255.255 ff:ff:ff:ff:ff:ff")
+	for _, op := range k.takeOps() {
+		if strings.Contains(op, "10.5.2.7") || op == "del-fdb "+peerMAC.String()+" "+peerLease.PublicIP.String() {
+			t.Errorf("a right entry was touched: %s", op)
+		}
+	}
+	// The FDB cache knows what is installed: the next miss writes one entry.
+	answer(t, r, "10.5.2.20")
+	if ops := k.takeOps(); len(ops) != 1 {
+		t.Errorf("ops after reconcile %v, want only the neighbour", ops)
+	}
+}
