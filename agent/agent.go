@@ -65,6 +65,14 @@ type Config struct {
 // and an error if the agent cannot start or cannot go on (its subnet was
 // taken by another host, the kernel socket failed).
 func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
+	err := run(ctx, cfg, log)
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return nil // stopped while starting up: as clean as any other stop
+	}
+	return err
+}
+
+func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("agent: open rtnetlink: %w", err)
@@ -184,7 +192,21 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 	log.Info("device entries reconciled", zap.Int("kept", rec.Kept), zap.Int("fixed", rec.Fixed),
 		zap.Int("removed", rec.Removed), zap.Int("answered", rec.Answered))
-	g.Go(func() error { return listener.Run(gctx, responder.Handle) })
+	// After a socket overflow the lost misses are recovered from the
+	// neighbour table at once, on a goroutine of their own so that the
+	// listener keeps draining the socket meanwhile.
+	sweep := make(chan struct{}, 1)
+	overflowed := func() {
+		select {
+		case sweep <- struct{}{}:
+		default: // a sweep is pending already: it will see these too
+		}
+	}
+	g.Go(func() error {
+		sweepAfterOverflow(gctx, sweep, responder, log)
+		return nil
+	})
+	g.Go(func() error { return listener.Run(gctx, responder.Handle, overflowed) })
 	g.Go(func() error {
 		report(gctx, cfg.ReportInterval, log, responder, listener, table)
 		return nil
@@ -211,6 +233,40 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		zap.Stringer("vtep_mac", ownLease.VtepMAC), zap.Int("leases", table.Len()), zap.String("subnet_file", cfg.SubnetFile))
 
 	return waitErr(ctx, g)
+}
+
+// sweepAfterOverflow answers, each time the miss socket overflowed, the
+// addresses the kernel is still waiting on. The kernel reports an overflow
+// once per episode of congestion (netlink_overrun), and a storm may still be
+// creating entries when the report comes, so sweeps repeat, 50 ms apart,
+// until one finds nothing left to answer.
+func sweepAfterOverflow(ctx context.Context, signal <-chan struct{}, r *miss.Responder, log *zap.Logger) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-signal:
+		}
+		start := time.Now()
+		total, sweeps := 0, 0
+		for ctx.Err() == nil {
+			n, err := r.Sweep()
+			sweeps++
+			total += n
+			if err != nil {
+				log.Warn("answering misses lost to a socket overflow failed in part", zap.Int("answered", n), zap.Error(err))
+			}
+			if n == 0 {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		log.Info("miss socket overflowed; answered the addresses still pending",
+			zap.Int("answered", total), zap.Int("sweeps", sweeps), zap.Duration("took", time.Since(start)))
+	}
 }
 
 // newEtcdClient returns a client that reconnects on its own. gRPC's default

@@ -197,26 +197,66 @@ func (r *Responder) Reconcile() (Reconciled, error) {
 			res.Removed++
 			continue
 		}
-		// Even a right neighbour needs its FDB entry, which may have been
-		// missing or wrong (and deleted above).
-		if err := r.ensureFDB(l); err != nil {
-			errs = append(errs, err)
-			continue
-		}
 		switch {
 		case resolving:
 			res.Answered++
 		case macIs(n.MAC, l.VtepMAC):
+			// Even a right neighbour needs its FDB entry, which may have
+			// been missing or wrong (and deleted above).
+			if err := r.ensureFDB(l); err != nil {
+				errs = append(errs, err)
+				continue
+			}
 			res.Kept++
 			continue
 		default:
 			res.Fixed++
 		}
-		if err := r.kernel.SetNeigh(n.IP, net.HardwareAddr(l.VtepMAC[:])); err != nil {
+		if err := r.install(n.IP, l); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	return res, errors.Join(errs...)
+}
+
+// Sweep answers every address the kernel is still resolving on the device
+// (INCOMPLETE) for which a lease exists, and returns how many it answered.
+// It recovers misses lost to a socket overflow at once: waiting for the
+// kernel's retries would meet them again as one burst, and after
+// app_solicit retries the kernel gives up and drops what it queued.
+func (r *Responder) Sweep() (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	neighbours, err := r.kernel.Neighbours()
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	answered := 0
+	for _, n := range neighbours {
+		if n.State&unix.NUD_INCOMPLETE == 0 {
+			continue
+		}
+		l, ok := r.remoteLease(n.IP)
+		if !ok {
+			continue
+		}
+		if err := r.install(n.IP, l); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		answered++
+	}
+	return answered, errors.Join(errs...)
+}
+
+// install points ip at l's VTEP: the FDB entry first, then the neighbour.
+// Called with r.mu held.
+func (r *Responder) install(ip netip.Addr, l store.Lease) error {
+	if err := r.ensureFDB(l); err != nil {
+		return err
+	}
+	return r.kernel.SetNeigh(ip, net.HardwareAddr(l.VtepMAC[:]))
 }
 
 // remoteLease returns the lease of another host holding ip.

@@ -263,3 +263,27 @@ func TestReconcile(t *testing.T) {
 		t.Errorf("ops after reconcile %v, want only the neighbour", ops)
 	}
 }
+
+func TestSweepAnswersPendingAddresses(t *testing.T) {
+	r, _, k := newStateResponder(peerLease, farLease)
+	k.plantNeigh("10.5.2.7", store.MAC{}, unix.NUD_INCOMPLETE)   // lost to an overflow
+	k.plantNeigh("10.5.3.8", store.MAC{}, unix.NUD_INCOMPLETE)   // another peer
+	k.plantNeigh("10.5.200.9", store.MAC{}, unix.NUD_INCOMPLETE) // no lease: left to fail
+	k.plantNeigh("10.5.2.10", peerLease.VtepMAC, unix.NUD_STALE) // resolved: not touched
+	n, err := r.Sweep()
+	if err != nil || n != 2 {
+		t.Fatalf("Sweep = %d, %v; want 2 answered", n, err)
+	}
+	expectState(t, k,
+		"fdb "+peerLease.VtepMAC.String()+" "+peerLease.PublicIP.String(),
+		"fdb "+farLease.VtepMAC.String()+" "+farLease.PublicIP.String(),
+		"neigh 10.5.2.7 "+peerLease.VtepMAC.String(),
+		"neigh 10.5.3.8 "+farLease.VtepMAC.String(),
+		"neigh 10.5.200.9 ",
+		"neigh 10.5.2.10 "+peerLease.VtepMAC.String())
+	for _, op := range k.takeOps() {
+		if strings.Contains(op, "10.5.2.10") || strings.Contains(op, "10.5.200.9") {
+			t.Errorf("Sweep touched %s", op)
+		}
+	}
+}

@@ -87,9 +87,14 @@ func (l *Listener) Stats() ListenerStats {
 // Run reads notifications until ctx is done and calls handle for every miss
 // (RTM_GETNEIGH) on any device, in order, on the calling goroutine. handle
 // must not keep m. Ordinary RTM_NEWNEIGH/RTM_DELNEIGH state changes are not
-// misses and are skipped. A socket overflow is counted and reading goes on at
-// once: sleeping would only lose more (flannel#414, flannel#779).
-func (l *Listener) Run(ctx context.Context, handle func(m *Miss)) error {
+// misses and are skipped.
+//
+// A socket overflow is counted, overflowed (if not nil) is called, and
+// reading goes on at once: sleeping would only lose more (flannel#414,
+// flannel#779). overflowed must not block; it is the caller's chance to
+// recover the lost misses (Responder.Sweep) rather than wait for the
+// kernel's retries, which arrive as one burst again.
+func (l *Listener) Run(ctx context.Context, handle func(m *Miss), overflowed func()) error {
 	// Clear the past deadline an earlier Run left behind when its context
 	// was cancelled; otherwise every read fails at once and the loop below
 	// spins on os.ErrDeadlineExceeded. Before AfterFunc, so that a context
@@ -108,6 +113,9 @@ func (l *Listener) Run(ctx context.Context, handle func(m *Miss)) error {
 		case err == nil:
 		case errors.Is(err, unix.ENOBUFS):
 			l.overflows.Add(1)
+			if overflowed != nil {
+				overflowed()
+			}
 			continue
 		case ctx.Err() != nil:
 			return ctx.Err()

@@ -65,7 +65,7 @@ func TestListenReadBuffer(t *testing.T) {
 // runAsync runs l.Run and returns a channel with its result.
 func runAsync(ctx context.Context, l *Listener) <-chan error {
 	done := make(chan error, 1)
-	go func() { done <- l.Run(ctx, func(*Miss) {}) }()
+	go func() { done <- l.Run(ctx, func(*Miss) {}, nil) }()
 	return done
 }
 

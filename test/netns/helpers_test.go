@@ -32,6 +32,8 @@ func ctxFor(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
 // leaseKey is the etcd key of a subnet's lease.
 func leaseKey(subnet netip.Prefix) string {
 	return store.SubnetsPrefix(prefix) + store.SubnetKey(subnet)
@@ -92,16 +94,27 @@ func newFakes(t *testing.T, c *clientv3.Client, n int) []fake {
 	return out
 }
 
+// put writes a key, retrying for a while: the tests' own client meets the
+// same member failures and elections as vtepd does. Puts and deletes are
+// idempotent, so a retry after an unclear failure is safe.
 func put(t *testing.T, c *clientv3.Client, key, value string, opts ...clientv3.OpOption) {
 	t.Helper()
-	if _, err := c.Put(ctxFor(t, 10*time.Second), key, value, opts...); err != nil {
+	err := netns.Poll(30*time.Second, func() error {
+		_, err := c.Put(ctxFor(t, 5*time.Second), key, value, opts...)
+		return err
+	})
+	if err != nil {
 		t.Fatalf("put %s: %v", key, err)
 	}
 }
 
 func del(t *testing.T, c *clientv3.Client, key string) {
 	t.Helper()
-	if _, err := c.Delete(ctxFor(t, 10*time.Second), key); err != nil {
+	err := netns.Poll(30*time.Second, func() error {
+		_, err := c.Delete(ctxFor(t, 5*time.Second), key)
+		return err
+	})
+	if err != nil {
 		t.Fatalf("delete %s: %v", key, err)
 	}
 }

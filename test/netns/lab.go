@@ -124,9 +124,15 @@ func (l *Lab) Close() error {
 	procs, namespaces := l.procs, l.namespaces
 	l.procs, l.namespaces = nil, nil
 	l.mu.Unlock()
+	var wg sync.WaitGroup
 	for _, p := range procs {
-		p.Stop(2 * time.Second)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p.Stop(2 * time.Second)
+		}()
 	}
+	wg.Wait()
 	var errs []error
 	for i := len(namespaces) - 1; i >= 0; i-- {
 		if err := deleteNamespace(namespaces[i]); err != nil {

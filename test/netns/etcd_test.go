@@ -1,0 +1,207 @@
+package netns_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vtepd/vtepd/test/netns"
+)
+
+// TestEtcdOutages: etcd failing costs no traffic. Misses for known leases are
+// answered from the table while etcd is down; vtepd reconnects by itself;
+// what changed while it was away is applied when it is back, through a
+// re-list when the watch fell behind compaction; and its own lease, expired
+// meanwhile, is taken again.
+func TestEtcdOutages(t *testing.T) {
+	lab := newLab(t, "vtetcd")
+	members, err := lab.StartEtcdCluster(3)
+	if err != nil {
+		t.Fatalf("starting a 3-member etcd: %v", err)
+	}
+	if err := lab.PutNetworkConfig(ctxFor(t, 10*time.Second), overlayConfig); err != nil {
+		t.Fatal(err)
+	}
+	o := &overlay{lab: lab}
+	h1 := o.addHost(t, 8)
+	h2 := o.addHost(t, 8)
+	// h3 talks to member 1 alone, so that losing member 1 cuts it off from
+	// a cluster that carries on; its lease lives 10 s.
+	h3, err := lab.AddHost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h3.Endpoints = []string{members[0].ClientURL}
+	if _, err := h3.StartVtepd("--subnet-lease-ttl", "10s"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h3.AddContainer(2); err != nil {
+		t.Fatal(err)
+	}
+	o.hosts = append(o.hosts, h3)
+	c := etcdClient(t, lab)
+	fakes := newFakes(t, c, 3)
+	// freshAddr hands out container addresses no host has resolved yet.
+	next := 0
+	freshAddr := func() int { next++; return next - 1 }
+
+	t.Run("all members down: misses answered from the table", func(t *testing.T) {
+		for _, m := range members {
+			m.Kill()
+		}
+		firstPing(t, h1, h2.Container.Extra[freshAddr()])
+		firstPing(t, h2, h1.Container.Extra[freshAddr()])
+		for _, m := range members {
+			if err := m.Start(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := lab.WaitEtcd(30 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		// A lease written after the outage reaches the table: the watch
+		// came back on its own.
+		f := fakes[0]
+		put(t, c, f.Key(), f.Value())
+		if err := installedFor(t, h1, f.Addr(5), f.MAC, 30*time.Second); err != nil {
+			t.Fatalf("after etcd came back: %v", err)
+		}
+	})
+
+	t.Run("one member down: no interruption", func(t *testing.T) {
+		members[1].Kill()
+		f := fakes[0]
+		del(t, c, f.Key())
+		if took, err := goneWithin(t, h1, f.MAC, f.Subnet, 10*time.Second); err != nil {
+			t.Errorf("a delete with one member down did not reach h1: %v", err)
+		} else {
+			t.Logf("delete applied %v later with one member of three down", took.Round(time.Millisecond))
+		}
+		firstPing(t, h2, h1.Container.Extra[freshAddr()])
+	})
+
+	t.Run("quorum lost, then back", func(t *testing.T) {
+		members[2].Kill() // member 1 alone: no leader
+		firstPing(t, h1, h2.Container.Extra[freshAddr()])
+		for _, m := range members[1:] {
+			if err := m.Start(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := lab.WaitEtcd(30 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		f := fakes[1]
+		put(t, c, f.Key(), f.Value())
+		if err := installedFor(t, h1, f.Addr(5), f.MAC, 30*time.Second); err != nil {
+			t.Fatalf("after quorum came back: %v", err)
+		}
+		if err := installedFor(t, h3, f.Addr(6), f.MAC, 30*time.Second); err != nil {
+			t.Fatalf("after quorum came back: %v", err)
+		}
+	})
+
+	t.Run("cut off past compaction and own lease expiry", func(t *testing.T) {
+		h3Subnet := mustSubnet(t, h3)
+		h3Lease := leaseOf(t, o, h3Subnet)
+		members[0].Kill() // h3's only member
+		f := fakes[1]
+		del(t, c, f.Key())
+		// h3's lease expires while it cannot renew it.
+		err := netns.Poll(30*time.Second, func() error {
+			resp, err := c.Get(ctxFor(t, 5*time.Second), leaseKey(h3Subnet))
+			if err == nil && len(resp.Kvs) > 0 {
+				return errStillThere
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatalf("h3's lease did not expire while h3 was cut off: %v", err)
+		}
+		// Compact past everything h3 missed: its watch cannot resume.
+		err = netns.Poll(30*time.Second, func() error {
+			resp, err := c.Get(ctxFor(t, 5*time.Second), "/")
+			if err == nil {
+				_, err = c.Compact(ctxFor(t, 5*time.Second), resp.Header.Revision)
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatalf("compacting: %v", err)
+		}
+		relists := len(h3.Vtepd.Entries("lease watch fell behind etcd compaction; re-listing"))
+		if err := members[0].Start(); err != nil {
+			t.Fatal(err)
+		}
+		if took, err := goneWithin(t, h3, f.MAC, f.Subnet, 45*time.Second); err != nil {
+			t.Errorf("the delete made while h3 was cut off was not applied: %v", err)
+		} else {
+			t.Logf("h3 applied the missed delete %v after its member restarted", took.Round(time.Millisecond))
+		}
+		if got := len(h3.Vtepd.Entries("lease watch fell behind etcd compaction; re-listing")); got <= relists {
+			t.Errorf("h3 did not re-list after falling behind compaction")
+		}
+		err = netns.Poll(30*time.Second, func() error {
+			resp, err := c.Get(ctxFor(t, 5*time.Second), leaseKey(h3Subnet))
+			if err != nil || len(resp.Kvs) == 0 {
+				return fmt.Errorf("h3's lease not back: %v", err)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		back := leaseOf(t, o, h3Subnet)
+		if !back.SameTarget(h3Lease) {
+			t.Errorf("h3's lease came back as %v, want %v", back, h3Lease)
+		}
+		firstPing(t, h1, h3.Container.Extra[0])
+		firstPing(t, h3, h1.Container.Extra[freshAddr()])
+	})
+}
+
+// TestOwnLease: this host's lease is put back when an operator deletes it,
+// and vtepd stops with an error that says so when another host takes it.
+func TestOwnLease(t *testing.T) {
+	o := newOverlay(t, "vtown", 2, 4)
+	h1, h2 := o.hosts[0], o.hosts[1]
+	c := etcdClient(t, o.lab)
+	subnet := mustSubnet(t, h2)
+	mine := leaseOf(t, o, subnet)
+
+	t.Run("deleted by an operator", func(t *testing.T) {
+		del(t, c, leaseKey(subnet))
+		err := netns.Poll(5*time.Second, func() error {
+			resp, err := c.Get(ctxFor(t, 5*time.Second), leaseKey(subnet))
+			if err != nil || len(resp.Kvs) == 0 {
+				return errStillThere
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("the deleted lease was not put back within 5s")
+		}
+		if back := leaseOf(t, o, subnet); !back.SameTarget(mine) {
+			t.Errorf("lease put back as %v, want %v", back, mine)
+		}
+		// Peers dropped their entries with the delete; traffic resumes.
+		firstPing(t, h1, h2.Container.Extra[0])
+		if done, _ := h2.Vtepd.Exited(); done {
+			t.Errorf("vtepd stopped after its lease was deleted")
+		}
+	})
+
+	t.Run("taken by another host", func(t *testing.T) {
+		thief := fake{Subnet: subnet, PublicIP: mustAddr("198.51.100.222"), MAC: mine.VtepMAC}
+		thief.MAC[5] ^= 0xff
+		put(t, c, leaseKey(subnet), thief.Value())
+		err := h2.Vtepd.Wait(10 * time.Second)
+		if err == nil || !strings.Contains(err.Error(), "exit status 1") {
+			t.Fatalf("vtepd after its subnet was taken: %v, want exit status 1", err)
+		}
+		if log := h2.Vtepd.Tail(5); !strings.Contains(log, "subnet taken by another host") || !strings.Contains(log, "198.51.100.222") {
+			t.Errorf("vtepd did not say who took its subnet:\n%s", log)
+		}
+	})
+}
