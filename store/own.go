@@ -114,7 +114,9 @@ func (o *OwnLease) Keep(ctx context.Context, margin time.Duration) error {
 	for {
 		wait := time.Until(o.Expires().Add(-margin))
 		if failing {
-			wait = bo.next()
+			// Back off, but never so far that the lease expires between two
+			// attempts: retry at least four times in what is left of it.
+			wait = min(bo.next(), max(time.Until(o.Expires())/4, 200*time.Millisecond))
 		}
 		// A recheck cuts any wait short, the backoff after a failure too:
 		// when etcd comes back and the table shows our key gone, the subnet

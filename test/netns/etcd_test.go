@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/vtepd/vtepd/test/netns"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // TestEtcdOutages: etcd failing costs no traffic. Misses for known leases are
@@ -102,6 +103,62 @@ func TestEtcdOutages(t *testing.T) {
 		}
 	})
 
+	t.Run("own lease renewal survives a short outage", func(t *testing.T) {
+		// h4's lease lives 30 s and is renewed 15 s before expiry; its only
+		// etcd member goes away for 5 s just before a renewal is due.
+		h4, err := lab.AddHost()
+		if err != nil {
+			t.Fatal(err)
+		}
+		h4.Endpoints = []string{members[0].ClientURL}
+		if _, err := h4.StartVtepd("--subnet-lease-ttl", "30s"); err != nil {
+			t.Fatal(err)
+		}
+		key := leaseKey(mustSubnet(t, h4))
+		created := modRevisionAndCreate(t, c, key)
+		renewals := func() int { return len(h4.Vtepd.Entries("own lease renewed")) }
+		before := renewals()
+		// The first renewal comes 15 s after the start; wait for it, then cut
+		// h4 off 1 s before the next one.
+		if err := netns.Poll(30*time.Second, func() error {
+			if renewals() == before {
+				return errStillThere
+			}
+			return nil
+		}); err != nil {
+			t.Fatalf("h4 never renewed its lease")
+		}
+		time.Sleep(14 * time.Second) // the scenario: an outage over the renewal time
+		members[0].Kill()
+		atKill := renewals()
+		lost := false
+		stop := time.Now().Add(5 * time.Second)
+		for time.Now().Before(stop) {
+			resp, err := c.Get(ctxFor(t, 2*time.Second), key)
+			lost = lost || err == nil && len(resp.Kvs) == 0
+			time.Sleep(200 * time.Millisecond)
+		}
+		if err := members[0].Start(); err != nil {
+			t.Fatal(err)
+		}
+		if renewals() != atKill {
+			t.Fatalf("h4 renewed during the outage: the test did not cut it off")
+		}
+		// The renewal due during the outage happens once etcd is back
+		// (the call waits for it, or is retried), before the lease expires.
+		if err := netns.Poll(20*time.Second, func() error {
+			if renewals() == atKill {
+				return errStillThere
+			}
+			return nil
+		}); err != nil {
+			t.Errorf("no renewal after the outage")
+		}
+		if lost || modRevisionAndCreate(t, c, key) != created {
+			t.Errorf("h4's lease was lost during a 5 s outage of a 30 s lease")
+		}
+	})
+
 	t.Run("cut off past compaction and own lease expiry", func(t *testing.T) {
 		h3Subnet := mustSubnet(t, h3)
 		h3Lease := leaseOf(t, o, h3Subnet)
@@ -159,6 +216,25 @@ func TestEtcdOutages(t *testing.T) {
 		firstPing(t, h1, h3.Container.Extra[0])
 		firstPing(t, h3, h1.Container.Extra[freshAddr()])
 	})
+}
+
+// modRevisionAndCreate returns a key's create revision: it changes only if
+// the key was deleted and written again.
+func modRevisionAndCreate(t *testing.T, c *clientv3.Client, key string) int64 {
+	t.Helper()
+	var rev int64
+	err := netns.Poll(30*time.Second, func() error {
+		resp, err := c.Get(ctxFor(t, 5*time.Second), key)
+		if err != nil || len(resp.Kvs) != 1 {
+			return fmt.Errorf("reading %s: %v", key, err)
+		}
+		rev = resp.Kvs[0].CreateRevision
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rev
 }
 
 // TestOwnLease: this host's lease is put back when an operator deletes it,
