@@ -44,11 +44,16 @@ import (
 	"google.golang.org/grpc/backoff"
 )
 
+// EtcdConfig says how to reach etcd.
+type EtcdConfig struct {
+	Endpoints []string
+}
+
 // Config is everything `vtepd run` is told.
 type Config struct {
-	EtcdEndpoints []string
-	EtcdPrefix    string
-	Underlay      fabric.UnderlaySpec
+	Etcd       EtcdConfig
+	EtcdPrefix string
+	Underlay   fabric.UnderlaySpec
 	// DeviceName overrides flannel.<VNI>.
 	DeviceName  string
 	SubnetFile  string
@@ -59,6 +64,10 @@ type Config struct {
 	// ReportInterval is how often unusual counts (unanswered misses,
 	// socket overflows, failed writes) are summarised in the log.
 	ReportInterval time.Duration
+	// HTTPAddr is where metrics, health and status are served ("": off).
+	HTTPAddr string
+	// Version is reported in /status.
+	Version string
 }
 
 // Run runs the agent until ctx is done. It returns nil after a clean stop,
@@ -73,6 +82,28 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 }
 
 func run(ctx context.Context, cfg Config, log *zap.Logger) error {
+	// Serve health from the first moment: while start-up waits on etcd,
+	// /healthz says what it is waiting for.
+	tel := newTelemetry(cfg.Version)
+	defer tel.close()
+	httpListener, err := listenHTTP(cfg.HTTPAddr)
+	if err != nil {
+		return err
+	}
+	if httpListener != nil {
+		hctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := tel.serveHTTP(hctx, httpListener, log); err != nil {
+				log.Error("serving metrics and health stopped", zap.Error(err))
+			}
+		}()
+		defer func() { stop(); <-done }()
+		log.Info("serving metrics, health and status", zap.String("http_addr", httpListener.Addr().String()))
+	}
+
+	tel.setPhase("choosing the underlay interface")
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("agent: open rtnetlink: %w", err)
@@ -86,16 +117,18 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	log.Info("underlay chosen", zap.String("iface", underlay.Name), zap.Stringer("local", underlay.Addr),
 		zap.Stringer("public_ip", underlay.PublicIP), zap.Int("mtu", underlay.MTU))
 
-	etcd, err := newEtcdClient(cfg, log)
+	etcd, err := NewEtcdClient(cfg.Etcd, log)
 	if err != nil {
 		return err
 	}
 	defer etcd.Close()
 
-	netCfg, err := store.WaitConfig(ctx, etcd, cfg.EtcdPrefix, log)
+	tel.setPhase("reading the network config")
+	netCfg, err := store.WaitConfig(ctx, etcd, cfg.EtcdPrefix, log, tel.setPhase)
 	if err != nil {
 		return err
 	}
+	tel.attach(func(t *telemetry) { t.netCfg = &netCfg })
 	devName := cfg.DeviceName
 	if devName == "" {
 		devName = "flannel." + strconv.Itoa(netCfg.Backend.VNI)
@@ -107,7 +140,7 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	defer lock.Close()
 
 	var prev store.Lease
-	err = retry(ctx, log, "looking for this host's previous lease", func(ctx context.Context) (err error) {
+	err = retry(ctx, log, tel, "looking for this host's previous lease", func(ctx context.Context) (err error) {
 		prev, err = previousLease(ctx, etcd, cfg.EtcdPrefix, underlay.PublicIP)
 		return err
 	})
@@ -127,13 +160,17 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err := dev.EnableAppProbes(); err != nil {
 		return err
 	}
+	if err := tel.openInspector(dev); err != nil {
+		return err
+	}
+	tel.attach(func(t *telemetry) { t.dev = dev })
 
 	claim := store.Claim{PublicIP: underlay.PublicIP, VtepMAC: store.MAC(dev.MAC), TTL: cfg.LeaseTTL}
 	if env, err := subnetfile.Read(cfg.SubnetFile); err == nil && env.Network == netCfg.Network {
 		claim.Previous = env.Subnet.Masked()
 	}
 	var own *store.OwnLease
-	err = retry(ctx, log, "acquiring a subnet lease", func(ctx context.Context) (err error) {
+	err = retry(ctx, log, tel, "acquiring a subnet lease", func(ctx context.Context) (err error) {
 		own, err = store.AcquireLease(ctx, etcd, cfg.EtcdPrefix, netCfg, claim, log)
 		return err
 	})
@@ -141,6 +178,7 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return err
 	}
 	ownLease := own.Lease()
+	tel.attach(func(t *telemetry) { t.own = own })
 
 	// Subscribe before the route exists: from then on every miss is heard.
 	listener, err := miss.Listen(cfg.ReadBuffer)
@@ -157,8 +195,11 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	table := store.NewTable(netCfg)
 	table.SetOwn(ownLease.Key)
 	responder := miss.NewResponder(miss.ResponderConfig{
-		Ifindex: dev.Index, Network: netCfg.Network, Own: ownLease.Subnet,
+		Ifindex: dev.Index, Network: netCfg.Network, Own: ownLease.Subnet, Observe: tel.observe,
 	}, table, entries, log)
+	tel.attach(func(t *telemetry) {
+		t.table, t.listener, t.responder, t.entries = table, listener, responder, entries
+	})
 	table.OnChange(responder.Invalidate)
 	table.OnChange(func(c store.Change) {
 		// Our key deleted, or saying something we did not write: let the
@@ -181,11 +222,13 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	g.Go(func() error { return table.Sync(gctx, etcd, cfg.EtcdPrefix, log) })
 	g.Go(func() error { return own.Keep(gctx, cfg.RenewMargin) })
 
+	tel.setPhase("syncing the lease table from etcd")
 	select {
 	case <-table.Synced():
 	case <-gctx.Done():
 		return waitErr(ctx, g)
 	}
+	tel.setPhase("reconciling the device's entries")
 	rec, err := responder.Reconcile()
 	if err != nil {
 		log.Warn("reconciling the device's entries with the lease table was incomplete", zap.Error(err))
@@ -203,7 +246,7 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		}
 	}
 	g.Go(func() error {
-		sweepAfterOverflow(gctx, sweep, responder, log)
+		sweepAfterOverflow(gctx, sweep, responder, tel, log)
 		return nil
 	})
 	g.Go(func() error { return listener.Run(gctx, responder.Handle, overflowed) })
@@ -212,12 +255,19 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return nil
 	})
 
-	if err := dev.SetAddress(ownLease.Gateway()); err != nil {
+	tel.setPhase("setting the device's address and route")
+	routes := func() []netip.Prefix { return []netip.Prefix{netCfg.Network} }
+	if _, err := dev.SetAddress(ownLease.Gateway()); err != nil {
 		return fail(err)
 	}
-	if err := dev.SetRoutes(ownLease.Gateway(), []netip.Prefix{netCfg.Network}); err != nil {
+	if _, err := dev.SetRoutes(ownLease.Gateway(), routes()); err != nil {
 		return fail(err)
 	}
+	tel.attach(func(t *telemetry) { t.gateway, t.routes = ownLease.Gateway(), routes })
+	g.Go(func() error {
+		keepDevice(gctx, dev, ownLease.Gateway(), routes, log)
+		return nil
+	})
 	if fwd, err := fabric.IPForwarding(); err == nil && !fwd {
 		log.Warn("IPv4 forwarding is off in this namespace: containers behind this host are unreachable through the overlay (sysctl net.ipv4.ip_forward=1)")
 	}
@@ -229,6 +279,7 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err := subnetfile.Write(cfg.SubnetFile, env); err != nil {
 		return fail(err)
 	}
+	tel.setPhase("")
 	log.Info("vtepd ready", zap.String("device", dev.Name), zap.Stringer("subnet", ownLease.Subnet),
 		zap.Stringer("vtep_mac", ownLease.VtepMAC), zap.Int("leases", table.Len()), zap.String("subnet_file", cfg.SubnetFile))
 
@@ -240,7 +291,7 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 // once per episode of congestion (netlink_overrun), and a storm may still be
 // creating entries when the report comes, so sweeps repeat, 50 ms apart,
 // until one finds nothing left to answer.
-func sweepAfterOverflow(ctx context.Context, signal <-chan struct{}, r *miss.Responder, log *zap.Logger) {
+func sweepAfterOverflow(ctx context.Context, signal <-chan struct{}, r *miss.Responder, tel *telemetry, log *zap.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -253,6 +304,8 @@ func sweepAfterOverflow(ctx context.Context, signal <-chan struct{}, r *miss.Res
 			n, err := r.Sweep()
 			sweeps++
 			total += n
+			tel.sweeps.Add(1)
+			tel.swept.Add(uint64(n))
 			if err != nil {
 				log.Warn("answering misses lost to a socket overflow failed in part", zap.Int("answered", n), zap.Error(err))
 			}
@@ -269,14 +322,14 @@ func sweepAfterOverflow(ctx context.Context, signal <-chan struct{}, r *miss.Res
 	}
 }
 
-// newEtcdClient returns a client that reconnects on its own. gRPC's default
+// NewEtcdClient returns a client that reconnects on its own. gRPC's default
 // reconnect backoff grows to two minutes; capped at five seconds, an etcd
 // member that comes back is used again within seconds.
-func newEtcdClient(cfg Config, log *zap.Logger) (*clientv3.Client, error) {
+func NewEtcdClient(cfg EtcdConfig, log *zap.Logger) (*clientv3.Client, error) {
 	bo := backoff.DefaultConfig
 	bo.MaxDelay = 5 * time.Second
 	c, err := clientv3.New(clientv3.Config{
-		Endpoints:   cfg.EtcdEndpoints,
+		Endpoints:   cfg.Endpoints,
 		DialTimeout: 5 * time.Second,
 		// The client's own logs are about connections; ours say what they
 		// mean for the overlay. Keep its warnings, drop its chatter.
@@ -286,7 +339,7 @@ func newEtcdClient(cfg Config, log *zap.Logger) (*clientv3.Client, error) {
 		DialOptions:          []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: 5 * time.Second})},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("agent: etcd client for %v: %w", cfg.EtcdEndpoints, err)
+		return nil, fmt.Errorf("agent: etcd client for %v: %w", cfg.Endpoints, err)
 	}
 	return c, nil
 }
@@ -294,8 +347,9 @@ func newEtcdClient(cfg Config, log *zap.Logger) (*clientv3.Client, error) {
 // retry calls fn until it succeeds or ctx ends, logging each failure: etcd
 // unreachable, or every subnet taken, are conditions to wait out. Each
 // attempt gets 15 seconds.
-func retry(ctx context.Context, log *zap.Logger, what string, fn func(context.Context) error) error {
+func retry(ctx context.Context, log *zap.Logger, tel *telemetry, what string, fn func(context.Context) error) error {
 	wait := time.Second
+	tel.setPhase(what)
 	for {
 		actx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		err := fn(actx)
@@ -303,6 +357,7 @@ func retry(ctx context.Context, log *zap.Logger, what string, fn func(context.Co
 		if err == nil || ctx.Err() != nil {
 			return err
 		}
+		tel.setPhase(fmt.Sprintf("%s: %v", what, err))
 		level := zapcore.WarnLevel
 		if errors.Is(err, store.ErrNoFreeSubnet) {
 			level = zapcore.ErrorLevel // needs an operator: free a subnet or grow the network

@@ -168,6 +168,15 @@ func incompatibilities(link netlink.Link, want *netlink.Vxlan) []string {
 	return d
 }
 
+// Up reports whether the device is administratively up.
+func (d *Device) Up() (bool, error) {
+	link, err := d.h.LinkByIndex(d.Index)
+	if err != nil {
+		return false, fmt.Errorf("fabric: look up %s: %w", d.Name, err)
+	}
+	return link.Attrs().Flags&net.FlagUp != 0, nil
+}
+
 // Sysctls under net.ipv4.neigh.<device> that make the miss path work.
 var probeSysctls = []struct{ name, value string }{
 	// Ask user space about every unresolved address, three times one
@@ -199,18 +208,19 @@ func (d *Device) EnableAppProbes() error {
 }
 
 // SetAddress makes addr/32 the device's only IPv4 address. A different
-// address left by an earlier lease is removed.
-func (d *Device) SetAddress(addr netip.Addr) error {
+// address left by an earlier lease is removed. It reports whether it changed
+// anything.
+func (d *Device) SetAddress(addr netip.Addr) (bool, error) {
 	link, err := d.h.LinkByIndex(d.Index)
 	if err != nil {
-		return fmt.Errorf("fabric: look up %s: %w", d.Name, err)
+		return false, fmt.Errorf("fabric: look up %s: %w", d.Name, err)
 	}
 	want := &netlink.Addr{IPNet: &net.IPNet{IP: addr.AsSlice(), Mask: net.CIDRMask(32, 32)}}
 	have, err := d.h.AddrList(link, unix.AF_INET)
 	if err != nil {
-		return fmt.Errorf("fabric: list addresses of %s: %w", d.Name, err)
+		return false, fmt.Errorf("fabric: list addresses of %s: %w", d.Name, err)
 	}
-	found := false
+	found, changed := false, false
 	for _, a := range have {
 		if a.IPNet.String() == want.IPNet.String() {
 			found = true
@@ -218,35 +228,37 @@ func (d *Device) SetAddress(addr netip.Addr) error {
 		}
 		d.log.Info("removing stale address from device", zap.String("device", d.Name), zap.Stringer("address", a.IPNet))
 		if err := d.h.AddrDel(link, &a); err != nil {
-			return fmt.Errorf("fabric: remove %s from %s: %w", a.IPNet, d.Name, err)
+			return changed, fmt.Errorf("fabric: remove %s from %s: %w", a.IPNet, d.Name, err)
 		}
+		changed = true
 	}
 	if found {
-		return nil
+		return changed, nil
 	}
 	if err := d.h.AddrReplace(link, want); err != nil {
-		return fmt.Errorf("fabric: add %s to %s: %w", want.IPNet, d.Name, err)
+		return changed, fmt.Errorf("fabric: add %s to %s: %w", want.IPNet, d.Name, err)
 	}
-	return nil
+	return true, nil
 }
 
 // SetRoutes makes the device's IPv4 routes in the main table exactly want:
 // missing ones are added, others through the device (left by flanneld, or by
 // an earlier configuration) are removed. Routes are on-link with the
-// device's address as source.
-func (d *Device) SetRoutes(src netip.Addr, want []netip.Prefix) error {
+// device's address as source. It reports whether it changed anything.
+func (d *Device) SetRoutes(src netip.Addr, want []netip.Prefix) (bool, error) {
 	link, err := d.h.LinkByIndex(d.Index)
 	if err != nil {
-		return fmt.Errorf("fabric: look up %s: %w", d.Name, err)
+		return false, fmt.Errorf("fabric: look up %s: %w", d.Name, err)
 	}
 	have, err := d.h.RouteList(link, unix.AF_INET)
 	if err != nil {
-		return fmt.Errorf("fabric: list routes of %s: %w", d.Name, err)
+		return false, fmt.Errorf("fabric: list routes of %s: %w", d.Name, err)
 	}
 	wanted := make(map[netip.Prefix]bool, len(want))
 	for _, p := range want {
 		wanted[p] = true
 	}
+	changed := false
 	for _, r := range have {
 		if r.Dst == nil || r.Protocol == unix.RTPROT_KERNEL {
 			continue
@@ -258,8 +270,9 @@ func (d *Device) SetRoutes(src netip.Addr, want []netip.Prefix) error {
 		}
 		d.log.Info("removing route through device", zap.String("device", d.Name), zap.Stringer("route", r.Dst))
 		if err := d.h.RouteDel(&r); err != nil {
-			return fmt.Errorf("fabric: delete route %s from %s: %w", r.Dst, d.Name, err)
+			return changed, fmt.Errorf("fabric: delete route %s from %s: %w", r.Dst, d.Name, err)
 		}
+		changed = true
 	}
 	for _, p := range want {
 		if !wanted[p] {
@@ -272,10 +285,59 @@ func (d *Device) SetRoutes(src netip.Addr, want []netip.Prefix) error {
 			Scope:     netlink.SCOPE_LINK,
 		}
 		if err := d.h.RouteReplace(r); err != nil {
-			return fmt.Errorf("fabric: add route %s dev %s: %w", p, d.Name, err)
+			return changed, fmt.Errorf("fabric: add route %s dev %s: %w", p, d.Name, err)
+		}
+		changed = true
+	}
+	return changed, nil
+}
+
+// CheckDevice says what is missing for the device with the given index to
+// carry the overlay: it must exist and be up, hold addr, and have a route
+// for each of routes. It reads through h and changes nothing.
+func CheckDevice(h *netlink.Handle, index int, name string, addr netip.Addr, routes []netip.Prefix) ([]string, error) {
+	link, err := h.LinkByIndex(index)
+	if err != nil {
+		return []string{fmt.Sprintf("device %s is gone", name)}, nil
+	}
+	if link.Attrs().Name != name {
+		return []string{fmt.Sprintf("device %s is gone (its index belongs to %s now)", name, link.Attrs().Name)}, nil
+	}
+	if link.Attrs().Flags&net.FlagUp == 0 {
+		return []string{fmt.Sprintf("device %s is down", name)}, nil
+	}
+	var missing []string
+	addrs, err := h.AddrList(link, unix.AF_INET)
+	if err != nil {
+		return nil, fmt.Errorf("fabric: list addresses of %s: %w", name, err)
+	}
+	found := false
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP.To4()); ok && ip == addr {
+			found = true
 		}
 	}
-	return nil
+	if !found {
+		missing = append(missing, fmt.Sprintf("address %s missing on %s", addr, name))
+	}
+	have, err := h.RouteList(link, unix.AF_INET)
+	if err != nil {
+		return nil, fmt.Errorf("fabric: list routes of %s: %w", name, err)
+	}
+	got := map[netip.Prefix]bool{}
+	for _, r := range have {
+		if r.Dst != nil {
+			if p, ok := prefixOf(r.Dst); ok {
+				got[p] = true
+			}
+		}
+	}
+	for _, p := range routes {
+		if !got[p] {
+			missing = append(missing, fmt.Sprintf("route %s dev %s missing", p, name))
+		}
+	}
+	return missing, nil
 }
 
 func prefixOf(n *net.IPNet) (netip.Prefix, bool) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -25,6 +26,54 @@ type Entries struct {
 	h       *netlink.Handle
 	ifindex int
 	name    string
+
+	writes    [numOps]atomic.Uint64
+	errors    [numOps]atomic.Uint64
+	tableFull [numOps]atomic.Uint64
+}
+
+// Op is a kind of kernel write.
+type Op int
+
+const (
+	OpSetFDB Op = iota
+	OpDelFDB
+	OpSetNeigh
+	OpDelNeigh
+	numOps
+)
+
+var opNames = [numOps]string{"set_fdb", "del_fdb", "set_neigh", "del_neigh"}
+
+func (o Op) String() string { return opNames[o] }
+
+// Ops lists every kind of write, for metrics.
+func Ops() []Op { return []Op{OpSetFDB, OpDelFDB, OpSetNeigh, OpDelNeigh} }
+
+// WriteStats counts one kind of write.
+type WriteStats struct {
+	Writes uint64 // attempted
+	Errors uint64 // failed, table-full ones included
+	// TableFull counts failures because the kernel's neighbour table was
+	// full (ErrTableFull).
+	TableFull uint64
+}
+
+// Stats returns the counts of op.
+func (e *Entries) Stats(op Op) WriteStats {
+	return WriteStats{Writes: e.writes[op].Load(), Errors: e.errors[op].Load(), TableFull: e.tableFull[op].Load()}
+}
+
+// count records one write of op and its outcome, and returns err.
+func (e *Entries) count(op Op, err error) error {
+	e.writes[op].Add(1)
+	if err != nil {
+		e.errors[op].Add(1)
+		if errors.Is(err, ErrTableFull) {
+			e.tableFull[op].Add(1)
+		}
+	}
+	return err
 }
 
 // Neighbour is an IPv4 neighbour entry on the device.
@@ -75,18 +124,18 @@ func (e *Entries) Close() error {
 // their lease goes.
 func (e *Entries) SetFDB(mac net.HardwareAddr, dst netip.Addr) error {
 	if err := e.h.NeighSet(e.fdb(mac, dst)); err != nil {
-		return e.wrap(err, "set fdb %s→%s", mac, dst)
+		return e.count(OpSetFDB, e.wrap(err, "set fdb %s→%s", mac, dst))
 	}
-	return nil
+	return e.count(OpSetFDB, nil)
 }
 
 // DelFDB removes the entry for mac towards dst. Removing an entry that is
 // not there is not an error.
 func (e *Entries) DelFDB(mac net.HardwareAddr, dst netip.Addr) error {
 	if err := e.h.NeighDel(e.fdb(mac, dst)); err != nil && !errors.Is(err, unix.ENOENT) {
-		return e.wrap(err, "delete fdb %s→%s", mac, dst)
+		return e.count(OpDelFDB, e.wrap(err, "delete fdb %s→%s", mac, dst))
 	}
-	return nil
+	return e.count(OpDelFDB, nil)
 }
 
 // SetNeigh makes ip resolve to mac, REACHABLE. Set on an INCOMPLETE entry,
@@ -100,9 +149,9 @@ func (e *Entries) SetNeigh(ip netip.Addr, mac net.HardwareAddr) error {
 		HardwareAddr: mac,
 	}
 	if err := e.h.NeighSet(n); err != nil {
-		return e.wrap(err, "set neighbour %s→%s", ip, mac)
+		return e.count(OpSetNeigh, e.wrap(err, "set neighbour %s→%s", ip, mac))
 	}
-	return nil
+	return e.count(OpSetNeigh, nil)
 }
 
 // DelNeigh removes the neighbour entry for ip. Removing an entry that is not
@@ -110,9 +159,9 @@ func (e *Entries) SetNeigh(ip netip.Addr, mac net.HardwareAddr) error {
 func (e *Entries) DelNeigh(ip netip.Addr) error {
 	n := &netlink.Neigh{LinkIndex: e.ifindex, Family: unix.AF_INET, IP: ip.AsSlice()}
 	if err := e.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
-		return e.wrap(err, "delete neighbour %s", ip)
+		return e.count(OpDelNeigh, e.wrap(err, "delete neighbour %s", ip))
 	}
-	return nil
+	return e.count(OpDelNeigh, nil)
 }
 
 // Neighbours lists the device's IPv4 neighbour entries.

@@ -90,6 +90,10 @@ type ResponderConfig struct {
 	Network netip.Prefix
 	// Own is this host's subnet.
 	Own netip.Prefix
+	// Observe, if set, is told of every miss for the device once it has
+	// been answered (or not), on the listener's goroutine: metrics and the
+	// recent-miss log hang here. It must be quick and must not keep m.
+	Observe func(m *Miss, res Result)
 }
 
 // Responder answers misses for one VXLAN device.
@@ -131,6 +135,9 @@ func (r *Responder) Handle(m *Miss) {
 		return
 	}
 	res := r.Answer(m)
+	if r.cfg.Observe != nil {
+		r.cfg.Observe(m, res)
+	}
 	if ce := r.log.Check(zapcore.DebugLevel, "miss"); ce != nil {
 		ce.Write(missFields(m, res)...)
 	}

@@ -242,8 +242,12 @@ func prefixMask(bits int) uint32 {
 // WaitConfig reads the network configuration at <prefix>/config. While the
 // key is absent it waits, saying so once; while the value is invalid it logs
 // the error (naming key and field) and waits for a fix rather than exiting,
-// so a typo in etcd does not become a crash loop on every host.
-func WaitConfig(ctx context.Context, c *clientv3.Client, prefix string, log *zap.Logger) (Config, error) {
+// so a typo in etcd does not become a crash loop on every host. If waiting is
+// not nil, it is told why each time the reason to wait changes.
+func WaitConfig(ctx context.Context, c *clientv3.Client, prefix string, log *zap.Logger, waiting func(reason string)) (Config, error) {
+	if waiting == nil {
+		waiting = func(string) {}
+	}
 	key := ConfigKey(prefix)
 	bo := newBackoff(100*time.Millisecond, 10*time.Second)
 	var said string
@@ -254,6 +258,7 @@ func WaitConfig(ctx context.Context, c *clientv3.Client, prefix string, log *zap
 				return Config{}, ctx.Err()
 			}
 			log.Warn("reading the network config failed; retrying", zap.String("key", key), zap.Error(err), zap.Duration("backoff", bo.peek()))
+			waiting(fmt.Sprintf("reading the network config %s: %v", key, err))
 			if !bo.wait(ctx) {
 				return Config{}, ctx.Err()
 			}
@@ -263,6 +268,7 @@ func WaitConfig(ctx context.Context, c *clientv3.Client, prefix string, log *zap
 		if len(resp.Kvs) == 0 {
 			if said != "absent" {
 				log.Info("waiting for the network config to be written to etcd", zap.String("key", key))
+				waiting(fmt.Sprintf("waiting for the network config to be written to %s", key))
 				said = "absent"
 			}
 		} else {
@@ -271,6 +277,7 @@ func WaitConfig(ctx context.Context, c *clientv3.Client, prefix string, log *zap
 				return cfg, nil
 			}
 			log.Error("network config is invalid; waiting for it to be fixed", zap.Error(err))
+			waiting(fmt.Sprintf("network config is invalid: %v", err))
 			said = "invalid"
 		}
 		// Sleep until the key changes.

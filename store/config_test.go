@@ -265,7 +265,7 @@ func TestKeys(t *testing.T) {
 func waitConfigAsync(ctx context.Context, c *clientv3.Client, prefix string, log *zap.Logger) <-chan configResult {
 	done := make(chan configResult, 1)
 	go func() {
-		cfg, err := WaitConfig(ctx, c, prefix, log)
+		cfg, err := WaitConfig(ctx, c, prefix, log, nil)
 		done <- configResult{cfg, err}
 	}()
 	return done
@@ -321,7 +321,7 @@ func TestWaitConfigPresent(t *testing.T) {
 	mustPut(t, c, testConfigKey, v)
 	core, logs := observer.New(zapcore.DebugLevel)
 	start := time.Now()
-	cfg, err := WaitConfig(testCtx(t), c, "/coreos.com/network/", zap.New(core))
+	cfg, err := WaitConfig(testCtx(t), c, "/coreos.com/network/", zap.New(core), nil)
 	if err != nil {
 		t.Fatalf("WaitConfig: %v", err)
 	}

@@ -18,6 +18,14 @@ import (
 // the test ends.
 func startEtcd(t testing.TB) *clientv3.Client {
 	t.Helper()
+	_, c := startStoppableEtcd(t)
+	return c
+}
+
+// startStoppableEtcd is startEtcd that also returns a function stopping the
+// server, for tests that take etcd away. It may be called more than once.
+func startStoppableEtcd(t testing.TB) (stop func(), c *clientv3.Client) {
+	t.Helper()
 	cfg := embed.NewConfig()
 	cfg.Name = "store-test"
 	cfg.Dir = t.TempDir()
@@ -49,10 +57,14 @@ func startEtcd(t testing.TB) *clientv3.Client {
 	if err != nil {
 		t.Fatalf("start etcd: %v", err)
 	}
-	t.Cleanup(func() {
-		level.SetLevel(zapcore.FatalLevel)
-		e.Close()
-	})
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			level.SetLevel(zapcore.FatalLevel)
+			e.Close()
+		})
+	}
+	t.Cleanup(stop)
 	select {
 	case <-e.Server.ReadyNotify():
 	case err := <-e.Err():
@@ -61,7 +73,7 @@ func startEtcd(t testing.TB) *clientv3.Client {
 		t.Fatal("etcd not ready after 30s")
 	}
 
-	c, err := clientv3.New(clientv3.Config{
+	c, err = clientv3.New(clientv3.Config{
 		Endpoints:   []string{e.Clients[0].Addr().String()},
 		DialTimeout: 10 * time.Second,
 		Logger:      zap.NewNop(),
@@ -70,7 +82,7 @@ func startEtcd(t testing.TB) *clientv3.Client {
 		t.Fatalf("etcd client: %v", err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return c
+	return stop, c
 }
 
 // quietCore drops an error a new etcd member logs once at start because it

@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc/connectivity"
 )
 
 // SubnetsPrefix is where leases live under an etcd prefix.
@@ -123,28 +124,54 @@ func (s *syncer) watch(ctx context.Context, rev int64) (int64, error) {
 	// Progress notifications keep rev current on a quiet prefix, so a resume
 	// after an outage starts from a revision etcd has not compacted yet.
 	wch := s.c.Watch(clientv3.WithRequireLeader(wctx), s.prefix,
-		clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithProgressNotify())
-	for wresp := range wch {
+		clientv3.WithPrefix(), clientv3.WithRev(rev+1), clientv3.WithProgressNotify(), clientv3.WithCreatedNotify())
+	// Whether the watch delivers: it was created (or delivered since), and
+	// the client's connection is up. While etcd is unreachable the client
+	// keeps the channel open and reconnects behind it, so an open channel
+	// proves nothing; and etcd does not answer progress requests while the
+	// watch's start revision is ahead of its own, which is every watch on a
+	// quiet cluster, so silence proves nothing either.
+	created := false
+	defer s.t.setWatching(false)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		var wresp clientv3.WatchResponse
+		var ok bool
+		select {
+		case <-tick.C:
+			s.t.setWatching(created && connected(s.c))
+			continue
+		case wresp, ok = <-wch:
+		}
+		if !ok {
+			return rev, errors.New("watch channel closed")
+		}
 		if err := wresp.Err(); err != nil {
 			return rev, err
 		}
+		created = true
+		s.t.setWatching(true)
 		for _, ev := range wresp.Events {
 			s.apply(ev)
 		}
 		// A watch catching up on history gets its events in batches of at
 		// most 1000 revisions, each headed by etcd's current revision, not
 		// by the batch's last: resuming after the header would lose the
-		// batches not yet sent. Only a response without events (a progress
-		// notification) vouches for its header revision.
-		r := wresp.Header.Revision
-		if n := len(wresp.Events); n > 0 {
+		// batches not yet sent. The same holds for the notification that the
+		// watch was created. Only a progress notification vouches for its
+		// header revision.
+		var r int64
+		switch n := len(wresp.Events); {
+		case n > 0:
 			r = wresp.Events[n-1].Kv.ModRevision
+		case wresp.IsProgressNotify():
+			r = wresp.Header.Revision
 		}
 		if r > rev {
 			rev = r
 		}
 	}
-	return rev, errors.New("watch channel closed")
 }
 
 func (s *syncer) apply(ev *clientv3.Event) {
@@ -215,6 +242,14 @@ func (s *syncer) warnRejected(rejected []rejectedLease) {
 		s.log.Warn("lease conflicts with another; not installing it until the conflict is gone",
 			zap.String("key", r.lease.Key), zap.Int64("mod_revision", r.lease.ModRevision), zap.Error(r.reason))
 	}
+}
+
+// connected reports whether the client's connection to etcd is up. A client
+// without a gRPC connection of its own (one made around another's watcher)
+// cannot tell, and counts as connected.
+func connected(c *clientv3.Client) bool {
+	conn := c.ActiveConnection()
+	return conn == nil || conn.GetState() == connectivity.Ready
 }
 
 // backoff is a capped exponential backoff with jitter.

@@ -569,3 +569,34 @@ func TestSyncWatchClosedResumes(t *testing.T) {
 		t.Errorf("watch end logged %d times", n)
 	}
 }
+
+// TestSyncWatchingTracksEtcd: Stats().Watching says whether the watch
+// delivers, which is what health reports: true once synced, false soon after
+// etcd goes away, with the time it went.
+func TestSyncWatchingTracksEtcd(t *testing.T) {
+	t.Parallel()
+	stopEtcd, c := startStoppableEtcd(t)
+	putLease(t, c, mkLease("10.5.1.0/24", 1, 0))
+	tb := NewTable(testConfig())
+	if st := tb.Stats(); st.Watching || !st.WatchDownSince.IsZero() {
+		t.Errorf("before Sync: %+v", st)
+	}
+	startSync(t, tb, c, zap.NewNop())
+	waitSynced(t, tb)
+	eventually(t, 5*time.Second, func() bool { return tb.Stats().Watching }, "not watching after the sync")
+	// A quiet cluster: etcd answers no progress request for a watch that
+	// starts after its current revision. Still watching.
+	time.Sleep(3 * time.Second)
+	if st := tb.Stats(); !st.Watching {
+		t.Errorf("a quiet watch counted as down: %+v", st)
+	}
+	stopped := time.Now()
+	stopEtcd()
+	eventually(t, 10*time.Second, func() bool { return !tb.Stats().Watching }, "still watching with etcd stopped")
+	if since := tb.Stats().WatchDownSince; since.Before(stopped) || time.Since(since) > 10*time.Second {
+		t.Errorf("WatchDownSince = %v, etcd stopped at %v", since, stopped)
+	}
+	if _, ok := tb.LookupKey(testSubnetsPrefix + "10.5.1.0-24"); !ok {
+		t.Errorf("the table forgot its lease when etcd went away")
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Change is one lease appearing, changing or disappearing in the Table.
@@ -59,6 +60,11 @@ type rejectedLease struct {
 
 type tableStats struct {
 	invalid, conflicts, relists, watchRestarts atomic.Uint64
+	// watching is true while the watch delivers; down is since when it
+	// has not (unix nanoseconds; 0 while watching, or before the first
+	// watch).
+	watching atomic.Bool
+	down     atomic.Int64
 }
 
 // TableStats counts what the table's synchronisation has seen.
@@ -69,6 +75,11 @@ type TableStats struct {
 	Conflicts     uint64 // leases rejected for overlapping another or sharing its MAC
 	Relists       uint64 // full re-lists after the watch fell behind compaction
 	WatchRestarts uint64 // watches re-established after an error
+	// Watching says whether etcd's watch is delivering now. When it is
+	// not, the table answers from what it holds; WatchDownSince says since
+	// when.
+	Watching       bool
+	WatchDownSince time.Time
 }
 
 // NewTable returns an empty table for the overlay described by cfg. Leases
@@ -163,14 +174,45 @@ func (t *Table) Stats() TableStats {
 	t.mu.RLock()
 	n, r := len(t.byKey), len(t.rejected)
 	t.mu.RUnlock()
-	return TableStats{
+	st := TableStats{
 		Leases:        n,
 		Rejected:      r,
 		Invalid:       t.stats.invalid.Load(),
 		Conflicts:     t.stats.conflicts.Load(),
 		Relists:       t.stats.relists.Load(),
 		WatchRestarts: t.stats.watchRestarts.Load(),
+		Watching:      t.stats.watching.Load(),
 	}
+	if d := t.stats.down.Load(); d != 0 && !st.Watching {
+		st.WatchDownSince = time.Unix(0, d)
+	}
+	return st
+}
+
+// setWatching records whether the watch delivers, and since when it has
+// not.
+func (t *Table) setWatching(up bool) {
+	if t.stats.watching.Swap(up) && !up || !up && t.stats.down.Load() == 0 {
+		t.stats.down.Store(time.Now().UnixNano())
+	}
+}
+
+// RejectedLease is a valid lease the table does not believe, and why.
+type RejectedLease struct {
+	Lease  Lease
+	Reason string
+}
+
+// Rejected returns the leases waiting on a conflict, sorted by key.
+func (t *Table) Rejected() []RejectedLease {
+	t.mu.RLock()
+	out := make([]RejectedLease, 0, len(t.rejected))
+	for _, r := range t.rejected {
+		out = append(out, RejectedLease{Lease: r.lease, Reason: r.reason.Error()})
+	}
+	t.mu.RUnlock()
+	slices.SortFunc(out, func(a, b RejectedLease) int { return strings.Compare(a.Lease.Key, b.Lease.Key) })
+	return out
 }
 
 // check validates a parsed lease against the network configuration.

@@ -2,6 +2,9 @@
 // overlays that share flannel's schema.
 //
 //	vtepd run [flags]      run the agent on this host
+//	vtepd monitor [flags]  show the kernel's VXLAN misses live
+//	vtepd leases [flags]   print the lease table from etcd
+//	vtepd status [flags]   ask the running vtepd how it is
 //	vtepd version          print the version
 //
 // Every flag of a subcommand can also be given as an environment variable:
@@ -30,6 +33,9 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"run", "run the agent on this host", runCommand},
+		{"monitor", "show the kernel's VXLAN misses live (vtepd need not run)", monitorCommand},
+		{"leases", "print the lease table from etcd", leasesCommand},
+		{"status", "ask the running vtepd how it is", statusCommand},
 		{"version", "print the version", func(_ []string, stdout, _ io.Writer) error {
 			fmt.Fprintln(stdout, "vtepd", version)
 			return nil

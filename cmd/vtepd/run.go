@@ -18,9 +18,8 @@ import (
 
 func runCommand(args []string, _, stderr io.Writer) error {
 	fs := newFlagSet("run", stderr)
-	endpoints := &listFlag{values: []string{"http://127.0.0.1:2379"}}
-	fs.Var(endpoints, "etcd-endpoints", "comma-separated etcd endpoints")
-	prefix := fs.String("etcd-prefix", "/coreos.com/network", "etcd prefix of the network config and leases (flannel's)")
+	var etcd etcdFlags
+	etcd.register(fs)
 	ifaces := &listFlag{}
 	fs.Var(ifaces, "iface", "underlay interface, by name or address (repeatable; first match wins; default: the interface of the default route)")
 	ifaceRegexes := &listFlag{}
@@ -33,21 +32,28 @@ func runCommand(args []string, _, stderr io.Writer) error {
 	renewMargin := fs.Int("subnet-lease-renew-margin", int(store.DefaultRenewMargin/time.Minute), "renew the subnet lease this many minutes before it expires (flannel's flag)")
 	readBuffer := fs.Int("netlink-rcvbuf", miss.DefaultReadBuffer, "receive buffer of the miss socket, in bytes: what a miss storm can queue before the kernel drops notifications")
 	reportInterval := fs.Duration("report-interval", agent.DefaultReportInterval, "how often unanswered misses and losses are summarised in the log")
+	httpAddr := fs.String("http-addr", agent.DefaultHTTPAddr, "where to serve /metrics, /healthz, /status and /debug/ (empty: nowhere)")
 	var logs logFlags
 	logs.register(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 
+	etcdCfg, err := etcd.config()
+	if err != nil {
+		return err
+	}
 	cfg := agent.Config{
-		EtcdEndpoints:  endpoints.values,
-		EtcdPrefix:     *prefix,
+		Etcd:           etcdCfg,
+		EtcdPrefix:     etcd.prefix,
 		DeviceName:     *device,
 		SubnetFile:     *subnetFile,
 		LeaseTTL:       *leaseTTL,
 		RenewMargin:    time.Duration(*renewMargin) * time.Minute,
 		ReadBuffer:     *readBuffer,
 		ReportInterval: *reportInterval,
+		HTTPAddr:       *httpAddr,
+		Version:        version,
 	}
 	cfg.Underlay.Ifaces = ifaces.values
 	cfg.Underlay.PublicIP = publicIP.addr
@@ -59,8 +65,6 @@ func runCommand(args []string, _, stderr io.Writer) error {
 		cfg.Underlay.IfaceRegexes = append(cfg.Underlay.IfaceRegexes, re)
 	}
 	switch {
-	case len(cfg.EtcdEndpoints) == 0:
-		return usageError{fmt.Errorf("--etcd-endpoints is empty")}
 	case cfg.LeaseTTL < 10*time.Second:
 		return usageError{fmt.Errorf("invalid value %s for --subnet-lease-ttl: want at least 10s", cfg.LeaseTTL)}
 	case cfg.ReadBuffer < 4096:
@@ -79,7 +83,7 @@ func runCommand(args []string, _, stderr io.Writer) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	log.Info("vtepd starting", zap.String("version", version), zap.Strings("etcd_endpoints", cfg.EtcdEndpoints), zap.String("etcd_prefix", cfg.EtcdPrefix))
+	log.Info("vtepd starting", zap.String("version", version), zap.Strings("etcd_endpoints", cfg.Etcd.Endpoints), zap.String("etcd_prefix", cfg.EtcdPrefix))
 	if err := agent.Run(ctx, cfg, log); err != nil {
 		log.Error("vtepd stopped", zap.Error(err))
 		return err

@@ -198,3 +198,10 @@ func (l *Lab) Put(ctx context.Context, key, value string) error {
 	_, err = c.Put(ctx, key, value)
 	return err
 }
+
+// Etcd returns the lab's etcd members.
+func (l *Lab) Etcd() []*Etcd {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]*Etcd(nil), l.etcd...)
+}

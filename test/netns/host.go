@@ -1,8 +1,12 @@
 package netns
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -309,3 +313,24 @@ func Tail(s string, n int) string {
 
 // Tail returns the last n lines of a process's log.
 func (p *Process) Tail(n int) string { return Tail(p.Log(), n) }
+
+// HTTPGet fetches http://127.0.0.1:9742<path> from inside the host's
+// namespace, where its vtepd serves metrics, health and status.
+func (h *Host) HTTPGet(path string) (int, string, error) {
+	client := &http.Client{
+		Timeout: 5 * time.Second,
+		Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+				return DialerIn(h.NS)(ctx, addr)
+			},
+		},
+	}
+	defer client.CloseIdleConnections()
+	resp, err := client.Get("http://127.0.0.1:9742" + path)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}

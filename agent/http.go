@@ -1,0 +1,143 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/pprof"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+)
+
+// DefaultHTTPAddr is where metrics, health and status are served.
+const DefaultHTTPAddr = "127.0.0.1:9742"
+
+// handler serves the agent's HTTP API:
+//
+//	/metrics        Prometheus exposition
+//	/healthz        200 "ok", or 503 with the reasons
+//	/status         the agent's state as JSON (vtepd status)
+//	/debug/leases   the lease table as JSON, rejected leases included
+//	/debug/misses   the last misses, newest first (?n= limits them)
+//	/debug/pprof/   Go's profiler
+func (t *telemetry) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(t.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", t.serveHealth)
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, t.status()) })
+	mux.HandleFunc("/debug/leases", t.serveLeases)
+	mux.HandleFunc("/debug/misses", t.serveMisses)
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
+}
+
+func (t *telemetry) serveHealth(w http.ResponseWriter, _ *http.Request) {
+	h := t.health()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	var b strings.Builder
+	if h.Healthy {
+		b.WriteString("ok\n")
+	} else {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		b.WriteString("unhealthy\n")
+		for _, r := range h.Reasons {
+			fmt.Fprintf(&b, "- %s\n", r)
+		}
+	}
+	for _, n := range h.Notes {
+		fmt.Fprintf(&b, "note: %s\n", n)
+	}
+	w.Write([]byte(b.String()))
+}
+
+func (t *telemetry) serveLeases(w http.ResponseWriter, _ *http.Request) {
+	t.mu.Lock()
+	table, own := t.table, t.own
+	t.mu.Unlock()
+	out := struct {
+		Leases   []leaseJSON `json:"leases"`
+		Rejected []leaseJSON `json:"rejected"`
+	}{Leases: []leaseJSON{}, Rejected: []leaseJSON{}}
+	if table != nil {
+		var ownSubnet netip.Prefix
+		if own != nil {
+			ownSubnet = own.Lease().Subnet
+		}
+		for _, l := range table.Leases() {
+			out.Leases = append(out.Leases, toLeaseJSON(l, ownSubnet))
+		}
+		for _, r := range table.Rejected() {
+			j := toLeaseJSON(r.Lease, ownSubnet)
+			j.Rejected = r.Reason
+			out.Rejected = append(out.Rejected, j)
+		}
+	}
+	writeJSON(w, out)
+}
+
+func (t *telemetry) serveMisses(w http.ResponseWriter, r *http.Request) {
+	n := recentSize
+	if s := r.URL.Query().Get("n"); s != "" {
+		v, err := strconv.Atoi(s)
+		if err != nil || v < 1 {
+			http.Error(w, fmt.Sprintf("n=%q: want a positive number", s), http.StatusBadRequest)
+			return
+		}
+		n = v
+	}
+	out := []missJSON{}
+	for _, m := range t.recent.last(n) {
+		out = append(out, toMissJSON(m))
+	}
+	writeJSON(w, out)
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+// listenHTTP binds addr ("" disables the server).
+func listenHTTP(addr string) (net.Listener, error) {
+	if addr == "" {
+		return nil, nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("agent: listen on --http-addr %s: %w", addr, err)
+	}
+	return l, nil
+}
+
+// serveHTTP serves t on l until ctx is done.
+func (t *telemetry) serveHTTP(ctx context.Context, l net.Listener, log *zap.Logger) error {
+	srv := &http.Server{
+		Handler:           t.handler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          zap.NewStdLog(log.Named("http")),
+	}
+	stop := context.AfterFunc(ctx, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	})
+	defer stop()
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("agent: http: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,440 @@
+package agent
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/vishvananda/netlink"
+	"github.com/vtepd/vtepd/fabric"
+	"github.com/vtepd/vtepd/miss"
+	"github.com/vtepd/vtepd/store"
+	"golang.org/x/sys/unix"
+)
+
+// telemetry is what the agent tells about itself: Prometheus metrics,
+// health, status, and the recent misses. Components are attached as start-up
+// brings them up; until then health says what it is waiting for.
+type telemetry struct {
+	version string
+	started time.Time
+
+	mu        sync.Mutex
+	phase     string // what start-up is doing; "" once ready
+	netCfg    *store.Config
+	dev       *fabric.Device
+	own       *store.OwnLease
+	table     *store.Table
+	listener  *miss.Listener
+	responder *miss.Responder
+	entries   *fabric.Entries
+	gateway   netip.Addr
+	routes    func() []netip.Prefix
+
+	// inspect reads the device's state for scrapes and health checks on
+	// a socket of its own; the miss path's is never shared.
+	inspectMu sync.Mutex
+	inspect   *netlink.Handle
+	dump      *fabric.Entries
+
+	sweeps, swept atomic.Uint64
+	recent        recentMisses
+	latency       *prometheus.HistogramVec
+	registry      *prometheus.Registry
+}
+
+func newTelemetry(version string) *telemetry {
+	t := &telemetry{version: version, started: time.Now(), phase: "starting"}
+	t.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "vtepd_miss_response_seconds",
+		Help: "Time from receiving a miss from the kernel to the kernel's ack of the last write answering it.",
+		// 5 µs to 80 ms: a neighbour write is ~10 µs, one that releases a
+		// queued packet carries that packet's delivery too.
+		Buckets: prometheus.ExponentialBuckets(5e-6, 2, 15),
+	}, []string{"kind"})
+	t.registry = prometheus.NewRegistry()
+	t.registry.MustRegister(t.latency, t, collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return t
+}
+
+func (t *telemetry) setPhase(p string) {
+	t.mu.Lock()
+	t.phase = p
+	t.mu.Unlock()
+}
+
+// attach records the components once start-up has them.
+func (t *telemetry) attach(fn func(t *telemetry)) {
+	t.mu.Lock()
+	fn(t)
+	t.mu.Unlock()
+}
+
+// observe is the responder's Observe hook.
+func (t *telemetry) observe(m *miss.Miss, res miss.Result) {
+	t.latency.WithLabelValues(m.Kind.String()).Observe(res.Latency.Seconds())
+	t.recent.record(m, res)
+}
+
+// openInspector gives telemetry its own netlink socket in the agent's
+// namespace.
+func (t *telemetry) openInspector(dev *fabric.Device) error {
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	if err != nil {
+		return fmt.Errorf("agent: open rtnetlink for telemetry: %w", err)
+	}
+	e, err := fabric.OpenEntries(dev.Index, dev.Name)
+	if err != nil {
+		h.Close()
+		return err
+	}
+	t.inspectMu.Lock()
+	t.inspect, t.dump = h, e
+	t.inspectMu.Unlock()
+	return nil
+}
+
+func (t *telemetry) close() {
+	t.inspectMu.Lock()
+	defer t.inspectMu.Unlock()
+	if t.inspect != nil {
+		t.inspect.Close()
+		t.dump.Close()
+		t.inspect, t.dump = nil, nil
+	}
+}
+
+// kernelEntries counts the device's neighbour entries by state and its FDB
+// entries.
+func (t *telemetry) kernelEntries() (neigh map[string]int, fdb int, err error) {
+	t.inspectMu.Lock()
+	defer t.inspectMu.Unlock()
+	if t.dump == nil {
+		return nil, 0, nil
+	}
+	ns, err := t.dump.Neighbours()
+	if err != nil {
+		return nil, 0, err
+	}
+	neigh = map[string]int{}
+	for _, n := range ns {
+		neigh[strings.ToLower(miss.StateString(uint16(n.State)))]++
+	}
+	fs, err := t.dump.FDB()
+	return neigh, len(fs), err
+}
+
+// Health is the answer of /healthz.
+type Health struct {
+	Healthy bool
+	// Reasons say why not, when not.
+	Reasons []string
+	// Notes are worth knowing but do not make the agent unhealthy.
+	Notes []string
+}
+
+// health is healthy when the device is up, this host's lease is held and
+// the lease table has synced. etcd being unreachable is only a note: the
+// table keeps answering misses for every lease it holds, and the own lease
+// stays held until it expires, which a healthy cluster would not let happen.
+func (t *telemetry) health() Health {
+	t.mu.Lock()
+	phase, dev, own, table, gateway, routes := t.phase, t.dev, t.own, t.table, t.gateway, t.routes
+	t.mu.Unlock()
+	var h Health
+	if phase != "" {
+		h.Reasons = append(h.Reasons, phase)
+	}
+	if dev != nil && routes != nil {
+		t.inspectMu.Lock()
+		var missing []string
+		var err error
+		if t.inspect != nil {
+			missing, err = fabric.CheckDevice(t.inspect, dev.Index, dev.Name, gateway, routes())
+		}
+		t.inspectMu.Unlock()
+		if err != nil {
+			missing = append(missing, err.Error())
+		}
+		h.Reasons = append(h.Reasons, missing...)
+	}
+	if own != nil {
+		if exp := own.Expires(); time.Now().After(exp) {
+			h.Reasons = append(h.Reasons, fmt.Sprintf("own lease %s expired at %s", own.Lease().Subnet, exp.Format(time.RFC3339)))
+		}
+	}
+	if table != nil {
+		select {
+		case <-table.Synced():
+		default:
+			h.Reasons = append(h.Reasons, "lease table not synced yet")
+		}
+		if st := table.Stats(); !st.Watching && !st.WatchDownSince.IsZero() {
+			h.Notes = append(h.Notes, fmt.Sprintf("etcd watch down since %s: answering from the %d leases held",
+				st.WatchDownSince.Format(time.RFC3339), st.Leases))
+		}
+	}
+	h.Healthy = len(h.Reasons) == 0
+	return h
+}
+
+// Status is the answer of /status, what `vtepd status` prints.
+type Status struct {
+	Version string    `json:"version"`
+	Started time.Time `json:"started"`
+	Healthy bool      `json:"healthy"`
+	Reasons []string  `json:"reasons,omitempty"`
+	Notes   []string  `json:"notes,omitempty"`
+
+	Network string        `json:"network,omitempty"`
+	Device  *DeviceStatus `json:"device,omitempty"`
+	Lease   *LeaseStatus  `json:"own_lease,omitempty"`
+	Leases  *TableStatus  `json:"leases,omitempty"`
+	// Entries counts the device's neighbour entries by state, and its FDB
+	// entries under "fdb".
+	Entries map[string]int `json:"entries,omitempty"`
+	// Misses counts misses by kind, then outcome.
+	Misses  map[string]map[string]uint64 `json:"misses,omitempty"`
+	Netlink *NetlinkStatus               `json:"netlink,omitempty"`
+	// Writes counts kernel writes by operation.
+	Writes map[string]fabric.WriteStats `json:"kernel_writes,omitempty"`
+}
+
+// DeviceStatus describes the VXLAN device.
+type DeviceStatus struct {
+	Name  string `json:"name"`
+	Index int    `json:"index"`
+	MAC   string `json:"mac"`
+	MTU   int    `json:"mtu"`
+}
+
+// LeaseStatus describes this host's lease.
+type LeaseStatus struct {
+	Key       string    `json:"key"`
+	Subnet    string    `json:"subnet"`
+	PublicIP  string    `json:"public_ip"`
+	VtepMAC   string    `json:"vtep_mac"`
+	Expires   time.Time `json:"expires"`
+	ExpiresIn float64   `json:"expires_in_seconds"`
+}
+
+// TableStatus describes the lease table.
+type TableStatus struct {
+	Admitted      int    `json:"admitted"`
+	Rejected      int    `json:"rejected"`
+	Invalid       uint64 `json:"invalid"`
+	Conflicts     uint64 `json:"conflicts"`
+	Watching      bool   `json:"etcd_watching"`
+	WatchRestarts uint64 `json:"etcd_watch_restarts"`
+	Relists       uint64 `json:"etcd_relists"`
+}
+
+// NetlinkStatus describes the miss socket.
+type NetlinkStatus struct {
+	Overflows uint64 `json:"overflows"`
+	Sweeps    uint64 `json:"overflow_sweeps"`
+	Swept     uint64 `json:"overflow_swept"`
+	Malformed uint64 `json:"malformed"`
+	Foreign   uint64 `json:"foreign"`
+}
+
+func (t *telemetry) status() Status {
+	h := t.health()
+	s := Status{Version: t.version, Started: t.started, Healthy: h.Healthy, Reasons: h.Reasons, Notes: h.Notes}
+	t.mu.Lock()
+	netCfg, dev, own, table, listener, responder, entries := t.netCfg, t.dev, t.own, t.table, t.listener, t.responder, t.entries
+	t.mu.Unlock()
+	if netCfg != nil {
+		s.Network = netCfg.Network.String()
+	}
+	if dev != nil {
+		s.Device = &DeviceStatus{Name: dev.Name, Index: dev.Index, MAC: dev.MAC.String(), MTU: dev.MTU}
+	}
+	if own != nil {
+		l, exp := own.Lease(), own.Expires()
+		s.Lease = &LeaseStatus{Key: l.Key, Subnet: l.Subnet.String(), PublicIP: l.PublicIP.String(),
+			VtepMAC: l.VtepMAC.String(), Expires: exp, ExpiresIn: time.Until(exp).Seconds()}
+	}
+	if table != nil {
+		st := table.Stats()
+		s.Leases = &TableStatus{Admitted: st.Leases, Rejected: st.Rejected, Invalid: st.Invalid, Conflicts: st.Conflicts,
+			Watching: st.Watching, WatchRestarts: st.WatchRestarts, Relists: st.Relists}
+	}
+	if neigh, fdb, err := t.kernelEntries(); err == nil && neigh != nil {
+		s.Entries = neigh
+		s.Entries["fdb"] = fdb
+	}
+	if responder != nil {
+		s.Misses = map[string]map[string]uint64{}
+		for _, k := range []miss.Kind{miss.L3, miss.L2} {
+			s.Misses[k.String()] = map[string]uint64{}
+			for _, o := range miss.Outcomes() {
+				s.Misses[k.String()][o.String()] = responder.Count(k, o)
+			}
+		}
+	}
+	if listener != nil {
+		ls := listener.Stats()
+		s.Netlink = &NetlinkStatus{Overflows: ls.Overflows, Sweeps: t.sweeps.Load(), Swept: t.swept.Load(),
+			Malformed: ls.Malformed, Foreign: ls.Foreign}
+	}
+	if entries != nil {
+		s.Writes = map[string]fabric.WriteStats{}
+		for _, op := range fabric.Ops() {
+			s.Writes[op.String()] = entries.Stats(op)
+		}
+	}
+	return s
+}
+
+// Prometheus descriptions of the counters kept by the components.
+var (
+	descMisses        = prometheus.NewDesc("vtepd_misses_total", "Misses from the kernel for vtepd's device, by kind (L3: neighbour, L2: FDB) and outcome.", []string{"kind", "outcome"}, nil)
+	descWrites        = prometheus.NewDesc("vtepd_kernel_writes_total", "Neighbour and FDB writes to the kernel, by operation.", []string{"op"}, nil)
+	descWriteErrors   = prometheus.NewDesc("vtepd_kernel_write_errors_total", "Failed kernel writes, by operation and reason (table_full: gc_thresh3 reached).", []string{"op", "reason"}, nil)
+	descEntries       = prometheus.NewDesc("vtepd_entries", "Entries on the device now, read from the kernel at scrape time: neighbours by state, and FDB entries.", []string{"kind", "state"}, nil)
+	descLeases        = prometheus.NewDesc("vtepd_leases", "Leases in the table: admitted, or rejected for a conflict.", []string{"state"}, nil)
+	descInvalid       = prometheus.NewDesc("vtepd_invalid_leases_total", "Lease values skipped as invalid, once per key and revision.", nil, nil)
+	descConflicts     = prometheus.NewDesc("vtepd_lease_conflicts_total", "Leases rejected for overlapping another, sharing its MAC, or claiming this host's subnet.", nil, nil)
+	descWatchRestarts = prometheus.NewDesc("vtepd_etcd_watch_restarts_total", "Times the etcd watch of the leases ended and was started again.", nil, nil)
+	descRelists       = prometheus.NewDesc("vtepd_etcd_relists_total", "Full re-lists of the leases after the watch fell behind compaction.", nil, nil)
+	descWatching      = prometheus.NewDesc("vtepd_etcd_watching", "1 while the etcd watch of the leases delivers, 0 while vtepd answers from the table alone.", nil, nil)
+	descOverflows     = prometheus.NewDesc("vtepd_netlink_overflows_total", "Times the miss socket overflowed (ENOBUFS) and the kernel dropped notifications.", nil, nil)
+	descSweeps        = prometheus.NewDesc("vtepd_overflow_sweeps_total", "Sweeps of the neighbour table after an overflow.", nil, nil)
+	descSwept         = prometheus.NewDesc("vtepd_overflow_swept_total", "Addresses answered by sweeps after an overflow: misses that would otherwise have been lost.", nil, nil)
+	descMalformed     = prometheus.NewDesc("vtepd_netlink_malformed_total", "Neighbour messages that could not be decoded.", nil, nil)
+	descForeign       = prometheus.NewDesc("vtepd_netlink_foreign_total", "Messages on the miss socket not sent by the kernel, dropped.", nil, nil)
+	descExpiry        = prometheus.NewDesc("vtepd_own_lease_expiry_seconds", "Seconds until this host's lease expires unless renewed.", nil, nil)
+	descReady         = prometheus.NewDesc("vtepd_ready", "1 when healthy (device up, own lease held, table synced), else 0.", nil, nil)
+)
+
+// Describe implements prometheus.Collector.
+func (t *telemetry) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descMisses, descWrites, descWriteErrors, descEntries, descLeases, descInvalid,
+		descConflicts, descWatchRestarts, descRelists, descWatching, descOverflows, descSweeps, descSwept, descMalformed,
+		descForeign, descExpiry, descReady} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector: it reads the components'
+// counters at scrape time, so the miss path pays nothing for them.
+func (t *telemetry) Collect(ch chan<- prometheus.Metric) {
+	t.mu.Lock()
+	own, table, listener, responder, entries := t.own, t.table, t.listener, t.responder, t.entries
+	t.mu.Unlock()
+	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	ready := 0.0
+	if t.health().Healthy {
+		ready = 1
+	}
+	gauge(descReady, ready)
+	if responder != nil {
+		for _, k := range []miss.Kind{miss.L3, miss.L2} {
+			for _, o := range miss.Outcomes() {
+				counter(descMisses, responder.Count(k, o), k.String(), o.String())
+			}
+		}
+	}
+	if entries != nil {
+		for _, op := range fabric.Ops() {
+			st := entries.Stats(op)
+			counter(descWrites, st.Writes, op.String())
+			counter(descWriteErrors, st.TableFull, op.String(), "table_full")
+			counter(descWriteErrors, st.Errors-st.TableFull, op.String(), "other")
+		}
+	}
+	if neigh, fdb, err := t.kernelEntries(); err == nil && neigh != nil {
+		for state, n := range neigh {
+			gauge(descEntries, float64(n), "neighbour", state)
+		}
+		gauge(descEntries, float64(fdb), "fdb", "permanent")
+	}
+	if table != nil {
+		st := table.Stats()
+		gauge(descLeases, float64(st.Leases), "admitted")
+		gauge(descLeases, float64(st.Rejected), "rejected")
+		counter(descInvalid, st.Invalid)
+		counter(descConflicts, st.Conflicts)
+		counter(descWatchRestarts, st.WatchRestarts)
+		counter(descRelists, st.Relists)
+		watching := 0.0
+		if st.Watching {
+			watching = 1
+		}
+		gauge(descWatching, watching)
+	}
+	if listener != nil {
+		ls := listener.Stats()
+		counter(descOverflows, ls.Overflows)
+		counter(descMalformed, ls.Malformed)
+		counter(descForeign, ls.Foreign)
+		counter(descSweeps, t.sweeps.Load())
+		counter(descSwept, t.swept.Load())
+	}
+	if own != nil {
+		gauge(descExpiry, time.Until(own.Expires()).Seconds())
+	}
+}
+
+// leaseJSON is a lease as /debug/leases shows it.
+type leaseJSON struct {
+	Key            string `json:"key"`
+	Subnet         string `json:"subnet"`
+	PublicIP       string `json:"public_ip"`
+	VtepMAC        string `json:"vtep_mac"`
+	VNI            int    `json:"vni"`
+	CreateRevision int64  `json:"create_revision"`
+	ModRevision    int64  `json:"mod_revision"`
+	Own            bool   `json:"own,omitempty"`
+	Rejected       string `json:"rejected,omitempty"`
+}
+
+func toLeaseJSON(l store.Lease, own netip.Prefix) leaseJSON {
+	return leaseJSON{Key: l.Key, Subnet: l.Subnet.String(), PublicIP: l.PublicIP.String(), VtepMAC: l.VtepMAC.String(),
+		VNI: l.VNI, CreateRevision: l.CreateRevision, ModRevision: l.ModRevision, Own: l.Subnet == own}
+}
+
+// missJSON is a miss as /debug/misses shows it.
+type missJSON struct {
+	Time      time.Time `json:"time"`
+	Kind      string    `json:"kind"`
+	IP        string    `json:"ip,omitempty"`
+	MAC       string    `json:"mac,omitempty"`
+	State     string    `json:"state"`
+	Outcome   string    `json:"outcome"`
+	Lease     string    `json:"lease,omitempty"`
+	VTEP      string    `json:"vtep,omitempty"`
+	VtepMAC   string    `json:"vtep_mac,omitempty"`
+	LatencyUS float64   `json:"latency_us"`
+	Error     string    `json:"error,omitempty"`
+}
+
+func toMissJSON(m recentMiss) missJSON {
+	j := missJSON{Time: m.at, Kind: m.kind.String(), State: miss.StateString(m.state), Outcome: m.outcome.String(),
+		LatencyUS: float64(m.latency) / float64(time.Microsecond)}
+	if m.ip.IsValid() {
+		j.IP = m.ip.String()
+	}
+	if m.hasMAC {
+		j.MAC = m.mac.String()
+	}
+	if m.lease.Subnet.IsValid() {
+		j.Lease, j.VTEP, j.VtepMAC = m.lease.Subnet.String(), m.lease.PublicIP.String(), m.lease.VtepMAC.String()
+	}
+	if m.err != nil {
+		j.Error = m.err.Error()
+	}
+	return j
+}
