@@ -160,6 +160,9 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if err := dev.EnableAppProbes(); err != nil {
 		return err
 	}
+	if trap, err := dev.ProbeTimersTrap(); err == nil && trap != "" {
+		log.Warn("neighbour timers keep idle entries alive", zap.String("why", trap))
+	}
 	if err := tel.openInspector(dev); err != nil {
 		return err
 	}

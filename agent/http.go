@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -117,6 +118,9 @@ func listenHTTP(addr string) (net.Listener, error) {
 		return nil, nil
 	}
 	l, err := net.Listen("tcp", addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return nil, fmt.Errorf("agent: --http-addr %s is in use: another vtepd already runs in this network namespace, or another program holds the port (a second agent for another device needs its own --http-addr)", addr)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("agent: listen on --http-addr %s: %w", addr, err)
 	}

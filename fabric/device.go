@@ -207,6 +207,34 @@ func (d *Device) EnableAppProbes() error {
 	return nil
 }
 
+// ProbeTimersTrap reports, when it is so, that the device's neighbour timers
+// keep idle entries alive: every answer counts as a use of the entry, and an
+// entry whose REACHABLE time runs out within delay_first_probe_time of its
+// last use is probed instead of left STALE. With base_reachable_time (whose
+// shortest draw is half of it) below delay_first_probe_time, an answered
+// entry is re-confirmed forever, traffic or not.
+func (d *Device) ProbeTimersTrap() (string, error) {
+	read := func(name string) (int, error) {
+		b, err := os.ReadFile(filepath.Join("/proc/sys/net/ipv4/neigh", d.Name, name))
+		if err != nil {
+			return 0, err
+		}
+		return strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	reach, err := read("base_reachable_time_ms")
+	if err != nil {
+		return "", err
+	}
+	delay, err := read("delay_first_probe_time")
+	if err != nil {
+		return "", err
+	}
+	if reach/2 < delay*1000 {
+		return fmt.Sprintf("net.ipv4.neigh.%s.base_reachable_time_ms=%d can draw reachable times below delay_first_probe_time=%ds: idle entries would be re-confirmed forever and never go STALE; keep base_reachable_time_ms at least %d", d.Name, reach, delay, 2*delay*1000), nil
+	}
+	return "", nil
+}
+
 // SetAddress makes addr/32 the device's only IPv4 address. A different
 // address left by an earlier lease is removed. It reports whether it changed
 // anything.

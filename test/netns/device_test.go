@@ -1,6 +1,7 @@
 package netns_test
 
 import (
+	"fmt"
 	"strings"
 	"syscall"
 	"testing"
@@ -85,17 +86,22 @@ func TestDeviceLifecycle(t *testing.T) {
 	})
 
 	t.Run("second agent on the same device refuses to start", func(t *testing.T) {
-		p, err := o.lab.Start(h1.NS, "h1.vtepd-second", o.lab.Bin.Vtepd, "run",
-			"--etcd-endpoints", strings.Join(o.lab.Endpoints(), ","),
-			"--subnet-file", h1.SubnetFile+".second", "--log-format", "json")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := p.Wait(20 * time.Second); err == nil {
-			t.Fatalf("second vtepd exited 0, want an error\n%s", p.Tail(10))
-		}
-		if !strings.Contains(p.Log(), "another vtepd already runs for device flannel.1") {
-			t.Errorf("second vtepd did not say why it stopped:\n%s", p.Tail(10))
+		// With the same flags it meets the first one's HTTP port; with
+		// another port, the device's lock.
+		for i, extra := range [][]string{nil, {"--http-addr", "127.0.0.1:9743"}} {
+			args := append([]string{o.lab.Bin.Vtepd, "run",
+				"--etcd-endpoints", strings.Join(o.lab.Endpoints(), ","),
+				"--subnet-file", h1.SubnetFile + ".second", "--log-format", "json"}, extra...)
+			p, err := o.lab.Start(h1.NS, fmt.Sprintf("h1.vtepd-second-%d", i), args...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Wait(20 * time.Second); err == nil {
+				t.Fatalf("second vtepd exited 0, want an error\n%s", p.Tail(10))
+			}
+			if !strings.Contains(p.Log(), "another vtepd already runs") {
+				t.Errorf("second vtepd (%v) did not say why it stopped:\n%s", extra, p.Tail(10))
+			}
 		}
 		if done, _ := h1.Vtepd.Exited(); done {
 			t.Errorf("the first vtepd stopped too")
@@ -139,8 +145,18 @@ func TestDeviceLifecycle(t *testing.T) {
 				len(before.FDB), len(before.Neighbours), len(stopped.FDB), len(stopped.Neighbours))
 		}
 
+		// Timers that keep idle entries probing forever, set while vtepd
+		// was away: the adopted device keeps them, and vtepd says so.
+		for name, v := range map[string]string{"base_reachable_time_ms": "1000", "delay_first_probe_time": "1"} {
+			if err := h1.Sysctl("net/ipv4/neigh/"+device+"/"+name, v); err != nil {
+				t.Fatal(err)
+			}
+		}
 		if _, err := h1.StartVtepd(); err != nil {
 			t.Fatal(err)
+		}
+		if n := len(h1.Vtepd.Entries("neighbour timers keep idle entries alive")); n != 1 {
+			t.Errorf("%d warnings about base_reachable_time_ms=1000 against delay_first_probe_time=1, want 1", n)
 		}
 		if len(h1.Vtepd.Entries("adopted existing VXLAN device")) != 1 {
 			t.Errorf("restarted vtepd did not adopt the device:\n%s", h1.Vtepd.Tail(10))
