@@ -9,8 +9,9 @@
 //	<prefix>/subnets/10.5.48.0-24 {"PublicIP":"203.0.113.11","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"e2:5a:5b:43:22:54"}}
 //
 // The Table is the miss path's only source of truth. It is loaded by one list
-// and kept current by a watch from the list's revision; lookups by address and
-// by VTEP MAC take a read lock for a few map reads, never across I/O, and
+// (read in pages, all at one revision) and kept current by a watch from the
+// list's revision; lookups by address and by VTEP MAC take a read lock for
+// an index probe and the read of one 64-byte record, never across I/O, and
 // allocate nothing.
 //
 // Everything read from etcd is untrusted: a value anyone could have written is

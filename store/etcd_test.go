@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"net/url"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -254,4 +255,42 @@ func cutAfterFirstEvents(real clientv3.Watcher, ctx context.Context, key string,
 		}
 	}()
 	return out
+}
+
+// hookKV wraps a real KV so that a test can act after each Get returns:
+// between the pages of a list.
+type hookKV struct {
+	clientv3.KV
+	mu   sync.Mutex
+	gets []string // the key each Get started from
+	// afterGet, if set, is called after every Get (numbered from 1).
+	afterGet func(call int, resp *clientv3.GetResponse, err error)
+}
+
+func (k *hookKV) Get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	resp, err := k.KV.Get(ctx, key, opts...)
+	k.mu.Lock()
+	k.gets = append(k.gets, key)
+	n := len(k.gets)
+	k.mu.Unlock()
+	if k.afterGet != nil {
+		k.afterGet(n, resp, err)
+	}
+	return resp, err
+}
+
+// Gets returns the key each Get so far started from.
+func (k *hookKV) Gets() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return slices.Clone(k.gets)
+}
+
+// withKV returns a client that uses c for everything but key-value calls,
+// which go through kv, and watches, which go through w (c's if nil).
+func withKV(c *clientv3.Client, kv clientv3.KV, w clientv3.Watcher) *clientv3.Client {
+	if w == nil {
+		w = c.Watcher
+	}
+	return &clientv3.Client{Cluster: c.Cluster, KV: kv, Lease: c.Lease, Watcher: w, Auth: c.Auth, Maintenance: c.Maintenance}
 }

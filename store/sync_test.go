@@ -600,3 +600,181 @@ func TestSyncWatchingTracksEtcd(t *testing.T) {
 		t.Errorf("the table forgot its lease when etcd went away")
 	}
 }
+
+// setListPageSize makes lists read n keys a page until the test ends. Tests
+// that call it must not be parallel: every Sync reads listPageSize.
+func setListPageSize(t *testing.T, n int64) {
+	old := listPageSize
+	listPageSize = n
+	t.Cleanup(func() { listPageSize = old })
+}
+
+func sortedBySubnet(leases []Lease) []Lease {
+	leases = slices.Clone(leases)
+	slices.SortFunc(leases, func(a, b Lease) int { return comparePrefix(a.Subnet, b.Subnet) })
+	return leases
+}
+
+// TestSyncListsInPages: a list reads the prefix in pages, every page at the
+// first page's revision. Writes between two pages are not in the list, which
+// is exactly what etcd held at that revision; the watch from it brings them.
+func TestSyncListsInPages(t *testing.T) {
+	setListPageSize(t, 3)
+	c := startEtcd(t)
+	var leases []Lease
+	for i := 1; i <= 10; i++ {
+		leases = append(leases, putLease(t, c, mkLease(fmt.Sprintf("10.5.%d.0/24", i), byte(i), 0)))
+	}
+	mustPut(t, c, testSubnetsPrefix+"10.5.4.0-24/extra", string(mkLease("10.5.4.0/24", 4, 0).Value()))
+	mustPut(t, c, testSubnetsPrefix+"garbage", "{}")
+	// 12 keys, 4 pages of 3 in key order:
+	//   10.5.1.0-24 10.5.10.0-24 10.5.2.0-24 | 10.5.3.0-24 10.5.4.0-24 10.5.4.0-24/extra |
+	//   10.5.5.0-24 10.5.6.0-24 10.5.7.0-24 | 10.5.8.0-24 10.5.9.0-24 garbage
+	newL := mkLease("10.5.77.0/24", 77, 0) // between 10.5.7.0-24 and 10.5.8.0-24
+	gone := leases[8]                      // 10.5.9.0/24
+	moved := mkLease("10.5.8.0/24", 8, 0)
+	moved.PublicIP = netip.MustParseAddr("198.51.100.8")
+
+	kv := &hookKV{KV: c.KV}
+	kv.afterGet = func(call int, resp *clientv3.GetResponse, err error) {
+		if call != 1 || err != nil {
+			return
+		}
+		ctx := context.Background()
+		if _, err := c.Put(ctx, newL.Key, string(newL.Value())); err != nil {
+			t.Error(err)
+		}
+		if _, err := c.Delete(ctx, gone.Key); err != nil {
+			t.Error(err)
+		}
+		if _, err := c.Put(ctx, moved.Key, string(moved.Value())); err != nil {
+			t.Error(err)
+		}
+	}
+	tb := NewTable(testConfig())
+	// What the table holds when the watch starts: the list's work.
+	listed := make(chan []Lease, 1)
+	hw := &hookWatcher{Watcher: c.Watcher}
+	hw.hook = func(call int, ctx context.Context, key string, opts ...clientv3.OpOption) clientv3.WatchChan {
+		if call == 1 {
+			listed <- tb.Leases()
+		}
+		return nil
+	}
+	rec := &recorder{}
+	tb.OnChange(rec.observe)
+	core, logs := observer.New(zapcore.DebugLevel)
+	startSync(t, tb, withKV(c, kv, hw), zap.New(core))
+	waitSynced(t, tb)
+	select {
+	case got := <-listed:
+		if want := sortedBySubnet(leases); !slices.Equal(got, want) {
+			t.Errorf("listed:\n  %v\nwant etcd's leases at the first page's revision:\n  %v", got, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no watch after the list")
+	}
+	gets := kv.Gets()
+	if len(gets) != 4 || gets[0] != testSubnetsPrefix ||
+		gets[1] != testSubnetsPrefix+"10.5.2.0-24\x00" || gets[3] != testSubnetsPrefix+"10.5.7.0-24\x00" {
+		t.Errorf("pages read from %q, want 4 pages of 3 keys", gets)
+	}
+
+	// The watch brings the writes made between the pages, in their order.
+	newL = readLease(t, c, newL.Key)
+	moved = readLease(t, c, moved.Key)
+	want := append(slices.Delete(slices.Clone(leases), 7, 9), moved, newL)
+	waitTable(t, tb, 10*time.Second, want...)
+	changes := rec.all()
+	if len(changes) < len(leases) {
+		t.Fatalf("changes: %v", fmtChanges(changes))
+	}
+	var adds []Change
+	for _, l := range leases {
+		adds = append(adds, Change{New: &l})
+	}
+	expectChangeSet(t, changes[:len(leases)], adds...)
+	expectChanges(t, changes[len(leases):], added(newL), removed(gone), updated(leases[7], moved))
+	if s := tb.Stats(); s.Invalid != 2 || s.Relists != 0 {
+		t.Errorf("Stats = %+v, want 2 invalid and no re-list", s)
+	}
+	if n := logs.FilterMessage("skipping invalid lease").Len(); n != 2 {
+		t.Errorf("%d invalid-lease warnings, want 2", n)
+	}
+}
+
+// TestSyncListStartsOverAfterCompaction: when etcd compacts the revision a
+// list is reading at before its last page, the list starts over at the
+// current revision; after listAttempts of that, Sync retries after a
+// backoff.
+func TestSyncListStartsOverAfterCompaction(t *testing.T) {
+	setListPageSize(t, 2)
+	c := startEtcd(t)
+	var leases []Lease
+	for i := 1; i <= 5; i++ {
+		leases = append(leases, putLease(t, c, mkLease(fmt.Sprintf("10.5.%d.0/24", i), byte(i), 0)))
+	}
+	kv := &hookKV{KV: c.KV}
+	firstPages := 0 // written only by Sync's goroutine
+	kv.afterGet = func(call int, resp *clientv3.GetResponse, err error) {
+		if err != nil || len(resp.Kvs) == 0 || string(resp.Kvs[0].Key) != leases[0].Key {
+			return
+		}
+		if firstPages++; firstPages > listAttempts {
+			return
+		}
+		// A write, and its history compacted away before the next page.
+		l := mkLease(fmt.Sprintf("10.5.%d.0/24", 100+firstPages), byte(100+firstPages), 0)
+		ctx := context.Background()
+		pr, err := c.Put(ctx, l.Key, string(l.Value()))
+		if err == nil {
+			_, err = c.Compact(ctx, pr.Header.Revision, clientv3.WithCompactPhysical())
+		}
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	tb := NewTable(testConfig())
+	listed := make(chan []Lease, 1)
+	hw := &hookWatcher{Watcher: c.Watcher}
+	hw.hook = func(call int, ctx context.Context, key string, opts ...clientv3.OpOption) clientv3.WatchChan {
+		if call == 1 {
+			listed <- tb.Leases()
+		}
+		return nil
+	}
+	core, logs := observer.New(zapcore.DebugLevel)
+	startSync(t, tb, withKV(c, kv, hw), zap.New(core))
+	waitSynced(t, tb)
+
+	// The list that succeeded came after every write: it has them all.
+	resp, err := c.Get(testCtx(t), testSubnetsPrefix, clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []Lease
+	for _, kv := range resp.Kvs {
+		want = append(want, readLease(t, c, string(kv.Key)))
+	}
+	if len(want) != 5+listAttempts {
+		t.Fatalf("etcd holds %d leases", len(want))
+	}
+	select {
+	case got := <-listed:
+		if !slices.Equal(got, sortedBySubnet(want)) {
+			t.Errorf("listed %d leases: %v\nwant %v", len(got), got, want)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no watch after the list")
+	}
+	if n := logs.FilterMessage("etcd compacted the lease list's revision between two pages; listing again").Len(); n != listAttempts-1 {
+		t.Errorf("%d restarts logged, want %d", n, listAttempts-1)
+	}
+	failed := logs.FilterMessage("listing leases failed; retrying").All()
+	if len(failed) != 1 || !strings.Contains(failed[0].ContextMap()["error"].(string), "compacted") {
+		t.Errorf("list failures logged: %v", failed)
+	}
+	if s := tb.Stats(); s.Relists != 0 || s.Leases != len(want) {
+		t.Errorf("Stats = %+v", s)
+	}
+}

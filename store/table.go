@@ -3,6 +3,7 @@ package store
 import (
 	"cmp"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"strings"
@@ -33,9 +34,19 @@ type Table struct {
 	// lease claiming this host's subnet or VTEP MAC is the one refused.
 	ownKey string
 
-	mu      sync.RWMutex
-	byKey   map[string]*Lease
-	byMAC   map[MAC]*Lease
+	// mu guards everything below. Lookups take it for reading, for two
+	// memory reads; the one goroutine applying etcd's events takes it for
+	// writing, never across I/O.
+	mu sync.RWMutex
+	// slots holds the admitted leases, packed (index.go); the indexes name
+	// a lease by its position in it. A free slot is zero and listed in
+	// free. odd holds the rare lease that does not pack, by slot.
+	slots   []record
+	free    []int32
+	odd     map[int32]Lease
+	byKey   map[string]int32
+	byMAC   slotIndex // by macFingerprint(VtepMAC, macMul)
+	macMul  uint64
 	lengths []lengthIndex // one per prefix length present, longest first
 	// rejected holds leases that are valid on their own but conflict with an
 	// admitted lease, with the reason.
@@ -45,12 +56,6 @@ type Table struct {
 	synced    chan struct{}
 	syncOnce  sync.Once
 	stats     tableStats
-}
-
-type lengthIndex struct {
-	bits     int
-	mask     uint32
-	bySubnet map[uint32]*Lease
 }
 
 type rejectedLease struct {
@@ -87,15 +92,29 @@ type TableStats struct {
 func NewTable(cfg Config) *Table {
 	return &Table{
 		cfg:      cfg,
-		byKey:    make(map[string]*Lease),
-		byMAC:    make(map[MAC]*Lease),
+		byKey:    make(map[string]int32),
+		macMul:   rand.Uint64() | 1,
 		rejected: make(map[string]rejectedLease),
 		synced:   make(chan struct{}),
 	}
 }
 
-// SetOwn names this host's own lease key. Call it before Sync.
-func (t *Table) SetOwn(key string) { t.ownKey = key }
+// SetOwn names this host's own lease key.
+//
+// It may be called while Sync runs (vtepd learns its key only once the table
+// has loaded): if the key's lease is then waiting on a conflict, admission
+// is decided again, so that this host's lease wins. The changes that follow
+// go to the observers like any other.
+func (t *Table) SetOwn(key string) {
+	t.mu.Lock()
+	t.ownKey = key
+	var changes []Change
+	if _, waiting := t.rejected[key]; waiting {
+		changes, _ = t.replaceAll(t.all())
+	}
+	t.mu.Unlock()
+	t.notify(changes)
+}
 
 // OnChange registers fn to be called after every change to the table, on the
 // goroutine that applies etcd's events, in the order of the events. Register
@@ -108,8 +127,9 @@ func (t *Table) OnChange(fn func(Change)) {
 func (t *Table) Synced() <-chan struct{} { return t.synced }
 
 // LookupIP returns the lease whose subnet holds a, preferring the longest
-// prefix. It allocates nothing and holds a read lock only for map reads.
-func (t *Table) LookupIP(a netip.Addr) (Lease, bool) {
+// prefix. It allocates nothing and holds a read lock only for an index probe
+// and the read of one record.
+func (t *Table) LookupIP(a netip.Addr) (l Lease, ok bool) {
 	if !a.Is4() {
 		return Lease{}, false
 	}
@@ -117,35 +137,65 @@ func (t *Table) LookupIP(a netip.Addr) (Lease, bool) {
 	t.mu.RLock()
 	for i := range t.lengths {
 		li := &t.lengths[i]
-		if l := li.bySubnet[v&li.mask]; l != nil {
-			found := *l
+		// li.get(v & li.mask), by hand: it is too big to be inlined.
+		sub := v & li.mask
+		var s int32
+		found := false
+		if sub&li.netMask == li.netBase && li.direct != nil {
+			if j := (sub - li.netBase) >> li.directShift; j < uint32(len(li.direct)) && li.direct[j] != 0 {
+				s, found = int32(li.direct[j]-1), true
+			}
+		} else {
+			s, found = li.bySubnet.get(sub)
+		}
+		if found {
+			if r := &t.slots[s]; !r.odd {
+				r.unpack(&l)
+			} else {
+				l = t.odd[s]
+			}
 			t.mu.RUnlock()
-			return found, true
+			return l, true
 		}
 	}
 	t.mu.RUnlock()
 	return Lease{}, false
 }
 
-// LookupMAC returns the lease that publishes m as its VTEP MAC.
-func (t *Table) LookupMAC(m MAC) (Lease, bool) {
+// LookupMAC returns the lease that publishes m as its VTEP MAC. Like
+// LookupIP, it allocates nothing.
+func (t *Table) LookupMAC(m MAC) (l Lease, ok bool) {
 	t.mu.RLock()
-	l := t.byMAC[m]
-	if l == nil {
-		t.mu.RUnlock()
-		return Lease{}, false
+	// macSlot, by hand: it is too big to be inlined, and the call costs.
+	h := &t.byMAC
+	fp := macFingerprint(m, t.macMul)
+	ents := h.ents
+	mask := uint64(len(ents)) - 1
+	for i := h.home(fp); i < uint64(len(ents)); i = (i + 1) & mask {
+		e := &ents[i]
+		if e.v == 0 {
+			break
+		}
+		if r := &t.slots[e.v-1]; e.key == fp && r.mac == m {
+			if !r.odd {
+				r.unpack(&l)
+			} else {
+				l = t.odd[int32(e.v-1)]
+			}
+			t.mu.RUnlock()
+			return l, true
+		}
 	}
-	found := *l
 	t.mu.RUnlock()
-	return found, true
+	return Lease{}, false
 }
 
 // LookupKey returns the admitted lease stored under an etcd key.
 func (t *Table) LookupKey(key string) (Lease, bool) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
-	if l := t.byKey[key]; l != nil {
-		return *l, true
+	if s, ok := t.byKey[key]; ok {
+		return t.at(s), true
 	}
 	return Lease{}, false
 }
@@ -154,8 +204,8 @@ func (t *Table) LookupKey(key string) (Lease, bool) {
 func (t *Table) Leases() []Lease {
 	t.mu.RLock()
 	out := make([]Lease, 0, len(t.byKey))
-	for _, l := range t.byKey {
-		out = append(out, *l)
+	for _, s := range t.byKey {
+		out = append(out, t.at(s))
 	}
 	t.mu.RUnlock()
 	slices.SortFunc(out, func(a, b Lease) int { return comparePrefix(a.Subnet, b.Subnet) })
@@ -233,19 +283,17 @@ func (t *Table) check(l Lease) error {
 // one, makes every put and remove decide the whole admission again: slower,
 // but only while the input is already wrong.
 func (t *Table) put(l Lease) ([]Change, error) {
-	old := t.byKey[l.Key]
+	old := t.admitted(l.Key)
 	if len(t.rejected) == 0 {
 		if old != nil {
-			t.unindex(old)
+			t.unindex(old.Key)
 		}
 		if t.conflict(l) == nil {
-			nl := new(Lease)
-			*nl = l
-			t.index(nl)
-			return []Change{{Old: old, New: nl}}, nil
+			t.index(l)
+			return []Change{{Old: old, New: ptr(l)}}, nil
 		}
 		if old != nil {
-			t.index(old)
+			t.index(*old)
 		}
 	}
 	all := t.all()
@@ -265,11 +313,11 @@ func (t *Table) remove(key string) []Change {
 		delete(t.rejected, key) // it was not admitted: nothing changes
 		return nil
 	}
-	old := t.byKey[key]
+	old := t.admitted(key)
 	if old == nil {
 		return nil
 	}
-	t.unindex(old)
+	t.unindex(key)
 	if len(t.rejected) == 0 {
 		return []Change{{Old: old}}
 	}
@@ -294,8 +342,8 @@ func (t *Table) rejectedLeases() []rejectedLease {
 // all returns every lease the table holds, admitted or rejected.
 func (t *Table) all() []Lease {
 	out := make([]Lease, 0, len(t.byKey)+len(t.rejected))
-	for _, l := range t.byKey {
-		out = append(out, *l)
+	for _, s := range t.byKey {
+		out = append(out, t.at(s))
 	}
 	for _, r := range t.rejected {
 		out = append(out, r.lease)
@@ -318,9 +366,51 @@ func (t *Table) admissionOrder(a, b Lease) int {
 	return strings.Compare(a.Key, b.Key)
 }
 
+// admitted returns a copy of the admitted lease stored under key, or nil.
+// The copy is what changes report: observers may keep it, while a slot is
+// reused.
+func (t *Table) admitted(key string) *Lease {
+	if s, ok := t.byKey[key]; ok {
+		return ptr(t.at(s))
+	}
+	return nil
+}
+
+func ptr(l Lease) *Lease { return &l }
+
+// macSlot returns the slot of the admitted lease whose VTEP MAC is m: the
+// entry under m's fingerprint whose record holds m.
+func (t *Table) macSlot(m MAC) (int32, bool) {
+	h := &t.byMAC
+	fp := macFingerprint(m, t.macMul)
+	ents := h.ents
+	mask := uint64(len(ents)) - 1
+	for i := h.home(fp); i < uint64(len(ents)); i = (i + 1) & mask {
+		e := &ents[i]
+		if e.v == 0 {
+			break
+		}
+		if s := int32(e.v - 1); e.key == fp && t.slots[s].mac == m {
+			return s, true
+		}
+	}
+	return 0, false
+}
+
+// at returns the lease in slot s.
+func (t *Table) at(s int32) Lease {
+	if r := &t.slots[s]; !r.odd {
+		var l Lease
+		r.unpack(&l)
+		return l
+	}
+	return t.odd[s]
+}
+
 // conflict reports an admitted lease that l overlaps or shares a MAC with.
 func (t *Table) conflict(l Lease) error {
-	if o := t.byMAC[l.VtepMAC]; o != nil && o.Key != l.Key {
+	if s, ok := t.macSlot(l.VtepMAC); ok && t.slots[s].key != l.Key {
+		o := t.at(s)
 		if o.Key == t.ownKey {
 			return fmt.Errorf("VtepMAC %s is this host's own", l.VtepMAC)
 		}
@@ -330,14 +420,14 @@ func (t *Table) conflict(l Lease) error {
 		li := &t.lengths[i]
 		if li.bits <= l.Subnet.Bits() {
 			// A lease as long or shorter overlaps l only if it holds l's address.
-			if o := li.bySubnet[u32(l.Subnet.Addr())&li.mask]; o != nil {
-				return t.overlapError(l, o)
+			if s, ok := li.get(u32(l.Subnet.Addr()) & li.mask); ok {
+				return t.overlapError(l, t.at(s))
 			}
 			continue
 		}
 		// Longer leases inside l: mixed lengths are rare, a scan is fine.
-		for _, o := range li.bySubnet {
-			if l.Subnet.Contains(o.Subnet.Addr()) {
+		for _, s := range li.all() {
+			if o := t.at(s); l.Subnet.Contains(o.Subnet.Addr()) {
 				return t.overlapError(l, o)
 			}
 		}
@@ -345,40 +435,67 @@ func (t *Table) conflict(l Lease) error {
 	return nil
 }
 
-func (t *Table) overlapError(l Lease, o *Lease) error {
+func (t *Table) overlapError(l Lease, o Lease) error {
 	if o.Key == t.ownKey {
 		return fmt.Errorf("subnet %s claims this host's own subnet %s", l.Subnet, o.Subnet)
 	}
 	return fmt.Errorf("subnet %s overlaps %s of %s", l.Subnet, o.Subnet, o.Key)
 }
 
-func (t *Table) index(l *Lease) {
-	t.byKey[l.Key] = l
-	t.byMAC[l.VtepMAC] = l
+// index admits l: stores it in a slot and indexes it by key, MAC and
+// subnet.
+func (t *Table) index(l Lease) {
+	var s int32
+	if n := len(t.free); n > 0 {
+		s, t.free = t.free[n-1], t.free[:n-1]
+	} else {
+		s = int32(len(t.slots))
+		t.slots = append(t.slots, record{})
+	}
+	r, exact := pack(l)
+	t.slots[s] = r
+	if !exact {
+		if t.odd == nil {
+			t.odd = make(map[int32]Lease)
+		}
+		t.odd[s] = l
+	}
+	t.byKey[l.Key] = s
+	t.byMAC.put(macFingerprint(l.VtepMAC, t.macMul), s, func(o int32) bool { return t.slots[o].mac == l.VtepMAC })
 	bits := l.Subnet.Bits()
 	i, found := slices.BinarySearchFunc(t.lengths, bits, func(li lengthIndex, b int) int { return cmp.Compare(b, li.bits) })
 	if !found {
-		t.lengths = slices.Insert(t.lengths, i, lengthIndex{bits: bits, mask: prefixMask(bits), bySubnet: make(map[uint32]*Lease)})
+		t.lengths = slices.Insert(t.lengths, i, newLengthIndex(bits, t.cfg.Network))
 	}
-	t.lengths[i].bySubnet[u32(l.Subnet.Addr())] = l
+	t.lengths[i].put(u32(l.Subnet.Addr()), s)
 }
 
-func (t *Table) unindex(l *Lease) {
-	delete(t.byKey, l.Key)
-	if t.byMAC[l.VtepMAC] == l {
-		delete(t.byMAC, l.VtepMAC)
+// unindex drops the admitted lease stored under key from the indexes and
+// frees its slot.
+func (t *Table) unindex(key string) {
+	s, ok := t.byKey[key]
+	if !ok {
+		return
 	}
+	l := t.at(s)
+	delete(t.byKey, key)
+	// The MAC's entry goes if it is this lease's (it always is: admitted
+	// leases do not share MACs).
+	t.byMAC.del(macFingerprint(l.VtepMAC, t.macMul), func(o int32) bool { return o == s })
 	for i := range t.lengths {
 		li := &t.lengths[i]
 		if li.bits != l.Subnet.Bits() {
 			continue
 		}
-		delete(li.bySubnet, u32(l.Subnet.Addr()))
-		if len(li.bySubnet) == 0 {
+		li.del(u32(l.Subnet.Addr()))
+		if li.len() == 0 {
 			t.lengths = slices.Delete(t.lengths, i, i+1)
 		}
-		return
+		break
 	}
+	t.slots[s] = record{} // let the key's string go
+	delete(t.odd, s)
+	t.free = append(t.free, s)
 }
 
 // replaceAll makes the table hold exactly leases, as after a fresh list, and
@@ -387,6 +504,8 @@ func (t *Table) unindex(l *Lease) {
 func (t *Table) replaceAll(leases []Lease) ([]Change, map[string]error) {
 	fresh := NewTable(t.cfg)
 	fresh.ownKey = t.ownKey
+	fresh.slots = make([]record, 0, len(leases))
+	fresh.byKey = make(map[string]int32, len(leases))
 	slices.SortFunc(leases, t.admissionOrder)
 	rejected := make(map[string]error)
 	for _, l := range leases {
@@ -395,24 +514,25 @@ func (t *Table) replaceAll(leases []Lease) ([]Change, map[string]error) {
 			rejected[l.Key] = err
 			continue
 		}
-		nl := new(Lease)
-		*nl = l
-		fresh.index(nl)
+		fresh.index(l)
 	}
 
+	// The changes point at copies, not into the slot arrays: observers may
+	// keep them.
 	var changes []Change
-	for key, old := range t.byKey {
-		nl := fresh.byKey[key]
+	for key, s := range t.byKey {
+		old := t.at(s)
+		ns, ok := fresh.byKey[key]
 		switch {
-		case nl == nil:
-			changes = append(changes, Change{Old: old})
-		case *nl != *old:
-			changes = append(changes, Change{Old: old, New: nl})
+		case !ok:
+			changes = append(changes, Change{Old: &old})
+		case fresh.at(ns) != old:
+			changes = append(changes, Change{Old: &old, New: ptr(fresh.at(ns))})
 		}
 	}
-	for key, nl := range fresh.byKey {
-		if t.byKey[key] == nil {
-			changes = append(changes, Change{New: nl})
+	for key, ns := range fresh.byKey {
+		if _, ok := t.byKey[key]; !ok {
+			changes = append(changes, Change{New: ptr(fresh.at(ns))})
 		}
 	}
 	// Removals first, so that observers never see two leases for one
@@ -424,7 +544,7 @@ func (t *Table) replaceAll(leases []Lease) ([]Change, map[string]error) {
 		}
 		return strings.Compare(changeKey(a), changeKey(b))
 	})
-	t.byKey, t.byMAC, t.lengths, t.rejected = fresh.byKey, fresh.byMAC, fresh.lengths, fresh.rejected
+	t.slots, t.free, t.odd, t.byKey, t.byMAC, t.macMul, t.lengths, t.rejected = fresh.slots, fresh.free, fresh.odd, fresh.byKey, fresh.byMAC, fresh.macMul, fresh.lengths, fresh.rejected
 	return changes, rejected
 }
 

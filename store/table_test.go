@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -147,12 +148,19 @@ func checkInvariants(t *testing.T, tb *Table) {
 	t.Helper()
 	tb.mu.RLock()
 	defer tb.mu.RUnlock()
-	if len(tb.byMAC) != len(tb.byKey) {
-		t.Errorf("%d MACs indexed for %d leases", len(tb.byMAC), len(tb.byKey))
+	if tb.byMAC.len() != len(tb.byKey) {
+		t.Errorf("%d MACs indexed for %d leases", tb.byMAC.len(), len(tb.byKey))
+	}
+	checkSlotIndex(t, "MAC", &tb.byMAC, false)
+	for fp, s := range tb.byMAC.all() {
+		if r := tb.slots[s]; r.key == "" || macFingerprint(r.mac, tb.macMul) != fp {
+			t.Errorf("MAC index entry %x names slot %d (%s, %s)", fp, s, r.key, r.mac)
+		}
 	}
 	n := 0
-	for i, li := range tb.lengths {
-		if len(li.bySubnet) == 0 {
+	for i := range tb.lengths {
+		li := &tb.lengths[i]
+		if li.len() == 0 {
 			t.Errorf("empty index for /%d", li.bits)
 		}
 		if li.mask != prefixMask(li.bits) {
@@ -161,28 +169,65 @@ func checkInvariants(t *testing.T, tb *Table) {
 		if i > 0 && tb.lengths[i-1].bits <= li.bits {
 			t.Errorf("prefix length indexes out of order: /%d before /%d", tb.lengths[i-1].bits, li.bits)
 		}
-		for start, l := range li.bySubnet {
+		checkLengthIndex(t, li, tb.cfg.Network)
+		for start, s := range li.all() {
 			n++
-			if tb.byKey[l.Key] != l || l.Subnet.Bits() != li.bits || u32(l.Subnet.Addr()) != start {
-				t.Errorf("stale /%d index entry %s", li.bits, fmtLease(l))
+			l := tb.at(s)
+			if ks, ok := tb.byKey[l.Key]; !ok || ks != s || l.Subnet.Bits() != li.bits || u32(l.Subnet.Addr()) != start {
+				t.Errorf("stale /%d index entry %s", li.bits, fmtLease(&l))
 			}
 		}
 	}
 	if n != len(tb.byKey) {
 		t.Errorf("%d subnets indexed for %d leases", n, len(tb.byKey))
 	}
-	admitted := make([]*Lease, 0, len(tb.byKey))
-	for key, l := range tb.byKey {
-		if l.Key != key {
-			t.Errorf("lease %s stored under key %s", fmtLease(l), key)
+	// Every slot is either a lease's, named by byKey, or free and zero.
+	used := make(map[int32]bool, len(tb.byKey))
+	for _, s := range tb.byKey {
+		if used[s] {
+			t.Errorf("slot %d holds two keys' leases", s)
 		}
-		if tb.byMAC[l.VtepMAC] != l {
-			t.Errorf("MAC index does not point at %s", fmtLease(l))
+		used[s] = true
+	}
+	for _, s := range tb.free {
+		if used[s] || tb.slots[s] != (record{}) {
+			t.Errorf("free slot %d is in use", s)
+		}
+		used[s] = true
+	}
+	if len(used) != len(tb.slots) {
+		t.Errorf("%d slots, %d of them used or free", len(tb.slots), len(used))
+	}
+	// A lease is packed in its slot, or kept whole in odd if it does not
+	// pack.
+	for s, l := range tb.odd {
+		if r := tb.slots[s]; !r.odd || r.key != l.Key || tb.byKey[l.Key] != s {
+			t.Errorf("odd lease %s is not in its slot %d", fmtLease(&l), s)
+		}
+		if _, exact := pack(l); exact {
+			t.Errorf("odd lease %s packs", fmtLease(&l))
+		}
+	}
+	for _, s := range tb.byKey {
+		if r := tb.slots[s]; r.odd {
+			if _, ok := tb.odd[s]; !ok {
+				t.Errorf("slot %d (%s) is odd, but its lease is not kept", s, r.key)
+			}
+		}
+	}
+	admitted := make([]*Lease, 0, len(tb.byKey))
+	for key, s := range tb.byKey {
+		l := tb.at(s)
+		if l.Key != key {
+			t.Errorf("lease %s stored under key %s", fmtLease(&l), key)
+		}
+		if ms, ok := tb.macSlot(l.VtepMAC); !ok || ms != s {
+			t.Errorf("MAC index does not point at %s", fmtLease(&l))
 		}
 		if _, ok := tb.rejected[key]; ok {
 			t.Errorf("key %s both admitted and rejected", key)
 		}
-		admitted = append(admitted, l)
+		admitted = append(admitted, &l)
 	}
 	for i, a := range admitted {
 		for _, b := range admitted[i+1:] {
@@ -327,7 +372,7 @@ func TestTableLongestPrefixIndexOrder(t *testing.T) {
 	// lookup must answer with the /24.
 	inner := mkLease("10.5.17.0/24", 99, 99)
 	tb.mu.Lock()
-	tb.index(&Lease{Key: inner.Key, Subnet: inner.Subnet, PublicIP: inner.PublicIP, VtepMAC: inner.VtepMAC, VNI: 1, CreateRevision: 99, ModRevision: 99})
+	tb.index(Lease{Key: inner.Key, Subnet: inner.Subnet, PublicIP: inner.PublicIP, VtepMAC: inner.VtepMAC, VNI: 1, CreateRevision: 99, ModRevision: 99})
 	tb.mu.Unlock()
 	if got, ok := tb.LookupIP(netip.MustParseAddr("10.5.17.5")); !ok || got != inner {
 		t.Errorf("LookupIP(10.5.17.5) = %s, %v; want the longer %s", fmtLease(&got), ok, fmtLease(&inner))
@@ -942,7 +987,7 @@ func TestTableRandomOps(t *testing.T) {
 			t.Fatalf("step %d: %d admitted + %d waiting, etcd holds %d", step, len(tb.byKey), len(tb.rejected), len(etcd))
 		}
 		for k, l := range etcd {
-			if a := tb.byKey[k]; a != nil && *a != l {
+			if a := tb.admitted(k); a != nil && *a != l {
 				t.Fatalf("step %d: admitted %s, etcd holds %s", step, fmtLease(a), fmtLease(&l))
 			}
 			if r, ok := tb.rejected[k]; ok && r.lease != l {
@@ -1059,33 +1104,44 @@ func TestTableLookupsDoNotAllocate(t *testing.T) {
 	_ = sink
 }
 
-// bigTable holds n /24 leases in 10.0.0.0/8, keyed as flannel keys them.
-func bigTable(tb testing.TB, n int) (*Table, []netip.Addr, []MAC) {
-	cfg := Config{
+// bigConfig is the overlay of the scale tests: flannel's 10.0.0.0/8 of
+// /24s, room for 65,535 hosts.
+func bigConfig() Config {
+	return Config{
 		Network:   netip.MustParsePrefix("10.0.0.0/8"),
 		SubnetLen: 24,
 		SubnetMin: netip.MustParseAddr("10.0.1.0"),
 		SubnetMax: netip.MustParseAddr("10.255.255.0"),
 		Backend:   Backend{Type: "vxlan", VNI: 1, Port: 8472},
 	}
-	t := NewTable(cfg)
+}
+
+// bigLease is the i-th lease (from 1) of a big table: 10.<i>.0/24 with a
+// VTEP MAC and a public IP of its own.
+func bigLease(i int) Lease {
+	p := netip.PrefixFrom(addrFrom(10<<24|uint32(i)<<8), 24)
+	return Lease{
+		Key:            "/coreos.com/network/subnets/" + SubnetKey(p),
+		Subnet:         p,
+		PublicIP:       netip.AddrFrom4([4]byte{172, 16, byte(i >> 8), byte(i)}),
+		VtepMAC:        MAC{0x02, 0x42, 0, byte(i >> 16), byte(i >> 8), byte(i)},
+		VNI:            1,
+		CreateRevision: int64(i + 1),
+		ModRevision:    int64(i + 1),
+	}
+}
+
+// bigTable holds n /24 leases in 10.0.0.0/8, keyed as flannel keys them.
+func bigTable(tb testing.TB, n int) (*Table, []netip.Addr, []MAC) {
+	t := NewTable(bigConfig())
 	leases := make([]Lease, 0, n)
 	addrs := make([]netip.Addr, 0, n)
 	macs := make([]MAC, 0, n)
 	for i := 1; i <= n; i++ {
-		p := netip.PrefixFrom(addrFrom(10<<24|uint32(i)<<8), 24)
-		mac := MAC{0x02, 0x42, 0, byte(i >> 16), byte(i >> 8), byte(i)}
-		leases = append(leases, Lease{
-			Key:            "/coreos.com/network/subnets/" + SubnetKey(p),
-			Subnet:         p,
-			PublicIP:       netip.AddrFrom4([4]byte{172, 16, byte(i >> 8), byte(i)}),
-			VtepMAC:        mac,
-			VNI:            1,
-			CreateRevision: int64(i + 1),
-			ModRevision:    int64(i + 1),
-		})
+		l := bigLease(i)
+		leases = append(leases, l)
 		addrs = append(addrs, addrFrom(10<<24|uint32(i)<<8|uint32(i%254+1)))
-		macs = append(macs, mac)
+		macs = append(macs, l.VtepMAC)
 	}
 	if _, rejected := treplace(t, leases); len(rejected) != 0 {
 		tb.Fatalf("%d leases rejected", len(rejected))
@@ -1117,15 +1173,24 @@ func TestBigTable(t *testing.T) {
 	}
 }
 
+// The lookup benchmarks look up every one of the 50,000 leases once per
+// pass, in a shuffled order, so that each lookup goes to memory the last one
+// did not touch, as a miss storm's do; the miss benchmarks do the same with
+// keys that are in no lease. The lease found is kept, so its copy is not
+// optimised away.
+
+var lookupSink Lease
+
 func BenchmarkLookupIP(b *testing.B) {
 	tb, addrs, _ := bigTable(b, 50000)
-	b.ReportAllocs()
-	b.ResetTimer()
+	benchStart(b)
 	i := 0
 	for b.Loop() {
-		if _, ok := tb.LookupIP(addrs[i]); !ok {
-			b.Fatal("miss")
+		l, ok := tb.LookupIP(addrs[i])
+		if !ok {
+			b.Fatalf("%s: miss", addrs[i])
 		}
+		lookupSink = l
 		if i++; i == len(addrs) {
 			i = 0
 		}
@@ -1134,17 +1199,76 @@ func BenchmarkLookupIP(b *testing.B) {
 
 func BenchmarkLookupMAC(b *testing.B) {
 	tb, _, macs := bigTable(b, 50000)
-	b.ReportAllocs()
-	b.ResetTimer()
+	benchStart(b)
 	i := 0
 	for b.Loop() {
-		if _, ok := tb.LookupMAC(macs[i]); !ok {
-			b.Fatal("miss")
+		l, ok := tb.LookupMAC(macs[i])
+		if !ok {
+			b.Fatalf("%s: miss", macs[i])
 		}
+		lookupSink = l
 		if i++; i == len(macs) {
 			i = 0
 		}
 	}
+}
+
+func BenchmarkLookupIPMiss(b *testing.B) {
+	tb, _, _ := bigTable(b, 50000)
+	addrs, _ := bigTableMisses(50000)
+	benchStart(b)
+	i := 0
+	for b.Loop() {
+		l, ok := tb.LookupIP(addrs[i])
+		if ok {
+			b.Fatalf("%s: found %s", addrs[i], l)
+		}
+		lookupSink = l
+		if i++; i == len(addrs) {
+			i = 0
+		}
+	}
+}
+
+func BenchmarkLookupMACMiss(b *testing.B) {
+	tb, _, _ := bigTable(b, 50000)
+	_, macs := bigTableMisses(50000)
+	benchStart(b)
+	i := 0
+	for b.Loop() {
+		l, ok := tb.LookupMAC(macs[i])
+		if ok {
+			b.Fatalf("%s: found %s", macs[i], l)
+		}
+		lookupSink = l
+		if i++; i == len(macs) {
+			i = 0
+		}
+	}
+}
+
+// benchStart collects the set-up's garbage, so that the collector does not
+// run during the measurement.
+func benchStart(b *testing.B) {
+	runtime.GC()
+	b.ReportAllocs()
+	b.ResetTimer()
+}
+
+// bigTableMisses returns n addresses and n MACs, shuffled, that are in no
+// lease of bigTable(_, n): addresses of the network's subnets it does not
+// lease (for n up to 60,000), and MACs of another prefix.
+func bigTableMisses(n int) ([]netip.Addr, []MAC) {
+	r := rand.New(rand.NewPCG(5, 6))
+	addrs := make([]netip.Addr, 0, n)
+	macs := make([]MAC, 0, n)
+	for i := range n {
+		subnet := uint32(n + 1 + r.IntN(65536-n-1))
+		addrs = append(addrs, addrFrom(10<<24|subnet<<8|uint32(1+r.IntN(254))))
+		macs = append(macs, MAC{0x02, 0x43, 0, byte(i >> 16), byte(i >> 8), byte(i)})
+	}
+	r.Shuffle(len(macs), func(i, j int) { macs[i], macs[j] = macs[j], macs[i] })
+	return addrs, macs
 }
 
 // TestTableOwnLeaseWins: this host's lease is admitted before any other, so
@@ -1172,4 +1296,21 @@ func TestTableOwnLeaseWins(t *testing.T) {
 	listed.SetOwn(own.Key)
 	treplace(listed, []Lease{claim, sameMAC, own})
 	expectAdmitted(t, listed, own)
+}
+
+// TestTableSetOwnLate: vtepd names its own key after the table has loaded;
+// a lease that claimed its subnet first is pushed out then.
+func TestTableSetOwnLate(t *testing.T) {
+	own := mkLease("10.5.3.0/24", 3, 50)
+	claim := mkLease("10.5.3.0/25", 4, 10) // older, inside own
+	tb := NewTable(testConfig())
+	rec := &recorder{}
+	tb.OnChange(rec.observe)
+	mustAdmit(t, tb, claim)
+	mustReject(t, tb, own, "overlaps")
+	tb.SetOwn(own.Key)
+	expectAdmitted(t, tb, own)
+	// SetOwn tells the observers what it changed; the puts above were
+	// the test's, which tell no one.
+	expectChanges(t, rec.all(), removed(claim), added(own))
 }
