@@ -3,16 +3,20 @@
 // owns their lifetimes.
 //
 // Start-up order matters:
-//  1. the network config and this host's previous lease are read first, so
-//     a device that has to be created gets the VTEP MAC peers already know;
-//  2. the device is ensured, then the lease taken with the device's MAC;
-//  3. the miss subscription is opened and the lease table synced before the
-//     overlay route exists, so no miss can arrive unheard or unanswerable;
-//  4. the device's existing entries are reconciled with the table: right
+//  1. the network config, then the whole lease table: everything after the
+//     lease is published must take milliseconds, not the length of a list;
+//  2. the device is ensured, with the VTEP MAC this host published before if
+//     it has to be created, so peers' entries stay right;
+//  3. the miss subscription is opened before the overlay route exists, so
+//     no miss can arrive unheard;
+//  4. the lease is taken (published) with the device's MAC; the address and
+//     route go on before, when the subnet is known in advance, else at once
+//     after, so that peers answered on publication find the host ready;
+//  5. the device's existing entries are reconciled with the table: right
 //     ones kept, wrong ones fixed or deleted, and addresses the kernel asked
-//     about while no vtepd listened answered;
-//  5. the address and route go on, and the subnet file is written last: it
-//     is what tells Docker the overlay is ready.
+//     about while no vtepd listened answered, then misses are answered;
+//  6. the subnet file is written last: it is what tells Docker the overlay
+//     is ready.
 //
 // etcd being unreachable is waited out at every step, never a reason to
 // exit: a host whose agent restarts in a loop helps nobody. Stopping
@@ -27,6 +31,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -66,6 +71,9 @@ type Config struct {
 	ReportInterval time.Duration
 	// HTTPAddr is where metrics, health and status are served ("": off).
 	HTTPAddr string
+	// Answer is what an L3 miss installs: one neighbour per address, or a
+	// route per peer host.
+	Answer miss.AnswerMode
 	// Version is reported in /status.
 	Version string
 }
@@ -139,80 +147,6 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 	defer lock.Close()
 
-	var prev store.Lease
-	err = retry(ctx, log, tel, "looking for this host's previous lease", func(ctx context.Context) (err error) {
-		prev, err = previousLease(ctx, etcd, cfg.EtcdPrefix, underlay.PublicIP)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	var prevMAC net.HardwareAddr
-	if prev.VtepMAC.IsUnicast() {
-		prevMAC = prev.VtepMAC.HardwareAddr()
-	}
-	dev, err := fabric.EnsureDevice(h, fabric.DeviceSpec{
-		Name: devName, VNI: netCfg.Backend.VNI, Port: netCfg.Backend.Port, Underlay: underlay, MAC: prevMAC,
-	}, log)
-	if err != nil {
-		return err
-	}
-	if err := dev.EnableAppProbes(); err != nil {
-		return err
-	}
-	if trap, err := dev.ProbeTimersTrap(); err == nil && trap != "" {
-		log.Warn("neighbour timers keep idle entries alive", zap.String("why", trap))
-	}
-	if err := tel.openInspector(dev); err != nil {
-		return err
-	}
-	tel.attach(func(t *telemetry) { t.dev = dev })
-
-	claim := store.Claim{PublicIP: underlay.PublicIP, VtepMAC: store.MAC(dev.MAC), TTL: cfg.LeaseTTL}
-	if env, err := subnetfile.Read(cfg.SubnetFile); err == nil && env.Network == netCfg.Network {
-		claim.Previous = env.Subnet.Masked()
-	}
-	var own *store.OwnLease
-	err = retry(ctx, log, tel, "acquiring a subnet lease", func(ctx context.Context) (err error) {
-		own, err = store.AcquireLease(ctx, etcd, cfg.EtcdPrefix, netCfg, claim, log)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	ownLease := own.Lease()
-	tel.attach(func(t *telemetry) { t.own = own })
-
-	// Subscribe before the route exists: from then on every miss is heard.
-	listener, err := miss.Listen(cfg.ReadBuffer)
-	if err != nil {
-		return err
-	}
-	defer listener.Close()
-	entries, err := fabric.OpenEntries(dev.Index, dev.Name)
-	if err != nil {
-		return err
-	}
-	defer entries.Close()
-
-	table := store.NewTable(netCfg)
-	table.SetOwn(ownLease.Key)
-	responder := miss.NewResponder(miss.ResponderConfig{
-		Ifindex: dev.Index, Network: netCfg.Network, Own: ownLease.Subnet, Observe: tel.observe,
-	}, table, entries, log)
-	tel.attach(func(t *telemetry) {
-		t.table, t.listener, t.responder, t.entries = table, listener, responder, entries
-	})
-	table.OnChange(responder.Invalidate)
-	table.OnChange(func(c store.Change) {
-		// Our key deleted, or saying something we did not write: let the
-		// keeper find out whether to publish again or give up the subnet.
-		if c.Old != nil && c.Old.Key == ownLease.Key && c.New == nil ||
-			c.New != nil && c.New.Key == ownLease.Key && !c.New.SameTarget(own.Lease()) {
-			own.Recheck()
-		}
-	})
-
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, gctx := errgroup.WithContext(runCtx)
@@ -222,15 +156,114 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		g.Wait()
 		return err
 	}
-	g.Go(func() error { return table.Sync(gctx, etcd, cfg.EtcdPrefix, log) })
-	g.Go(func() error { return own.Keep(gctx, cfg.RenewMargin) })
 
+	// The lease table comes first, however big: once this host's lease is
+	// published, peers may send to it, and everything after publishing
+	// must take milliseconds, not the length of a list.
+	table := store.NewTable(netCfg)
+	var changes changeRouter
+	table.OnChange(changes.apply)
+	g.Go(func() error { return table.Sync(gctx, etcd, cfg.EtcdPrefix, log) })
+	tel.attach(func(t *telemetry) { t.table = table })
 	tel.setPhase("syncing the lease table from etcd")
 	select {
 	case <-table.Synced():
 	case <-gctx.Done():
 		return waitErr(ctx, g)
 	}
+
+	// A device that has to be created gets the VTEP MAC this host
+	// published before, so that peers' entries stay right.
+	var prevMAC net.HardwareAddr
+	if prev, ok := leaseOf(table, underlay.PublicIP); ok {
+		prevMAC = prev.VtepMAC.HardwareAddr()
+	}
+	tel.setPhase("ensuring the VXLAN device")
+	dev, err := fabric.EnsureDevice(h, fabric.DeviceSpec{
+		Name: devName, VNI: netCfg.Backend.VNI, Port: netCfg.Backend.Port, Underlay: underlay, MAC: prevMAC,
+	}, log)
+	if err != nil {
+		return fail(err)
+	}
+	if err := dev.EnableAppProbes(); err != nil {
+		return fail(err)
+	}
+	if trap, err := dev.ProbeTimersTrap(); err == nil && trap != "" {
+		log.Warn("neighbour timers keep idle entries alive", zap.String("why", trap))
+	}
+	if err := tel.openInspector(dev); err != nil {
+		return fail(err)
+	}
+	tel.attach(func(t *telemetry) { t.dev = dev })
+
+	// Subscribe before the route exists: from then on every miss is heard.
+	listener, err := miss.Listen(cfg.ReadBuffer)
+	if err != nil {
+		return fail(err)
+	}
+	defer listener.Close()
+	entries, err := fabric.OpenEntries(dev.Index, dev.Name)
+	if err != nil {
+		return fail(err)
+	}
+	defer entries.Close()
+
+	claim := store.Claim{PublicIP: underlay.PublicIP, VtepMAC: store.MAC(dev.MAC), TTL: cfg.LeaseTTL}
+	if env, err := subnetfile.Read(cfg.SubnetFile); err == nil && env.Network == netCfg.Network {
+		claim.Previous = env.Subnet.Masked()
+	}
+	// Once the lease is published, peers may send at once (and do: a
+	// peer's sweep answers whoever waited for this host). When the subnet
+	// is known in advance, the device gets its address and the overlay
+	// route before the lease is published; the miss socket is subscribed
+	// already, so nothing goes unheard, and an acquisition that ends on
+	// another subnet corrects the address right after.
+	overlay := []fabric.Route{{Dst: netCfg.Network}}
+	if expected, ok := expectedSubnet(table, underlay.PublicIP, claim.Previous); ok {
+		if _, err := dev.SetAddress(expected.Addr()); err != nil {
+			return fail(err)
+		}
+		if _, err := dev.EnsureRoutes(expected.Addr(), overlay); err != nil {
+			return fail(err)
+		}
+	}
+	var own *store.OwnLease
+	err = retry(gctx, log, tel, "acquiring a subnet lease", func(ctx context.Context) (err error) {
+		own, err = store.AcquireLease(ctx, etcd, cfg.EtcdPrefix, netCfg, claim, log)
+		return err
+	})
+	if err != nil {
+		return fail(err)
+	}
+	ownLease := own.Lease()
+	table.SetOwn(ownLease.Key)
+	tel.attach(func(t *telemetry) { t.own = own })
+	if _, err := dev.SetAddress(ownLease.Gateway()); err != nil {
+		return fail(err)
+	}
+	if _, err := dev.EnsureRoutes(ownLease.Gateway(), overlay); err != nil {
+		return fail(err)
+	}
+
+	sweeper := newSweeper()
+	responder := miss.NewResponder(miss.ResponderConfig{
+		Ifindex: dev.Index, Network: netCfg.Network, Own: ownLease.Subnet, Gateway: ownLease.Gateway(),
+		Mode: cfg.Answer, Observe: tel.observe, Sweep: sweeper.newLease,
+	}, table, entries, log)
+	tel.attach(func(t *telemetry) {
+		t.listener, t.responder, t.entries, t.sweeper = listener, responder, entries, sweeper
+	})
+	changes.set(func(c store.Change) {
+		responder.ApplyChange(c)
+		// Our key deleted, or saying something we did not write: let the
+		// keeper find out whether to publish again or give up the subnet.
+		if c.Old != nil && c.Old.Key == ownLease.Key && c.New == nil ||
+			c.New != nil && c.New.Key == ownLease.Key && !c.New.SameTarget(own.Lease()) {
+			own.Recheck()
+		}
+	})
+	g.Go(func() error { return own.Keep(gctx, cfg.RenewMargin) })
+
 	tel.setPhase("reconciling the device's entries")
 	rec, err := responder.Reconcile()
 	if err != nil {
@@ -238,37 +271,19 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	}
 	log.Info("device entries reconciled", zap.Int("kept", rec.Kept), zap.Int("fixed", rec.Fixed),
 		zap.Int("removed", rec.Removed), zap.Int("answered", rec.Answered))
-	// After a socket overflow the lost misses are recovered from the
-	// neighbour table at once, on a goroutine of their own so that the
-	// listener keeps draining the socket meanwhile.
-	sweep := make(chan struct{}, 1)
-	overflowed := func() {
-		select {
-		case sweep <- struct{}{}:
-		default: // a sweep is pending already: it will see these too
-		}
-	}
 	g.Go(func() error {
-		sweepAfterOverflow(gctx, sweep, responder, tel, log)
+		sweeper.run(gctx, responder, log)
 		return nil
 	})
-	g.Go(func() error { return listener.Run(gctx, responder.Handle, overflowed) })
+	g.Go(func() error { return listener.Run(gctx, responder.Handle, sweeper.overflowed) })
 	g.Go(func() error {
 		report(gctx, cfg.ReportInterval, log, responder, listener, table)
 		return nil
 	})
 
-	tel.setPhase("setting the device's address and route")
-	routes := func() []netip.Prefix { return []netip.Prefix{netCfg.Network} }
-	if _, err := dev.SetAddress(ownLease.Gateway()); err != nil {
-		return fail(err)
-	}
-	if _, err := dev.SetRoutes(ownLease.Gateway(), routes()); err != nil {
-		return fail(err)
-	}
-	tel.attach(func(t *telemetry) { t.gateway, t.routes = ownLease.Gateway(), routes })
+	tel.attach(func(t *telemetry) { t.gateway, t.routes = ownLease.Gateway(), []netip.Prefix{netCfg.Network} })
 	g.Go(func() error {
-		keepDevice(gctx, dev, ownLease.Gateway(), routes, log)
+		keepDevice(gctx, dev, ownLease.Gateway(), overlay, responder, log)
 		return nil
 	})
 	if fwd, err := fabric.IPForwarding(); err == nil && !fwd {
@@ -283,46 +298,10 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return fail(err)
 	}
 	tel.setPhase("")
-	log.Info("vtepd ready", zap.String("device", dev.Name), zap.Stringer("subnet", ownLease.Subnet),
+	log.Info("vtepd ready", zap.String("device", dev.Name), zap.Stringer("subnet", ownLease.Subnet), zap.Stringer("answer", cfg.Answer),
 		zap.Stringer("vtep_mac", ownLease.VtepMAC), zap.Int("leases", table.Len()), zap.String("subnet_file", cfg.SubnetFile))
 
 	return waitErr(ctx, g)
-}
-
-// sweepAfterOverflow answers, each time the miss socket overflowed, the
-// addresses the kernel is still waiting on. The kernel reports an overflow
-// once per episode of congestion (netlink_overrun), and a storm may still be
-// creating entries when the report comes, so sweeps repeat, 50 ms apart,
-// until one finds nothing left to answer.
-func sweepAfterOverflow(ctx context.Context, signal <-chan struct{}, r *miss.Responder, tel *telemetry, log *zap.Logger) {
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-signal:
-		}
-		start := time.Now()
-		total, sweeps := 0, 0
-		for ctx.Err() == nil {
-			n, err := r.Sweep()
-			sweeps++
-			total += n
-			tel.sweeps.Add(1)
-			tel.swept.Add(uint64(n))
-			if err != nil {
-				log.Warn("answering misses lost to a socket overflow failed in part", zap.Int("answered", n), zap.Error(err))
-			}
-			if n == 0 {
-				break
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-		log.Info("miss socket overflowed; answered the addresses still pending",
-			zap.Int("answered", total), zap.Int("sweeps", sweeps), zap.Duration("took", time.Since(start)))
-	}
 }
 
 // NewEtcdClient returns a client that reconnects on its own. gRPC's default
@@ -384,19 +363,45 @@ func waitErr(ctx context.Context, g *errgroup.Group) error {
 	return err
 }
 
-// previousLease finds the lease this host published before, by public IP.
-func previousLease(ctx context.Context, c *clientv3.Client, prefix string, publicIP netip.Addr) (store.Lease, error) {
-	resp, err := c.Get(ctx, store.SubnetsPrefix(prefix), clientv3.WithPrefix())
-	if err != nil {
-		return store.Lease{}, fmt.Errorf("agent: list leases: %w", err)
-	}
-	for _, kv := range resp.Kvs {
-		l, err := store.ParseLease(string(kv.Key[len(store.SubnetsPrefix(prefix)):]), kv.Value)
-		if err == nil && l.PublicIP == publicIP {
-			return l, nil
+// leaseOf finds the lease this host published before, by public IP.
+func leaseOf(t *store.Table, publicIP netip.Addr) (store.Lease, bool) {
+	for _, l := range t.Leases() {
+		if l.PublicIP == publicIP && l.VtepMAC.IsUnicast() {
+			return l, true
 		}
 	}
-	return store.Lease{}, nil
+	return store.Lease{}, false
+}
+
+// expectedSubnet is the subnet this host will most likely take: the one its
+// previous lease holds, or else the one its subnet file names if the table
+// does not show it held by another host.
+func expectedSubnet(t *store.Table, publicIP netip.Addr, hint netip.Prefix) (netip.Prefix, bool) {
+	if l, ok := leaseOf(t, publicIP); ok {
+		return l.Subnet, true
+	}
+	if !hint.IsValid() {
+		return netip.Prefix{}, false
+	}
+	if l, ok := t.LookupIP(hint.Addr()); ok && l.PublicIP != publicIP {
+		return netip.Prefix{}, false
+	}
+	return hint, true
+}
+
+// changeRouter hands the table's changes to a function set once the
+// responder exists. Changes before then are not lost: the responder's
+// reconciliation, which comes after, reads the whole table.
+type changeRouter struct {
+	fn atomic.Pointer[func(store.Change)]
+}
+
+func (r *changeRouter) set(fn func(store.Change)) { r.fn.Store(&fn) }
+
+func (r *changeRouter) apply(c store.Change) {
+	if fn := r.fn.Load(); fn != nil {
+		(*fn)(c)
+	}
 }
 
 // lockDevice makes sure one agent at a time drives a device. It binds an

@@ -7,18 +7,20 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vtepd/vtepd/fabric"
+	"github.com/vtepd/vtepd/miss"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
 
 // keepDevice keeps the device's address and routes in place until ctx is
-// done. The kernel deletes a device's routes when it goes down, and anyone
+// done. It only adds: the responder's reconciliation is the one place that
+// deletes routes, under its lock, so that this never undoes an answer. The kernel deletes a device's routes when it goes down, and anyone
 // may delete one by hand; without the overlay route, traffic to the overlay
 // follows the default route into the underlay. Address and routes are put
 // back as soon as a link or route change on the device is seen, and checked
 // every 10 seconds in case a notification was lost. A device set down is
 // left down, as its operator wanted; its routes come back when it comes up.
-func keepDevice(ctx context.Context, dev *fabric.Device, gateway netip.Addr, routes func() []netip.Prefix, log *zap.Logger) {
+func keepDevice(ctx context.Context, dev *fabric.Device, gateway netip.Addr, routes []fabric.Route, r *miss.Responder, log *zap.Logger) {
 	links := make(chan netlink.LinkUpdate, 64)
 	routeUpdates := make(chan netlink.RouteUpdate, 256)
 	done := make(chan struct{})
@@ -85,9 +87,16 @@ func keepDevice(ctx context.Context, dev *fabric.Device, gateway netip.Addr, rou
 		if err != nil {
 			log.Warn("restoring the device's address failed", zap.String("device", dev.Name), zap.Error(err))
 		}
-		changedRoutes, err := dev.SetRoutes(gateway, routes())
+		changedRoutes, err := dev.EnsureRoutes(gateway, routes)
 		if err != nil {
 			log.Warn("restoring the device's routes failed", zap.String("device", dev.Name), zap.Error(err))
+		}
+		if changedRoutes {
+			// The kernel drops every route of a device that goes down:
+			// the host routes of the host answer mode too.
+			if err := r.RestoreRoutes(); err != nil {
+				log.Warn("restoring host routes failed", zap.String("device", dev.Name), zap.Error(err))
+			}
 		}
 		if changedAddr || changedRoutes {
 			log.Info("restored the device's address and routes", zap.String("device", dev.Name),

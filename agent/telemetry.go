@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,7 +33,7 @@ type telemetry struct {
 	responder *miss.Responder
 	entries   *fabric.Entries
 	gateway   netip.Addr
-	routes    func() []netip.Prefix
+	routes    []netip.Prefix
 
 	// inspect reads the device's state for scrapes and health checks on
 	// a socket of its own; the miss path's is never shared.
@@ -42,10 +41,13 @@ type telemetry struct {
 	inspect   *netlink.Handle
 	dump      *fabric.Entries
 
-	sweeps, swept atomic.Uint64
-	recent        recentMisses
-	latency       *prometheus.HistogramVec
-	registry      *prometheus.Registry
+	sweeper *sweeper
+	recent  recentMisses
+	latency *prometheus.HistogramVec
+	// byKind are latency's children, resolved once: a label lookup per
+	// miss is a hash and a map read the miss path need not pay.
+	byKind   [3]prometheus.Observer
+	registry *prometheus.Registry
 }
 
 func newTelemetry(version string) *telemetry {
@@ -57,6 +59,9 @@ func newTelemetry(version string) *telemetry {
 		// queued packet carries that packet's delivery too.
 		Buckets: prometheus.ExponentialBuckets(5e-6, 2, 15),
 	}, []string{"kind"})
+	for _, k := range []miss.Kind{miss.L3, miss.L2} {
+		t.byKind[k] = t.latency.WithLabelValues(k.String())
+	}
 	t.registry = prometheus.NewRegistry()
 	t.registry.MustRegister(t.latency, t, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -78,7 +83,9 @@ func (t *telemetry) attach(fn func(t *telemetry)) {
 
 // observe is the responder's Observe hook.
 func (t *telemetry) observe(m *miss.Miss, res miss.Result) {
-	t.latency.WithLabelValues(m.Kind.String()).Observe(res.Latency.Seconds())
+	if m.Kind == miss.L3 || m.Kind == miss.L2 {
+		t.byKind[m.Kind].Observe(res.Latency.Seconds())
+	}
 	t.recent.record(m, res)
 }
 
@@ -156,7 +163,7 @@ func (t *telemetry) health() Health {
 		var missing []string
 		var err error
 		if t.inspect != nil {
-			missing, err = fabric.CheckDevice(t.inspect, dev.Index, dev.Name, gateway, routes())
+			missing, err = fabric.CheckDevice(t.inspect, dev.Index, dev.Name, gateway, routes)
 		}
 		t.inspectMu.Unlock()
 		if err != nil {
@@ -238,8 +245,8 @@ type TableStatus struct {
 // NetlinkStatus describes the miss socket.
 type NetlinkStatus struct {
 	Overflows uint64 `json:"overflows"`
-	Sweeps    uint64 `json:"overflow_sweeps"`
-	Swept     uint64 `json:"overflow_swept"`
+	Sweeps    uint64 `json:"sweeps"`
+	Swept     uint64 `json:"sweep_answered"`
 	Malformed uint64 `json:"malformed"`
 	Foreign   uint64 `json:"foreign"`
 }
@@ -248,7 +255,7 @@ func (t *telemetry) status() Status {
 	h := t.health()
 	s := Status{Version: t.version, Started: t.started, Healthy: h.Healthy, Reasons: h.Reasons, Notes: h.Notes}
 	t.mu.Lock()
-	netCfg, dev, own, table, listener, responder, entries := t.netCfg, t.dev, t.own, t.table, t.listener, t.responder, t.entries
+	netCfg, dev, own, table, listener, responder, entries, sw := t.netCfg, t.dev, t.own, t.table, t.listener, t.responder, t.entries, t.sweeper
 	t.mu.Unlock()
 	if netCfg != nil {
 		s.Network = netCfg.Network.String()
@@ -279,9 +286,9 @@ func (t *telemetry) status() Status {
 			}
 		}
 	}
-	if listener != nil {
+	if listener != nil && sw != nil {
 		ls := listener.Stats()
-		s.Netlink = &NetlinkStatus{Overflows: ls.Overflows, Sweeps: t.sweeps.Load(), Swept: t.swept.Load(),
+		s.Netlink = &NetlinkStatus{Overflows: ls.Overflows, Sweeps: sw.sweeps.Load(), Swept: sw.answered.Load(),
 			Malformed: ls.Malformed, Foreign: ls.Foreign}
 	}
 	if entries != nil {
@@ -306,8 +313,8 @@ var (
 	descRelists       = prometheus.NewDesc("vtepd_etcd_relists_total", "Full re-lists of the leases after the watch fell behind compaction.", nil, nil)
 	descWatching      = prometheus.NewDesc("vtepd_etcd_watching", "1 while the etcd watch of the leases delivers, 0 while vtepd answers from the table alone.", nil, nil)
 	descOverflows     = prometheus.NewDesc("vtepd_netlink_overflows_total", "Times the miss socket overflowed (ENOBUFS) and the kernel dropped notifications.", nil, nil)
-	descSweeps        = prometheus.NewDesc("vtepd_overflow_sweeps_total", "Sweeps of the neighbour table after an overflow.", nil, nil)
-	descSwept         = prometheus.NewDesc("vtepd_overflow_swept_total", "Addresses answered by sweeps after an overflow: misses that would otherwise have been lost.", nil, nil)
+	descSweeps        = prometheus.NewDesc("vtepd_sweeps_total", "Sweeps of the neighbour table for addresses still pending, after a socket overflow or a new lease.", nil, nil)
+	descSwept         = prometheus.NewDesc("vtepd_sweep_answered_total", "Addresses answered by sweeps: misses lost to an overflow, or asked before a lease was known.", nil, nil)
 	descMalformed     = prometheus.NewDesc("vtepd_netlink_malformed_total", "Neighbour messages that could not be decoded.", nil, nil)
 	descForeign       = prometheus.NewDesc("vtepd_netlink_foreign_total", "Messages on the miss socket not sent by the kernel, dropped.", nil, nil)
 	descExpiry        = prometheus.NewDesc("vtepd_own_lease_expiry_seconds", "Seconds until this host's lease expires unless renewed.", nil, nil)
@@ -327,7 +334,7 @@ func (t *telemetry) Describe(ch chan<- *prometheus.Desc) {
 // counters at scrape time, so the miss path pays nothing for them.
 func (t *telemetry) Collect(ch chan<- prometheus.Metric) {
 	t.mu.Lock()
-	own, table, listener, responder, entries := t.own, t.table, t.listener, t.responder, t.entries
+	own, table, listener, responder, entries, sw := t.own, t.table, t.listener, t.responder, t.entries, t.sweeper
 	t.mu.Unlock()
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
@@ -380,8 +387,10 @@ func (t *telemetry) Collect(ch chan<- prometheus.Metric) {
 		counter(descOverflows, ls.Overflows)
 		counter(descMalformed, ls.Malformed)
 		counter(descForeign, ls.Foreign)
-		counter(descSweeps, t.sweeps.Load())
-		counter(descSwept, t.swept.Load())
+		if sw != nil {
+			counter(descSweeps, sw.sweeps.Load())
+			counter(descSwept, sw.answered.Load())
+		}
 	}
 	if own != nil {
 		gauge(descExpiry, time.Until(own.Expires()).Seconds())

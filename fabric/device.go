@@ -269,55 +269,31 @@ func (d *Device) SetAddress(addr netip.Addr) (bool, error) {
 	return true, nil
 }
 
-// SetRoutes makes the device's IPv4 routes in the main table exactly want:
-// missing ones are added, others through the device (left by flanneld, or by
-// an earlier configuration) are removed. Routes are on-link with the
-// device's address as source. It reports whether it changed anything.
-func (d *Device) SetRoutes(src netip.Addr, want []netip.Prefix) (bool, error) {
-	link, err := d.h.LinkByIndex(d.Index)
+// EnsureRoutes adds the routes of want that the device lacks; it never
+// deletes one. Routes that should go are removed by the responder's
+// reconciliation, the one place that knows which host routes are right, so
+// that this may run at any time without undoing an answer. It reports
+// whether it added anything.
+func (d *Device) EnsureRoutes(src netip.Addr, want []Route) (bool, error) {
+	have, err := listRoutes(d.h, d.Index, d.Name)
 	if err != nil {
-		return false, fmt.Errorf("fabric: look up %s: %w", d.Name, err)
+		return false, err
 	}
-	have, err := d.h.RouteList(link, unix.AF_INET)
-	if err != nil {
-		return false, fmt.Errorf("fabric: list routes of %s: %w", d.Name, err)
-	}
-	wanted := make(map[netip.Prefix]bool, len(want))
-	for _, p := range want {
-		wanted[p] = true
-	}
-	changed := false
+	present := make(map[Route]bool, len(have))
 	for _, r := range have {
-		if r.Dst == nil || r.Protocol == unix.RTPROT_KERNEL {
-			continue
-		}
-		p, ok := prefixOf(r.Dst)
-		if ok && wanted[p] && r.Gw == nil {
-			delete(wanted, p)
-			continue
-		}
-		d.log.Info("removing route through device", zap.String("device", d.Name), zap.Stringer("route", r.Dst))
-		if err := d.h.RouteDel(&r); err != nil {
-			return changed, fmt.Errorf("fabric: delete route %s from %s: %w", r.Dst, d.Name, err)
-		}
-		changed = true
+		present[r] = true
 	}
-	for _, p := range want {
-		if !wanted[p] {
+	added := false
+	for _, r := range want {
+		if present[r] {
 			continue
 		}
-		r := &netlink.Route{
-			LinkIndex: d.Index,
-			Dst:       &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), 32)},
-			Src:       src.AsSlice(),
-			Scope:     netlink.SCOPE_LINK,
+		if err := d.h.RouteReplace(r.netlink(d.Index, src)); err != nil {
+			return added, fmt.Errorf("fabric: add route %s dev %s: %w", r, d.Name, err)
 		}
-		if err := d.h.RouteReplace(r); err != nil {
-			return changed, fmt.Errorf("fabric: add route %s dev %s: %w", p, d.Name, err)
-		}
-		changed = true
+		added = true
 	}
-	return changed, nil
+	return added, nil
 }
 
 // CheckDevice says what is missing for the device with the given index to

@@ -24,6 +24,7 @@ var ErrTableFull = errors.New("kernel neighbour table full (gc_thresh3)")
 // write (kernel-notes.md). Entries is not safe for concurrent use.
 type Entries struct {
 	h       *netlink.Handle
+	w       *writer // the miss path's writes
 	ifindex int
 	name    string
 
@@ -40,15 +41,17 @@ const (
 	OpDelFDB
 	OpSetNeigh
 	OpDelNeigh
+	OpSetRoute
+	OpDelRoute
 	numOps
 )
 
-var opNames = [numOps]string{"set_fdb", "del_fdb", "set_neigh", "del_neigh"}
+var opNames = [numOps]string{"set_fdb", "del_fdb", "set_neigh", "del_neigh", "set_route", "del_route"}
 
 func (o Op) String() string { return opNames[o] }
 
 // Ops lists every kind of write, for metrics.
-func Ops() []Op { return []Op{OpSetFDB, OpDelFDB, OpSetNeigh, OpDelNeigh} }
+func Ops() []Op { return []Op{OpSetFDB, OpDelFDB, OpSetNeigh, OpDelNeigh, OpSetRoute, OpDelRoute} }
 
 // WriteStats counts one kind of write.
 type WriteStats struct {
@@ -108,23 +111,82 @@ func OpenEntriesAt(ns netns.NsHandle, ifindex int, name string) (*Entries, error
 		h.Close()
 		return nil, fmt.Errorf("fabric: set rtnetlink timeout: %w", err)
 	}
-	return &Entries{h: h, ifindex: ifindex, name: name}, nil
+	w, err := newWriter(ns, ifindex)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	return &Entries{h: h, w: w, ifindex: ifindex, name: name}, nil
 }
 
-// Close releases the socket.
+// Close releases the sockets.
 func (e *Entries) Close() error {
 	e.h.Close()
+	return e.w.close()
+}
+
+// NeighWrite is one neighbour entry to set: IP resolves to MAC.
+type NeighWrite struct {
+	IP  netip.Addr
+	MAC [6]byte
+}
+
+// SetNeighs sets many neighbour entries, REACHABLE, up to 128 to a
+// datagram: answering a storm's worth of misses at once costs a few system
+// calls, not thousands. It returns the errors of the writes that failed.
+func (e *Entries) SetNeighs(writes []NeighWrite) error {
+	var errs []error
+	for start := 0; start < len(writes); start += maxBatch {
+		batch := writes[start:min(start+maxBatch, len(writes))]
+		for _, nw := range batch {
+			e.w.neigh(nw.IP, nw.MAC)
+		}
+		err := e.w.flush()
+		e.writes[OpSetNeigh].Add(uint64(len(batch)))
+		if err != nil {
+			e.errors[OpSetNeigh].Add(uint64(len(batch)))
+			errs = append(errs, e.wrap(err, "set %d neighbours", len(batch)))
+			continue
+		}
+		e.errors[OpSetNeigh].Add(uint64(len(e.w.failed)))
+		for _, f := range e.w.failed {
+			nw := batch[f.i]
+			errs = append(errs, e.wrap(f.errno, "set neighbour %s→%s", nw.IP, net.HardwareAddr(nw.MAC[:])))
+		}
+	}
+	for _, err := range errs {
+		if errors.Is(err, ErrTableFull) {
+			e.tableFull[OpSetNeigh].Add(1)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// flushOne sends the one queued write and returns its error.
+func (e *Entries) flushOne() error {
+	if err := e.w.flush(); err != nil {
+		return err
+	}
+	if len(e.w.failed) > 0 {
+		return e.w.failed[0].errno
+	}
 	return nil
 }
 
 // SetFDB makes frames for mac go to dst, replacing any other destination.
+// MACs are passed by value on the miss path: a slice would make its
+// caller's lease escape to the heap, one allocation per miss.
 // The entry is PERMANENT: the kernel's FDB ageing runs on the time an entry
 // was written, not used, so a REACHABLE entry expires under steady traffic
 // and costs a dropped packet each time. vtepd removes entries itself when
 // their lease goes.
-func (e *Entries) SetFDB(mac net.HardwareAddr, dst netip.Addr) error {
-	if err := e.h.NeighSet(e.fdb(mac, dst)); err != nil {
-		return e.count(OpSetFDB, e.wrap(err, "set fdb %s→%s", mac, dst))
+func (e *Entries) SetFDB(mac [6]byte, dst netip.Addr) error {
+	if !dst.Is4() {
+		return e.count(OpSetFDB, fmt.Errorf("fabric: set fdb %s→%s on %s: not an IPv4 address", net.HardwareAddr(mac[:]), dst, e.name))
+	}
+	e.w.fdb(mac, dst)
+	if err := e.flushOne(); err != nil {
+		return e.count(OpSetFDB, e.wrap(err, "set fdb %s→%s", net.HardwareAddr(mac[:]), dst))
 	}
 	return e.count(OpSetFDB, nil)
 }
@@ -140,16 +202,13 @@ func (e *Entries) DelFDB(mac net.HardwareAddr, dst netip.Addr) error {
 
 // SetNeigh makes ip resolve to mac, REACHABLE. Set on an INCOMPLETE entry,
 // this releases the packets the kernel queued on it within this call.
-func (e *Entries) SetNeigh(ip netip.Addr, mac net.HardwareAddr) error {
-	n := &netlink.Neigh{
-		LinkIndex:    e.ifindex,
-		Family:       unix.AF_INET,
-		State:        netlink.NUD_REACHABLE,
-		IP:           ip.AsSlice(),
-		HardwareAddr: mac,
+func (e *Entries) SetNeigh(ip netip.Addr, mac [6]byte) error {
+	if !ip.Is4() {
+		return e.count(OpSetNeigh, fmt.Errorf("fabric: set neighbour %s→%s on %s: not an IPv4 address", ip, net.HardwareAddr(mac[:]), e.name))
 	}
-	if err := e.h.NeighSet(n); err != nil {
-		return e.count(OpSetNeigh, e.wrap(err, "set neighbour %s→%s", ip, mac))
+	e.w.neigh(ip, mac)
+	if err := e.flushOne(); err != nil {
+		return e.count(OpSetNeigh, e.wrap(err, "set neighbour %s→%s", ip, net.HardwareAddr(mac[:])))
 	}
 	return e.count(OpSetNeigh, nil)
 }

@@ -11,15 +11,27 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Invalidate brings the kernel in line with one change of the lease table,
+// ApplyChange brings the kernel in line with one change of the lease table,
 // so that nothing vtepd installed outlives the truth in etcd: when a lease
-// goes, every neighbour and FDB entry pointing at its VTEP goes; when its
-// VTEP MAC or public IP changes (a rebuilt host), the entries are re-pointed,
-// the new FDB entry first. Pass it to store.Table.OnChange; it runs on the
-// table's goroutine and is serialised with answering by r.mu.
-func (r *Responder) Invalidate(c store.Change) {
-	if c.Old == nil || c.New != nil && c.Old.SameTarget(*c.New) {
-		return // a new lease has no entries yet; a new revision changes none
+// goes, every neighbour and FDB entry pointing at its VTEP goes, and its host
+// route; when its VTEP MAC or public IP changes (a rebuilt host), the
+// entries are re-pointed, the new FDB entry first. When a lease appears, a
+// sweep is asked for: peers that sent to the new host before its lease was
+// known are answered now rather than at the kernel's next probe. Pass it to
+// store.Table.OnChange; it runs on the table's goroutine and is serialised
+// with answering by r.mu.
+func (r *Responder) ApplyChange(c store.Change) {
+	if c.Old == nil {
+		r.mu.Lock()
+		sweep := r.reconciled && r.cfg.Sweep != nil && c.New != nil && c.New.Subnet != r.cfg.Own
+		r.mu.Unlock()
+		if sweep {
+			r.cfg.Sweep()
+		}
+		return
+	}
+	if c.New != nil && c.Old.SameTarget(*c.New) {
+		return // a new revision changes no entry
 	}
 	old := *c.Old
 	if old.Subnet == r.cfg.Own {
@@ -89,7 +101,7 @@ func (r *Responder) repoint(old store.Lease, next *store.Lease) (int, error) {
 			if macIs(n.MAC, next.VtepMAC) {
 				continue // only the public IP moved: the FDB entry did the work
 			}
-			err = r.kernel.SetNeigh(n.IP, net.HardwareAddr(next.VtepMAC[:]))
+			err = r.kernel.SetNeigh(n.IP, next.VtepMAC)
 		} else {
 			err = r.kernel.DelNeigh(n.IP)
 		}
@@ -109,10 +121,71 @@ func (r *Responder) repoint(old store.Lease, next *store.Lease) (int, error) {
 		}
 		changed++
 	}
+	if next == nil {
+		// The host route goes with the lease (the gateway stays the same
+		// for a changed one: the subnet's first address).
+		routes, err := r.kernel.Routes()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, rt := range routes {
+			if rt.Dst == old.Subnet && rt.Via.IsValid() {
+				if err := r.kernel.DelRoute(rt); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				changed++
+			}
+		}
+		delete(r.hostRoutes, old.Subnet)
+	}
 	if next == nil || next.VtepMAC != old.VtepMAC {
 		delete(r.fdb, old.VtepMAC)
 	}
 	return changed, errors.Join(errs...)
+}
+
+// installHostRoute points l's whole subnet at its first address: the
+// neighbour entry of that address first, then the route. Called with r.mu
+// held, after ensureFDB.
+func (r *Responder) installHostRoute(l store.Lease) error {
+	if err := r.kernel.SetNeigh(l.Gateway(), l.VtepMAC); err != nil {
+		return err
+	}
+	if err := r.kernel.SetRoute(fabric.Route{Dst: l.Subnet, Via: l.Gateway()}, r.cfg.Gateway); err != nil {
+		return err
+	}
+	r.hostRoutes[l.Subnet] = l.Gateway()
+	return nil
+}
+
+// RestoreRoutes puts back the host routes the kernel lost, as it does when
+// the device goes down. Call it when the device's routes were restored.
+func (r *Responder) RestoreRoutes() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.hostRoutes) == 0 {
+		return nil
+	}
+	routes, err := r.kernel.Routes()
+	if err != nil {
+		return err
+	}
+	present := make(map[fabric.Route]bool, len(routes))
+	for _, rt := range routes {
+		present[rt] = true
+	}
+	var errs []error
+	for dst, via := range r.hostRoutes {
+		rt := fabric.Route{Dst: dst, Via: via}
+		if present[rt] {
+			continue
+		}
+		if err := r.kernel.SetRoute(rt, r.cfg.Gateway); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // ensureFDB installs l's FDB entry unless it is known to be there.
@@ -120,7 +193,7 @@ func (r *Responder) ensureFDB(l store.Lease) error {
 	if r.fdb[l.VtepMAC] == l.PublicIP {
 		return nil
 	}
-	if err := r.kernel.SetFDB(net.HardwareAddr(l.VtepMAC[:]), l.PublicIP); err != nil {
+	if err := r.kernel.SetFDB(l.VtepMAC, l.PublicIP); err != nil {
 		delete(r.fdb, l.VtepMAC)
 		return err
 	}
@@ -137,10 +210,14 @@ type Reconciled struct {
 	Answered int
 }
 
-// Reconcile compares the device's neighbour and FDB entries with the lease
-// table, as at start-up: right entries are kept untouched (no flap, no lost
-// packet), entries pointing at the wrong VTEP are re-pointed, entries with no
-// lease behind them are deleted, and addresses still being resolved are
+// overlayRoute is the one route every mode has.
+func (r *Responder) overlayRoute() fabric.Route { return fabric.Route{Dst: r.cfg.Network} }
+
+// Reconcile compares the device's routes, neighbour and FDB entries with
+// the lease table, as at start-up: right entries are kept untouched (no
+// flap, no lost packet), entries pointing at the wrong VTEP are re-pointed,
+// entries with no lease behind them are deleted (flanneld's per-host routes
+// among them, in address mode), and addresses still being resolved are
 // answered. Call it once the table has synced.
 func (r *Responder) Reconcile() (Reconciled, error) {
 	r.mu.Lock()
@@ -148,10 +225,33 @@ func (r *Responder) Reconcile() (Reconciled, error) {
 	var res Reconciled
 	var errs []error
 	clear(r.fdb)
+	clear(r.hostRoutes)
+	r.reconciled = true
+
+	routes, err := r.kernel.Routes()
+	if err != nil {
+		return res, err
+	}
+	for _, rt := range routes {
+		if rt == r.overlayRoute() {
+			res.Kept++
+			continue
+		}
+		if l, ok := r.remoteLease(rt.Via); ok && r.cfg.Mode == AnswerHost && rt.Dst == l.Subnet && rt.Via == l.Gateway() {
+			r.hostRoutes[rt.Dst] = rt.Via
+			res.Kept++
+			continue
+		}
+		if err := r.kernel.DelRoute(rt); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		res.Removed++
+	}
 
 	fdb, err := r.kernel.FDB()
 	if err != nil {
-		return res, err
+		return res, errors.Join(append(errs, err)...)
 	}
 	for _, f := range fdb {
 		l, ok := r.leases.LookupMAC(store.MAC(f.MAC))
@@ -232,7 +332,7 @@ func (r *Responder) Sweep() (int, error) {
 		return 0, err
 	}
 	var errs []error
-	answered := 0
+	var writes []fabric.NeighWrite
 	for _, n := range neighbours {
 		if n.State&unix.NUD_INCOMPLETE == 0 {
 			continue
@@ -241,22 +341,46 @@ func (r *Responder) Sweep() (int, error) {
 		if !ok {
 			continue
 		}
-		if err := r.install(n.IP, l); err != nil {
+		// FDB entries and host routes one by one (one per peer, and
+		// mostly there already); the addresses' entries in batches.
+		if err := r.ensureFDB(l); err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		answered++
+		if r.cfg.Mode == AnswerHost && r.hostRoutes[l.Subnet] != l.Gateway() {
+			if err := r.installHostRoute(l); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+		}
+		writes = append(writes, fabric.NeighWrite{IP: n.IP, MAC: l.VtepMAC})
 	}
-	return answered, errors.Join(errs...)
+	if err := r.kernel.SetNeighs(writes); err != nil {
+		// Count what got through: the errors are one per failed write.
+		failed := 0
+		if j, ok := err.(interface{ Unwrap() []error }); ok {
+			failed = len(j.Unwrap())
+		}
+		return max(len(writes)-failed, 0), errors.Join(append(errs, err)...)
+	}
+	return len(writes), errors.Join(errs...)
 }
 
-// install points ip at l's VTEP: the FDB entry first, then the neighbour.
-// Called with r.mu held.
+// install points ip at l's VTEP: the FDB entry first, in host mode the
+// host route, then the neighbour. Called with r.mu held.
 func (r *Responder) install(ip netip.Addr, l store.Lease) error {
 	if err := r.ensureFDB(l); err != nil {
 		return err
 	}
-	return r.kernel.SetNeigh(ip, net.HardwareAddr(l.VtepMAC[:]))
+	if r.cfg.Mode == AnswerHost && r.hostRoutes[l.Subnet] != l.Gateway() {
+		if err := r.installHostRoute(l); err != nil {
+			return err
+		}
+		if ip == l.Gateway() {
+			return nil
+		}
+	}
+	return r.kernel.SetNeigh(ip, l.VtepMAC)
 }
 
 // remoteLease returns the lease of another host holding ip.

@@ -17,16 +17,38 @@ import (
 // stateKernel is a Kernel that keeps its entries, like the device does, and
 // logs every write in order.
 type stateKernel struct {
-	neigh map[netip.Addr]fabric.Neighbour
-	fdb   map[string]fabric.FDBEntry // by "mac dst"
-	ops   []string
+	neigh  map[netip.Addr]fabric.Neighbour
+	fdb    map[string]fabric.FDBEntry // by "mac dst"
+	routes map[fabric.Route]bool
+	ops    []string
 }
 
 func newStateKernel() *stateKernel {
-	return &stateKernel{neigh: map[netip.Addr]fabric.Neighbour{}, fdb: map[string]fabric.FDBEntry{}}
+	return &stateKernel{neigh: map[netip.Addr]fabric.Neighbour{}, fdb: map[string]fabric.FDBEntry{}, routes: map[fabric.Route]bool{}}
 }
 
-func (k *stateKernel) SetFDB(mac net.HardwareAddr, dst netip.Addr) error {
+func (k *stateKernel) SetRoute(r fabric.Route, src netip.Addr) error {
+	k.routes[r] = true
+	k.ops = append(k.ops, "set-route "+r.String())
+	return nil
+}
+
+func (k *stateKernel) DelRoute(r fabric.Route) error {
+	delete(k.routes, r)
+	k.ops = append(k.ops, "del-route "+r.String())
+	return nil
+}
+
+func (k *stateKernel) Routes() ([]fabric.Route, error) {
+	var out []fabric.Route
+	for r := range k.routes {
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+func (k *stateKernel) SetFDB(m [6]byte, dst netip.Addr) error {
+	mac := net.HardwareAddr(append([]byte(nil), m[:]...))
 	// NLM_F_REPLACE on a VXLAN FDB entry replaces its destination.
 	for key, f := range k.fdb {
 		if f.MAC.String() == mac.String() {
@@ -44,9 +66,17 @@ func (k *stateKernel) DelFDB(mac net.HardwareAddr, dst netip.Addr) error {
 	return nil
 }
 
-func (k *stateKernel) SetNeigh(ip netip.Addr, mac net.HardwareAddr) error {
+func (k *stateKernel) SetNeigh(ip netip.Addr, m [6]byte) error {
+	mac := net.HardwareAddr(append([]byte(nil), m[:]...))
 	k.neigh[ip] = fabric.Neighbour{IP: ip, MAC: mac, State: unix.NUD_REACHABLE}
 	k.ops = append(k.ops, "set-neigh "+ip.String()+" "+mac.String())
+	return nil
+}
+
+func (k *stateKernel) SetNeighs(writes []fabric.NeighWrite) error {
+	for _, w := range writes {
+		k.SetNeigh(w.IP, w.MAC)
+	}
 	return nil
 }
 
@@ -96,6 +126,9 @@ func (k *stateKernel) state() []string {
 	for _, f := range k.fdb {
 		out = append(out, fmt.Sprintf("fdb %s %s", f.MAC, f.Dst))
 	}
+	for r := range k.routes {
+		out = append(out, "route "+r.String())
+	}
 	slices.Sort(out)
 	return out
 }
@@ -137,7 +170,7 @@ func answer(t *testing.T, r *Responder, ip string) {
 	}
 }
 
-func TestInvalidateRemovedLease(t *testing.T) {
+func TestApplyChangeRemovedLease(t *testing.T) {
 	r, fl, k := newStateResponder(peerLease, farLease)
 	answer(t, r, "10.5.2.7")
 	answer(t, r, "10.5.2.8")
@@ -145,7 +178,7 @@ func TestInvalidateRemovedLease(t *testing.T) {
 	k.takeOps()
 
 	fl.remove(peerLease.Key)
-	r.Invalidate(store.Change{Old: &peerLease})
+	r.ApplyChange(store.Change{Old: &peerLease})
 	expectState(t, k,
 		"neigh 10.5.3.3 "+farLease.VtepMAC.String(),
 		"fdb "+farLease.VtepMAC.String()+" "+farLease.PublicIP.String())
@@ -157,14 +190,14 @@ func TestInvalidateRemovedLease(t *testing.T) {
 
 	// Back with the same VTEP: the FDB entry is written again, not assumed.
 	fl.put(peerLease)
-	r.Invalidate(store.Change{New: &peerLease})
+	r.ApplyChange(store.Change{New: &peerLease})
 	answer(t, r, "10.5.2.7")
 	if ops := k.takeOps(); len(ops) != 2 || !strings.HasPrefix(ops[0], "set-fdb") {
 		t.Errorf("after the lease came back: ops %v, want the FDB entry first, then the neighbour", ops)
 	}
 }
 
-func TestInvalidateRebuiltHost(t *testing.T) {
+func TestApplyChangeRebuiltHost(t *testing.T) {
 	r, fl, k := newStateResponder(peerLease)
 	answer(t, r, "10.5.2.7")
 	answer(t, r, "10.5.2.8")
@@ -175,7 +208,7 @@ func TestInvalidateRebuiltHost(t *testing.T) {
 	rebuilt.PublicIP = netip.MustParseAddr("203.0.113.77")
 	rebuilt.ModRevision++
 	fl.put(rebuilt)
-	r.Invalidate(store.Change{Old: &peerLease, New: &rebuilt})
+	r.ApplyChange(store.Change{Old: &peerLease, New: &rebuilt})
 	expectState(t, k,
 		"neigh 10.5.2.7 "+rebuilt.VtepMAC.String(),
 		"neigh 10.5.2.8 "+rebuilt.VtepMAC.String(),
@@ -188,7 +221,7 @@ func TestInvalidateRebuiltHost(t *testing.T) {
 	moved := rebuilt
 	moved.PublicIP = netip.MustParseAddr("203.0.113.78")
 	fl.put(moved)
-	r.Invalidate(store.Change{Old: &rebuilt, New: &moved})
+	r.ApplyChange(store.Change{Old: &rebuilt, New: &moved})
 	expectState(t, k,
 		"neigh 10.5.2.7 "+moved.VtepMAC.String(),
 		"neigh 10.5.2.8 "+moved.VtepMAC.String(),
@@ -200,16 +233,16 @@ func TestInvalidateRebuiltHost(t *testing.T) {
 	}
 }
 
-func TestInvalidateNoOps(t *testing.T) {
+func TestApplyChangeNoOps(t *testing.T) {
 	r, _, k := newStateResponder(peerLease)
 	answer(t, r, "10.5.2.7")
 	k.takeOps()
 	renewed := peerLease
 	renewed.ModRevision += 10
-	r.Invalidate(store.Change{Old: &peerLease, New: &renewed}) // a re-put by flanneld
-	r.Invalidate(store.Change{New: &farLease})                 // a new lease
+	r.ApplyChange(store.Change{Old: &peerLease, New: &renewed}) // a re-put by flanneld
+	r.ApplyChange(store.Change{New: &farLease})                 // a new lease
 	own := ownLease
-	r.Invalidate(store.Change{Old: &own}) // our own key deleted: the keeper's business
+	r.ApplyChange(store.Change{Old: &own}) // our own key deleted: the keeper's business
 	if ops := k.takeOps(); len(ops) != 0 {
 		t.Errorf("ops %v, want none", ops)
 	}
@@ -285,5 +318,123 @@ func TestSweepAnswersPendingAddresses(t *testing.T) {
 		if strings.Contains(op, "10.5.2.10") || strings.Contains(op, "10.5.200.9") {
 			t.Errorf("Sweep touched %s", op)
 		}
+	}
+}
+
+func newHostResponder(leases ...store.Lease) (*Responder, *fakeLeases, *stateKernel) {
+	fl := &fakeLeases{leases: append([]store.Lease{ownLease}, leases...)}
+	k := newStateKernel()
+	cfg := testConfig
+	cfg.Mode, cfg.Gateway = AnswerHost, ownLease.Gateway()
+	return NewResponder(cfg, fl, k, zap.NewNop()), fl, k
+}
+
+func TestHostModeAnswers(t *testing.T) {
+	r, fl, k := newHostResponder(peerLease, farLease)
+	peerMAC, farMAC := peerLease.VtepMAC.String(), farLease.VtepMAC.String()
+	answer(t, r, "10.5.2.7")
+	want := []string{
+		"set-fdb " + peerMAC + " " + peerLease.PublicIP.String(),
+		"set-neigh 10.5.2.0 " + peerMAC,
+		"set-route 10.5.2.0/24 via 10.5.2.0 onlink",
+		"set-neigh 10.5.2.7 " + peerMAC,
+	}
+	if ops := k.takeOps(); !slices.Equal(ops, want) {
+		t.Errorf("first miss for a host: ops\n  %s\nwant\n  %s", strings.Join(ops, "\n  "), strings.Join(want, "\n  "))
+	}
+	// A packet sent before the route existed misses too: only its own
+	// entry is written.
+	answer(t, r, "10.5.2.8")
+	if ops := k.takeOps(); !slices.Equal(ops, []string{"set-neigh 10.5.2.8 " + peerMAC}) {
+		t.Errorf("second miss for the same host: ops %v", ops)
+	}
+	// A miss for a host's first address itself writes it once.
+	answer(t, r, "10.5.3.0")
+	if ops := k.takeOps(); len(ops) != 3 || ops[2] != "set-route 10.5.3.0/24 via 10.5.3.0 onlink" {
+		t.Errorf("miss for a gateway: ops %v", ops)
+	}
+
+	// A rebuilt peer: its neighbours, the gateway's included, are
+	// re-pointed; the route stays.
+	rebuilt := peerLease
+	rebuilt.VtepMAC = store.MAC{0x02, 0, 0, 0, 0, 0x77}
+	fl.put(rebuilt)
+	r.ApplyChange(store.Change{Old: &peerLease, New: &rebuilt})
+	expectState(t, k,
+		"fdb "+rebuilt.VtepMAC.String()+" "+rebuilt.PublicIP.String(),
+		"fdb "+farMAC+" "+farLease.PublicIP.String(),
+		"neigh 10.5.2.0 "+rebuilt.VtepMAC.String(),
+		"neigh 10.5.2.7 "+rebuilt.VtepMAC.String(),
+		"neigh 10.5.2.8 "+rebuilt.VtepMAC.String(),
+		"neigh 10.5.3.0 "+farMAC,
+		"route 10.5.2.0/24 via 10.5.2.0 onlink",
+		"route 10.5.3.0/24 via 10.5.3.0 onlink")
+
+	// Removed: route, neighbours and FDB entry all go.
+	fl.remove(rebuilt.Key)
+	r.ApplyChange(store.Change{Old: &rebuilt})
+	expectState(t, k,
+		"fdb "+farMAC+" "+farLease.PublicIP.String(),
+		"neigh 10.5.3.0 "+farMAC,
+		"route 10.5.3.0/24 via 10.5.3.0 onlink")
+}
+
+func TestHostModeReconcileAndRestore(t *testing.T) {
+	for _, mode := range []AnswerMode{AnswerAddress, AnswerHost} {
+		t.Run(mode.String(), func(t *testing.T) {
+			fl := &fakeLeases{leases: []store.Lease{ownLease, peerLease, farLease}}
+			k := newStateKernel()
+			cfg := testConfig
+			cfg.Mode, cfg.Gateway = mode, ownLease.Gateway()
+			r := NewResponder(cfg, fl, k, zap.NewNop())
+			overlay := fabric.Route{Dst: testConfig.Network}
+			peerRoute := fabric.Route{Dst: peerLease.Subnet, Via: peerLease.Gateway()}
+			k.routes[overlay] = true
+			k.routes[peerRoute] = true // ours from before, or flanneld's
+			k.routes[fabric.Route{Dst: netip.MustParsePrefix("10.5.200.0/24"), Via: netip.MustParseAddr("10.5.200.0")}] = true
+			k.routes[fabric.Route{Dst: peerLease.Subnet, Via: netip.MustParseAddr("10.5.2.9")}] = true
+			if _, err := r.Reconcile(); err != nil {
+				t.Fatal(err)
+			}
+			want := []string{"route " + overlay.String()}
+			if mode == AnswerHost {
+				want = append(want, "route "+peerRoute.String())
+			}
+			expectState(t, k, want...)
+
+			if mode == AnswerHost {
+				// The device went down and up: the kernel dropped every
+				// route; the responder puts its host routes back.
+				clear(k.routes)
+				if err := r.RestoreRoutes(); err != nil {
+					t.Fatal(err)
+				}
+				expectState(t, k, "route "+peerRoute.String())
+			}
+		})
+	}
+}
+
+func TestNewLeaseAsksForASweep(t *testing.T) {
+	var sweeps int
+	fl := &fakeLeases{leases: []store.Lease{ownLease, peerLease}}
+	cfg := testConfig
+	cfg.Sweep = func() { sweeps++ }
+	r := NewResponder(cfg, fl, newStateKernel(), zap.NewNop())
+	r.ApplyChange(store.Change{New: &farLease})
+	if sweeps != 0 {
+		t.Errorf("swept while the table was still loading")
+	}
+	if _, err := r.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	r.ApplyChange(store.Change{New: &farLease})
+	own := ownLease
+	r.ApplyChange(store.Change{New: &own})
+	renewed := farLease
+	renewed.ModRevision++
+	r.ApplyChange(store.Change{Old: &farLease, New: &renewed})
+	if sweeps != 1 {
+		t.Errorf("%d sweeps, want 1: for the new lease only", sweeps)
 	}
 }

@@ -24,12 +24,50 @@ type Leases interface {
 // Kernel is the device's entries as the responder reads and writes them;
 // *fabric.Entries implements it.
 type Kernel interface {
-	SetFDB(mac net.HardwareAddr, dst netip.Addr) error
+	SetFDB(mac [6]byte, dst netip.Addr) error
 	DelFDB(mac net.HardwareAddr, dst netip.Addr) error
-	SetNeigh(ip netip.Addr, mac net.HardwareAddr) error
+	SetNeigh(ip netip.Addr, mac [6]byte) error
+	// SetNeighs sets many neighbour entries at once, for sweeps.
+	SetNeighs(writes []fabric.NeighWrite) error
 	DelNeigh(ip netip.Addr) error
 	Neighbours() ([]fabric.Neighbour, error)
 	FDB() ([]fabric.FDBEntry, error)
+	SetRoute(r fabric.Route, src netip.Addr) error
+	DelRoute(r fabric.Route) error
+	Routes() ([]fabric.Route, error)
+}
+
+// AnswerMode is what an L3 miss installs.
+type AnswerMode uint8
+
+const (
+	// AnswerAddress installs the neighbour entry of the address asked
+	// about, and nothing else: one kernel entry per contacted address.
+	AnswerAddress AnswerMode = iota
+	// AnswerHost installs, on the first miss for any address of a peer,
+	// a route for the peer's whole subnet via its first address (on-link)
+	// and that address's neighbour entry, so that later traffic to the
+	// peer misses no more: one neighbour entry per contacted host, which
+	// keeps far below the kernel's table limit (gc_thresh3).
+	AnswerHost
+)
+
+func (m AnswerMode) String() string {
+	if m == AnswerHost {
+		return "host"
+	}
+	return "address"
+}
+
+// ParseAnswerMode parses "address" or "host".
+func ParseAnswerMode(s string) (AnswerMode, error) {
+	switch s {
+	case "address":
+		return AnswerAddress, nil
+	case "host":
+		return AnswerHost, nil
+	}
+	return 0, fmt.Errorf("%q is not an answer mode: want address or host", s)
 }
 
 // Outcome is what became of a miss.
@@ -90,10 +128,19 @@ type ResponderConfig struct {
 	Network netip.Prefix
 	// Own is this host's subnet.
 	Own netip.Prefix
+	// Gateway is this host's own address on the device (its subnet's first
+	// address), the source of host routes.
+	Gateway netip.Addr
+	// Mode is what an L3 miss installs.
+	Mode AnswerMode
 	// Observe, if set, is told of every miss for the device once it has
 	// been answered (or not), on the listener's goroutine: metrics and the
 	// recent-miss log hang here. It must be quick and must not keep m.
 	Observe func(m *Miss, res Result)
+	// Sweep, if set, asks for a Sweep soon, without blocking. It is called
+	// when a lease appears: a peer may have sent to the new host before its
+	// lease was known, and the kernel asks again only a second later.
+	Sweep func()
 }
 
 // Responder answers misses for one VXLAN device.
@@ -110,6 +157,11 @@ type Responder struct {
 	// fdb is the FDB entries known to be installed: VTEP MAC -> public IP.
 	// An L3 answer skips the FDB write when it is already there.
 	fdb map[store.MAC]netip.Addr
+	// hostRoutes is the host routes installed (AnswerHost): subnet -> via.
+	hostRoutes map[netip.Prefix]netip.Addr
+	// reconciled is set once Reconcile has run: before, the table is
+	// loading and a new lease is no reason to sweep.
+	reconciled bool
 
 	counts [3][numOutcomes]atomic.Uint64 // by Kind (index 1, 2) and Outcome
 }
@@ -117,7 +169,8 @@ type Responder struct {
 // NewResponder returns a responder that looks leases up in leases and
 // writes through kernel.
 func NewResponder(cfg ResponderConfig, leases Leases, kernel Kernel, log *zap.Logger) *Responder {
-	return &Responder{cfg: cfg, leases: leases, kernel: kernel, log: log, fdb: make(map[store.MAC]netip.Addr)}
+	return &Responder{cfg: cfg, leases: leases, kernel: kernel, log: log,
+		fdb: make(map[store.MAC]netip.Addr), hostRoutes: make(map[netip.Prefix]netip.Addr)}
 }
 
 // Count returns how many misses of kind ended with outcome.
@@ -183,8 +236,22 @@ func (r *Responder) answerL3(m *Miss) Result {
 			return res
 		}
 	}
+	if r.cfg.Mode == AnswerHost && r.hostRoutes[l.Subnet] != l.Gateway() {
+		// The peer's first address, then the route through it: from now
+		// on its whole subnet goes there without asking.
+		res.Writes += 2
+		if err := r.installHostRoute(l); err != nil {
+			res.Outcome, res.Err = Failed, err
+			return res
+		}
+		if m.IP == l.Gateway() {
+			return res
+		}
+	}
+	// The address itself, in either mode: the kernel queued the packet on
+	// its entry, and only a write to that entry releases it.
 	res.Writes++
-	if err := r.kernel.SetNeigh(m.IP, net.HardwareAddr(l.VtepMAC[:])); err != nil {
+	if err := r.kernel.SetNeigh(m.IP, l.VtepMAC); err != nil {
 		res.Outcome, res.Err = Failed, err
 	}
 	return res
@@ -206,7 +273,7 @@ func (r *Responder) answerL2(m *Miss) Result {
 	// The kernel says the entry is missing, whatever r.fdb believes (it
 	// may have been deleted behind our back): write it.
 	res := Result{Outcome: Answered, Lease: l, Writes: 1}
-	if err := r.kernel.SetFDB(net.HardwareAddr(l.VtepMAC[:]), l.PublicIP); err != nil {
+	if err := r.kernel.SetFDB(l.VtepMAC, l.PublicIP); err != nil {
 		delete(r.fdb, l.VtepMAC)
 		res.Outcome, res.Err = Failed, err
 		return res

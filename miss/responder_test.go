@@ -86,7 +86,8 @@ type fakeKernel struct {
 	delay    time.Duration
 }
 
-func (k *fakeKernel) SetFDB(mac net.HardwareAddr, dst netip.Addr) error {
+func (k *fakeKernel) SetFDB(m [6]byte, dst netip.Addr) error {
+	mac := net.HardwareAddr(m[:])
 	time.Sleep(k.delay)
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -94,7 +95,8 @@ func (k *fakeKernel) SetFDB(mac net.HardwareAddr, dst netip.Addr) error {
 	return k.fdbErr
 }
 
-func (k *fakeKernel) SetNeigh(ip netip.Addr, mac net.HardwareAddr) error {
+func (k *fakeKernel) SetNeigh(ip netip.Addr, m [6]byte) error {
+	mac := net.HardwareAddr(m[:])
 	time.Sleep(k.delay)
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -109,6 +111,16 @@ func (k *fakeKernel) DelFDB(mac net.HardwareAddr, dst netip.Addr) error {
 	return nil
 }
 
+func (k *fakeKernel) SetNeighs(writes []fabric.NeighWrite) error {
+	var errs []error
+	for _, w := range writes {
+		if err := k.SetNeigh(w.IP, w.MAC); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
 func (k *fakeKernel) DelNeigh(ip netip.Addr) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -116,8 +128,23 @@ func (k *fakeKernel) DelNeigh(ip netip.Addr) error {
 	return nil
 }
 
+func (k *fakeKernel) SetRoute(r fabric.Route, src netip.Addr) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.writes = append(k.writes, write{"route", r.Via.String(), r.Dst.Addr()})
+	return nil
+}
+
+func (k *fakeKernel) DelRoute(r fabric.Route) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.writes = append(k.writes, write{"del-route", r.Via.String(), r.Dst.Addr()})
+	return nil
+}
+
 func (k *fakeKernel) Neighbours() ([]fabric.Neighbour, error) { return nil, nil }
 func (k *fakeKernel) FDB() ([]fabric.FDBEntry, error)         { return nil, nil }
+func (k *fakeKernel) Routes() ([]fabric.Route, error)         { return nil, nil }
 
 // take returns the writes made since the last take.
 func (k *fakeKernel) take() []write {
@@ -583,5 +610,31 @@ func TestAnswerConcurrent(t *testing.T) {
 	answered := r.Count(L3, Answered)
 	if answered != uint64(neigh) || answered+r.Count(L3, OwnSubnet) != workers*perWorker {
 		t.Errorf("answered %d, own %d, neighbour writes %d, of %d misses", answered, r.Count(L3, OwnSubnet), neigh, workers*perWorker)
+	}
+}
+
+// nopKernel is a Kernel that does nothing: the responder's own cost.
+type nopKernel struct{ fakeKernel }
+
+func (*nopKernel) SetFDB([6]byte, netip.Addr) error   { return nil }
+func (*nopKernel) SetNeigh(netip.Addr, [6]byte) error { return nil }
+
+// BenchmarkHandle is the user-space part of answering a miss: decode,
+// lookup, writes (to a kernel that does nothing), counting and logging at
+// info level.
+func BenchmarkHandle(b *testing.B) {
+	leases := &fakeLeases{leases: []store.Lease{ownLease, peerLease, farLease}}
+	r := NewResponder(testConfig, leases, &nopKernel{}, zap.NewNop())
+	body := ndmsgBody(unix.AF_INET, 7, unix.NUD_INCOMPLETE, rtattr{unix.NDA_DST, []byte{10, 5, 2, 7}})
+	var m Miss // reused, as the listener reuses its own
+	b.ReportAllocs()
+	for b.Loop() {
+		d, err := Decode(body)
+		if err != nil {
+			b.Fatal(err)
+		}
+		m = d
+		m.Received = time.Now()
+		r.Handle(&m)
 	}
 }

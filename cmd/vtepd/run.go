@@ -32,6 +32,7 @@ func runCommand(args []string, _, stderr io.Writer) error {
 	renewMargin := fs.Int("subnet-lease-renew-margin", int(store.DefaultRenewMargin/time.Minute), "renew the subnet lease this many minutes before it expires (flannel's flag)")
 	readBuffer := fs.Int("netlink-rcvbuf", miss.DefaultReadBuffer, "receive buffer of the miss socket, in bytes: what a miss storm can queue before the kernel drops notifications")
 	reportInterval := fs.Duration("report-interval", agent.DefaultReportInterval, "how often unanswered misses and losses are summarised in the log")
+	answer := fs.String("answer", "address", "what an L3 miss installs: address (a neighbour entry per address) or host (a route and one neighbour entry per peer host, far below the kernel's table limit)")
 	httpAddr := fs.String("http-addr", agent.DefaultHTTPAddr, "where to serve /metrics, /healthz, /status and /debug/ (empty: nowhere)")
 	var logs logFlags
 	logs.register(fs)
@@ -54,6 +55,9 @@ func runCommand(args []string, _, stderr io.Writer) error {
 		ReportInterval: *reportInterval,
 		HTTPAddr:       *httpAddr,
 		Version:        version,
+	}
+	if cfg.Answer, err = miss.ParseAnswerMode(*answer); err != nil {
+		return usageError{fmt.Errorf("invalid value for --answer: %v", err)}
 	}
 	cfg.Underlay.Ifaces = ifaces.values
 	cfg.Underlay.PublicIP = publicIP.addr
