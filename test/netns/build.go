@@ -14,6 +14,10 @@ type Binaries struct {
 	LabEtcd string
 	// Burst sends a miss storm: one datagram to each of many addresses.
 	Burst string
+	// Seed writes many leases into etcd, for scale benchmarks.
+	Seed string
+	// MinResponder is the least a responder can do, the benchmarks' floor.
+	MinResponder string
 }
 
 // BuildOptions say how to build the lab's binaries.
@@ -32,7 +36,8 @@ func Build(dir string, opts BuildOptions) (Binaries, error) {
 		return Binaries{}, fmt.Errorf("netns: go env GOMOD: %w", err)
 	}
 	root := filepath.Dir(strings.TrimSpace(string(out)))
-	b := Binaries{Vtepd: filepath.Join(dir, "vtepd"), LabEtcd: filepath.Join(dir, "labetcd"), Burst: filepath.Join(dir, "burst")}
+	b := Binaries{Vtepd: filepath.Join(dir, "vtepd"), LabEtcd: filepath.Join(dir, "labetcd"), Burst: filepath.Join(dir, "burst"), Seed: filepath.Join(dir, "seedleases"),
+		MinResponder: filepath.Join(dir, "minresponder")}
 	var race []string
 	if opts.Race {
 		race = []string{"-race"}
@@ -44,6 +49,8 @@ func Build(dir string, opts BuildOptions) (Binaries, error) {
 		{b.Vtepd, "./cmd/vtepd", race},
 		{b.LabEtcd, "./test/netns/cmd/labetcd", nil},
 		{b.Burst, "./test/netns/cmd/burst", nil},
+		{b.Seed, "./test/netns/cmd/seedleases", nil},
+		{b.MinResponder, "./test/netns/cmd/minresponder", nil},
 	} {
 		args := append(append([]string{"build"}, t.flags...), "-o", t.out, t.pkg)
 		cmd := exec.Command("go", args...)

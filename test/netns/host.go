@@ -1,6 +1,7 @@
 package netns
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -8,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -37,6 +37,11 @@ type Host struct {
 	// Endpoints, if set, are the etcd endpoints this host's vtepd uses
 	// instead of every member's.
 	Endpoints []string
+	// LogLevel is vtepd's --log-level (default debug: tests read every
+	// miss from the log; benchmarks use info).
+	LogLevel string
+
+	starts int
 
 	lab *Lab
 }
@@ -88,11 +93,16 @@ func (h *Host) StartVtepd(extra ...string) (*Process, error) {
 	return p, h.WaitReady(p, 30*time.Second)
 }
 
-// StartVtepdNoWait starts vtepd without waiting for it to be ready. The
-// subnet file of an earlier run is removed first, so that WaitReady waits
-// for this run.
+// StartVtepdNoWait starts vtepd without waiting for it to be ready. Each
+// start logs to a file of its own (h1.vtepd.log, h1.vtepd.2.log, ...), so
+// that a test reads this run's log. A subnet file left by an earlier run
+// stays: vtepd reads it for the subnet it held.
 func (h *Host) StartVtepdNoWait(extra ...string) (*Process, error) {
-	os.Remove(h.SubnetFile)
+	h.starts++
+	name := h.Name + ".vtepd"
+	if h.starts > 1 {
+		name = fmt.Sprintf("%s.vtepd.%d", h.Name, h.starts)
+	}
 	endpoints := h.Endpoints
 	if len(endpoints) == 0 {
 		endpoints = h.lab.Endpoints()
@@ -100,10 +110,10 @@ func (h *Host) StartVtepdNoWait(extra ...string) (*Process, error) {
 	args := []string{h.lab.Bin.Vtepd, "run",
 		"--etcd-endpoints", strings.Join(endpoints, ","),
 		"--subnet-file", h.SubnetFile,
-		"--log-level", "debug",
+		"--log-level", cmp.Or(h.LogLevel, "debug"),
 		"--log-format", "json",
 	}
-	p, err := h.lab.Start(h.NS, h.Name+".vtepd", append(args, extra...)...)
+	p, err := h.lab.Start(h.NS, name, append(args, extra...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -111,14 +121,17 @@ func (h *Host) StartVtepdNoWait(extra ...string) (*Process, error) {
 	return p, nil
 }
 
-// WaitReady waits until p has written the host's subnet file, or has exited.
+// WaitReady waits until p says it is ready (it writes the subnet file just
+// before), or has exited.
 func (h *Host) WaitReady(p *Process, timeout time.Duration) error {
 	err := poll(timeout, func() error {
 		if done, err := p.Exited(); done {
 			return fmt.Errorf("vtepd on %s exited (%v) before it was ready", h.Name, err)
 		}
-		_, err := os.Stat(h.SubnetFile)
-		return err
+		if len(p.Entries("vtepd ready")) == 0 {
+			return errors.New("not ready yet")
+		}
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("netns: vtepd on %s not ready: %w\n%s", h.Name, err, Tail(p.Log(), 20))

@@ -129,7 +129,7 @@ func TestObservability(t *testing.T) {
 			t.Errorf("own lease expires in %v s, want about a day", v)
 		}
 		for _, name := range []string{"vtepd_netlink_overflows_total", "vtepd_etcd_relists_total", "vtepd_etcd_watch_restarts_total",
-			"vtepd_overflow_sweeps_total", "vtepd_invalid_leases_total", "vtepd_lease_conflicts_total"} {
+			"vtepd_sweeps_total", "vtepd_sweep_answered_total", "vtepd_invalid_leases_total", "vtepd_lease_conflicts_total"} {
 			if _, ok := after[name]; !ok {
 				t.Errorf("metric %s is not exported", name)
 			}

@@ -1,5 +1,5 @@
-// Command burst sends one small UDP datagram to each of many addresses as
-// fast as it can: a miss storm for the lab. Run it inside a lab namespace
+// Command burst sends one small UDP datagram to each of many addresses, as
+// fast as it can (a miss storm for the lab) or paced (misses one at a time). Run it inside a lab namespace
 // with `ip netns exec`; it prints a JSON summary.
 package main
 
@@ -24,6 +24,7 @@ func main() {
 	start := flag.String("start", "", "first destination address")
 	count := flag.Int("count", 1000, "number of consecutive addresses")
 	port := flag.Int("port", 9, "UDP destination port (9: discard)")
+	interval := flag.Duration("interval", 0, "pause between datagrams (0: as fast as possible)")
 	flag.Parse()
 	first, err := netip.ParseAddr(*start)
 	if err != nil || !first.Is4() {
@@ -54,6 +55,9 @@ func main() {
 			s.Sent++
 		}
 		a = a.Next()
+		if *interval > 0 {
+			time.Sleep(*interval)
+		}
 	}
 	s.Elapsed = time.Since(t0).String()
 	json.NewEncoder(os.Stdout).Encode(s)
