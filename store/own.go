@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -51,6 +52,9 @@ type OwnLease struct {
 	claim   Claim
 	log     *zap.Logger
 	recheck chan struct{}
+	// pageSize is how many keys a page of the lease list holds (tests
+	// make it small).
+	pageSize int64
 
 	mu      sync.Mutex
 	lease   Lease
@@ -66,7 +70,7 @@ func AcquireLease(ctx context.Context, c *clientv3.Client, prefix string, cfg Co
 	if claim.TTL <= 0 {
 		claim.TTL = DefaultLeaseTTL
 	}
-	o := &OwnLease{c: c, prefix: prefix, cfg: cfg, claim: claim, log: log, recheck: make(chan struct{}, 1)}
+	o := &OwnLease{c: c, prefix: prefix, cfg: cfg, claim: claim, log: log, recheck: make(chan struct{}, 1), pageSize: listPageSize}
 	if err := o.acquire(ctx); err != nil {
 		return nil, err
 	}
@@ -218,17 +222,13 @@ func (o *OwnLease) acquire(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		resp, err := o.c.Get(ctx, prefix, clientv3.WithPrefix())
-		if err != nil {
-			return fmt.Errorf("store: list leases: %w", err)
-		}
 		taken := newTakenSet(o.cfg.SubnetLen)
 		var mine *Lease
-		for _, kv := range resp.Kvs {
+		_, err := rangePages(ctx, o.c, prefix, o.pageSize, func(kv *mvccpb.KeyValue, _ int64) {
 			sk := string(kv.Key[len(prefix):])
 			p, err := ParseSubnetKey(sk)
 			if err != nil {
-				continue // not a subnet: occupies nothing
+				return // not a subnet: occupies nothing
 			}
 			l, perr := ParseLease(sk, kv.Value)
 			var ours bool
@@ -241,13 +241,16 @@ func (o *OwnLease) acquire(ctx context.Context) error {
 			}
 			if !ours {
 				taken.add(p)
-				continue
+				return
 			}
 			if perr != nil {
 				l = Lease{Subnet: p, PublicIP: o.claim.PublicIP}
 			}
 			l.Key, l.CreateRevision, l.ModRevision, l.EtcdLease = string(kv.Key), kv.CreateRevision, kv.ModRevision, kv.Lease
 			mine = &l
+		})
+		if err != nil {
+			return fmt.Errorf("store: list leases: %w", err)
 		}
 
 		var won bool

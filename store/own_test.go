@@ -631,3 +631,44 @@ func TestKeepSubnetTakenByOverlap(t *testing.T) {
 		t.Errorf("Keep re-created %s inside another host's %s", l.Key, big)
 	}
 }
+
+// TestAcquireLeasePaged: the lease list is read in pages, and a full
+// network is judged by all of them: the host's own lease is found on
+// whichever page it is, and a new subnet is one no page showed taken.
+func TestAcquireLeasePaged(t *testing.T) {
+	t.Parallel()
+	c := startEtcd(t)
+	cfg := testConfig() // 10.5.1.0 to 10.5.255.0: 255 subnets
+	claim := testClaim(1)
+	free := map[netip.Prefix]bool{netip.MustParsePrefix("10.5.100.0/24"): true, netip.MustParsePrefix("10.5.200.0/24"): true}
+	own := netip.MustParsePrefix("10.5.150.0/24")
+	for i := 1; i <= 255; i++ {
+		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 5, byte(i), 0}), 24)
+		if free[p] {
+			continue
+		}
+		l := otherHost(t, c, p.String(), byte(i))
+		if p == own {
+			l.PublicIP, l.VtepMAC = claim.PublicIP, claim.VtepMAC
+			putLease(t, c, l)
+		}
+	}
+	acquirePaged := func(claim Claim) Lease {
+		t.Helper()
+		o := &OwnLease{c: c, prefix: testPrefix, cfg: cfg, claim: claim, log: zap.NewNop(), recheck: make(chan struct{}, 1), pageSize: 7}
+		if err := o.acquire(testCtx(t)); err != nil {
+			t.Fatalf("acquire in pages of 7: %v", err)
+		}
+		return o.Lease()
+	}
+	if l := acquirePaged(claim); l.Subnet != own {
+		t.Errorf("restart took %s, want its own lease %s from the list's 22nd page", l.Subnet, own)
+	}
+	for id := range byte(2) {
+		l := acquirePaged(testClaim(2 + id))
+		if !free[l.Subnet] {
+			t.Fatalf("a new host took %s, which is not one of the free subnets %v", l.Subnet, free)
+		}
+		delete(free, l.Subnet)
+	}
+}

@@ -126,43 +126,27 @@ func (s *syncer) list(ctx context.Context) (int64, error) {
 }
 
 // listPages reads every lease under the prefix, a page of s.pageSize keys at
-// a time, and returns them with the revision they were read at. The first
-// page is read at etcd's current revision and the others at the same one,
-// so the pages are one snapshot, however etcd changes meanwhile; the watch
-// from that revision brings the changes. If etcd compacts the revision
-// before the last page, the error is rpctypes.ErrCompacted.
+// a time, and returns them with the revision they were read at (see
+// rangePages). If etcd compacts the revision before the last page, the
+// error is rpctypes.ErrCompacted.
 func (s *syncer) listPages(ctx context.Context) ([]Lease, int64, error) {
-	end := clientv3.GetPrefixRangeEnd(s.prefix)
 	var leases []Lease
-	var rev int64
 	// The keys warned about that are still there. The others are gone
 	// (deleted while no watch saw it), and so are their warnings.
 	listed := make(map[string]bool)
-	for from := s.prefix; ; {
-		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(s.pageSize)}
-		if rev != 0 {
-			opts = append(opts, clientv3.WithRev(rev))
+	rev, err := rangePages(ctx, s.c, s.prefix, s.pageSize, func(kv *mvccpb.KeyValue, count int64) {
+		if leases == nil {
+			leases = make([]Lease, 0, min(count, 1<<20))
 		}
-		resp, err := s.c.Get(ctx, from, opts...)
-		if err != nil {
-			return nil, rev, err
+		if l, ok := s.parse(kv); ok {
+			leases = append(leases, l)
 		}
-		if rev == 0 {
-			rev = resp.Header.Revision
-			leases = make([]Lease, 0, min(resp.Count, 1<<20))
+		if _, ok := s.warned[string(kv.Key)]; ok {
+			listed[string(kv.Key)] = true
 		}
-		for _, kv := range resp.Kvs {
-			if l, ok := s.parse(kv); ok {
-				leases = append(leases, l)
-			}
-			if _, ok := s.warned[string(kv.Key)]; ok {
-				listed[string(kv.Key)] = true
-			}
-		}
-		if !resp.More || len(resp.Kvs) == 0 {
-			break
-		}
-		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	})
+	if err != nil {
+		return nil, rev, err
 	}
 	for key := range s.warned {
 		if !listed[key] {
@@ -170,6 +154,38 @@ func (s *syncer) listPages(ctx context.Context) ([]Lease, int64, error) {
 		}
 	}
 	return leases, rev, nil
+}
+
+// rangePages calls fn with every key under prefix, read a page of pageSize
+// keys at a time, and returns the revision they were read at. The first
+// page is read at etcd's current revision and the others at the same one,
+// so the pages are one snapshot however etcd changes meanwhile, and no more
+// than a page of etcd's response is in memory at once: with 50,000 leases,
+// one response is 10 MB. count is how many keys the first page said the
+// range holds.
+func rangePages(ctx context.Context, c *clientv3.Client, prefix string, pageSize int64, fn func(kv *mvccpb.KeyValue, count int64)) (int64, error) {
+	end := clientv3.GetPrefixRangeEnd(prefix)
+	var rev, count int64
+	for from := prefix; ; {
+		opts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(pageSize)}
+		if rev != 0 {
+			opts = append(opts, clientv3.WithRev(rev))
+		}
+		resp, err := c.Get(ctx, from, opts...)
+		if err != nil {
+			return rev, err
+		}
+		if rev == 0 {
+			rev, count = resp.Header.Revision, resp.Count
+		}
+		for _, kv := range resp.Kvs {
+			fn(kv, count)
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			return rev, nil
+		}
+		from = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
 }
 
 // watch applies events after rev until the watch fails, and returns the last
