@@ -151,7 +151,7 @@ func (e *Entries) SetNeighs(writes []NeighWrite) error {
 		e.errors[OpSetNeigh].Add(uint64(len(e.w.failed)))
 		for _, f := range e.w.failed {
 			nw := batch[f.i]
-			errs = append(errs, e.wrap(f.errno, "set neighbour %s→%s", nw.IP, net.HardwareAddr(nw.MAC[:])))
+			errs = append(errs, e.wrap(f.errno, "set neighbour %s→%s", nw.IP, macString(nw.MAC)))
 		}
 	}
 	for _, err := range errs {
@@ -182,11 +182,11 @@ func (e *Entries) flushOne() error {
 // their lease goes.
 func (e *Entries) SetFDB(mac [6]byte, dst netip.Addr) error {
 	if !dst.Is4() {
-		return e.count(OpSetFDB, fmt.Errorf("fabric: set fdb %s→%s on %s: not an IPv4 address", net.HardwareAddr(mac[:]), dst, e.name))
+		return e.count(OpSetFDB, fmt.Errorf("fabric: set fdb %s→%s on %s: not an IPv4 address", macString(mac), dst, e.name))
 	}
 	e.w.fdb(mac, dst)
 	if err := e.flushOne(); err != nil {
-		return e.count(OpSetFDB, e.wrap(err, "set fdb %s→%s", net.HardwareAddr(mac[:]), dst))
+		return e.count(OpSetFDB, e.wrap(err, "set fdb %s→%s", macString(mac), dst))
 	}
 	return e.count(OpSetFDB, nil)
 }
@@ -204,11 +204,11 @@ func (e *Entries) DelFDB(mac net.HardwareAddr, dst netip.Addr) error {
 // this releases the packets the kernel queued on it within this call.
 func (e *Entries) SetNeigh(ip netip.Addr, mac [6]byte) error {
 	if !ip.Is4() {
-		return e.count(OpSetNeigh, fmt.Errorf("fabric: set neighbour %s→%s on %s: not an IPv4 address", ip, net.HardwareAddr(mac[:]), e.name))
+		return e.count(OpSetNeigh, fmt.Errorf("fabric: set neighbour %s→%s on %s: not an IPv4 address", ip, macString(mac), e.name))
 	}
 	e.w.neigh(ip, mac)
 	if err := e.flushOne(); err != nil {
-		return e.count(OpSetNeigh, e.wrap(err, "set neighbour %s→%s", ip, net.HardwareAddr(mac[:])))
+		return e.count(OpSetNeigh, e.wrap(err, "set neighbour %s→%s", ip, macString(mac)))
 	}
 	return e.count(OpSetNeigh, nil)
 }
@@ -289,3 +289,7 @@ func listRetrying[T any](dump func() ([]T, error)) ([]T, error) {
 		return out, err
 	}
 }
+
+// macString formats a MAC for an error. Formatting net.HardwareAddr(mac[:])
+// in place would make mac escape, and every write allocate, error or not.
+func macString(mac [6]byte) string { return net.HardwareAddr(mac[:]).String() }
