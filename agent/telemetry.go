@@ -22,6 +22,9 @@ import (
 type telemetry struct {
 	version string
 	started time.Time
+	// onPhase, if set, hears every start-up phase (systemd's STATUS=).
+	// Set it before the first setPhase.
+	onPhase func(phase string)
 
 	mu        sync.Mutex
 	phase     string // what start-up is doing; "" once ready
@@ -72,6 +75,9 @@ func (t *telemetry) setPhase(p string) {
 	t.mu.Lock()
 	t.phase = p
 	t.mu.Unlock()
+	if p != "" && t.onPhase != nil {
+		t.onPhase(p)
+	}
 }
 
 // attach records the components once start-up has them.

@@ -36,6 +36,8 @@ type Listener struct {
 	// the listener's life rather than one on the heap per message.
 	miss   Miss
 	closed atomic.Bool
+	// turns counts the read loop's rounds: see Turns.
+	turns atomic.Uint64
 
 	overflows atomic.Uint64
 	malformed atomic.Uint64
@@ -86,6 +88,12 @@ func (l *Listener) Close() error {
 	l.closed.Store(true)
 	return l.conn.Close()
 }
+
+// Turns counts the rounds of Run's read loop. The loop comes round at least
+// once per readTimeout while it runs, message or not, so a count that stops
+// growing says the miss path is stuck (in a handler, or a kernel write that
+// does not return): what a watchdog should check.
+func (l *Listener) Turns() uint64 { return l.turns.Load() }
 
 // ReadBuffer returns the receive buffer size the kernel granted.
 func (l *Listener) ReadBuffer() (int, error) { return l.conn.ReadBuffer() }
@@ -140,6 +148,7 @@ func (l *Listener) loop(ctx context.Context, fd int, handle func(m *Miss), overf
 	}
 	for {
 		n, err := l.read(fd)
+		l.turns.Add(1)
 		switch {
 		case err == nil:
 		case err == unix.EAGAIN || err == unix.EINTR:

@@ -40,6 +40,9 @@ type Host struct {
 	// LogLevel is vtepd's --log-level (default debug: tests read every
 	// miss from the log; benchmarks use info).
 	LogLevel string
+	// Env is added to vtepd's environment (NAME=value), as systemd's
+	// NOTIFY_SOCKET would be.
+	Env []string
 
 	starts int
 
@@ -107,12 +110,16 @@ func (h *Host) StartVtepdNoWait(extra ...string) (*Process, error) {
 	if len(endpoints) == 0 {
 		endpoints = h.lab.Endpoints()
 	}
-	args := []string{h.lab.Bin.Vtepd, "run",
+	var args []string
+	if len(h.Env) > 0 {
+		args = append(append(args, "env"), h.Env...)
+	}
+	args = append(args, h.lab.Bin.Vtepd, "run",
 		"--etcd-endpoints", strings.Join(endpoints, ","),
 		"--subnet-file", h.SubnetFile,
 		"--log-level", cmp.Or(h.LogLevel, "debug"),
 		"--log-format", "json",
-	}
+	)
 	p, err := h.lab.Start(h.NS, name, append(args, extra...)...)
 	if err != nil {
 		return nil, err
