@@ -5,6 +5,7 @@
 //	vtepd monitor [flags]  show the kernel's VXLAN misses live
 //	vtepd leases [flags]   print the lease table from etcd
 //	vtepd status [flags]   ask the running vtepd how it is
+//	vtepd docker-opts      print dockerd's options from the subnet file
 //	vtepd version          print the version
 //
 // Every flag of a subcommand can also be given as an environment variable:
@@ -36,6 +37,7 @@ func commands() []command {
 		{"monitor", "show the kernel's VXLAN misses live (vtepd need not run)", monitorCommand},
 		{"leases", "print the lease table from etcd", leasesCommand},
 		{"status", "ask the running vtepd how it is", statusCommand},
+		{"docker-opts", "print dockerd's options (--bip, --mtu, --ip-masq) from the subnet file", dockerOptsCommand},
 		{"version", "print the version", func(_ []string, stdout, _ io.Writer) error {
 			fmt.Fprintln(stdout, "vtepd", version)
 			return nil
