@@ -1,6 +1,7 @@
 # vtepd. The two commands that matter:
 #   make demo   a lab of vtepd hosts on this machine, misses answered live (root)
 #   make test   every test: unit tests, then the netns lab tests (root)
+#   make bench  benchmarks against the targets; writes BENCHMARKS.md (root)
 
 GO      ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
@@ -8,9 +9,9 @@ LDFLAGS := -X main.version=$(VERSION)
 PREFIX  ?= /usr/local
 
 # Packages without network namespaces; their tests run anywhere.
-UNIT_PKGS := ./store/... ./miss/... ./fabric/... ./subnetfile/... ./agent/... ./cmd/...
+UNIT_PKGS := ./store/... ./miss/... ./fabric/... ./subnetfile/... ./agent/... ./cmd/... ./contrib/...
 
-.PHONY: all build deps test unit netns demo clean
+.PHONY: all build deps test unit netns demo bench clean
 
 all: build
 
@@ -35,6 +36,11 @@ netns: deps
 
 demo: deps
 	$(GO) run ./test/netns/cmd/demo
+
+# Every scenario, or some: `make bench ONLY=storm,economy`.
+bench: deps
+	@./scripts/deps.sh bench
+	$(GO) run ./test/netns/cmd/bench $(if $(ONLY),-only $(ONLY) -out bench-partial.md,-out BENCHMARKS.md)
 
 clean:
 	rm -rf bin

@@ -6,6 +6,8 @@
 #   iproute2      ip, bridge: every lab namespace, link and address
 #   iputils-ping  ping: traffic in the lab
 #   procps        sysctl: per-namespace sysctls in the lab
+# and with the argument "bench", for make bench:
+#   iperf3        TCP throughput over the overlay and the underlay
 set -eu
 
 need=""
@@ -13,6 +15,9 @@ command -v ip >/dev/null 2>&1 || need="$need iproute2"
 command -v bridge >/dev/null 2>&1 || need="$need iproute2"
 command -v ping >/dev/null 2>&1 || need="$need iputils-ping"
 command -v sysctl >/dev/null 2>&1 || need="$need procps"
+if [ "${1:-}" = bench ]; then
+	command -v iperf3 >/dev/null 2>&1 || need="$need iperf3"
+fi
 [ -z "$need" ] && exit 0
 
 if [ "$(id -u)" != 0 ]; then
