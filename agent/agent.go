@@ -67,6 +67,12 @@ type Config struct {
 	// Answer is what an L3 miss installs: one neighbour per address, or a
 	// route per peer host.
 	Answer miss.AnswerMode
+	// IPMasq masquerades traffic from this host's subnet to outside the
+	// overlay (flannel's --ip-masq).
+	IPMasq bool
+	// ForwardRules accepts overlay traffic in FORWARD (or Docker's
+	// DOCKER-USER), for hosts whose FORWARD policy is DROP.
+	ForwardRules bool
 	// Version is reported in /status.
 	Version string
 }
@@ -143,6 +149,16 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		return err
 	}
 	defer lock.Close()
+
+	// The forward rules go in as soon as the network is known: on a host
+	// whose FORWARD policy is DROP nothing crosses the overlay without them.
+	fw := startFilters(cfg, netCfg.Network, log)
+	tel.attach(func(t *telemetry) { t.filters = fw })
+	defer func() {
+		// Rules go with a clean stop, and stay for a handover or after an
+		// error: systemd restarts a failed vtepd, which finds them there.
+		fw.stop(ctx.Err() != nil && !errors.Is(context.Cause(ctx), ErrHandover))
+	}()
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -241,6 +257,11 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	if _, err := dev.EnsureRoutes(ownLease.Gateway(), overlay); err != nil {
 		return fail(err)
 	}
+	fw.masquerade(ownLease.Subnet)
+	g.Go(func() error {
+		fw.keep(gctx)
+		return nil
+	})
 
 	sweeper := newSweeper()
 	responder := miss.NewResponder(miss.ResponderConfig{
@@ -291,6 +312,7 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		Network: netCfg.Network,
 		Subnet:  subnetfile.BridgeSubnet(ownLease.Subnet),
 		MTU:     dev.MTU,
+		IPMasq:  cfg.IPMasq,
 	}
 	if err := subnetfile.Write(cfg.SubnetFile, env); err != nil {
 		return fail(err)

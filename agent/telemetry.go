@@ -45,6 +45,7 @@ type telemetry struct {
 	dump      *fabric.Entries
 
 	sweeper *sweeper
+	filters *filters
 	recent  recentMisses
 	latency *prometheus.HistogramVec
 	// byKind are latency's children, resolved once: a label lookup per
@@ -215,6 +216,8 @@ type Status struct {
 	// Misses counts misses by kind, then outcome.
 	Misses  map[string]map[string]uint64 `json:"misses,omitempty"`
 	Netlink *NetlinkStatus               `json:"netlink,omitempty"`
+	// Firewall says which packet-filter rules vtepd keeps.
+	Firewall *FirewallStatus `json:"firewall,omitempty"`
 	// Writes counts kernel writes by operation.
 	Writes map[string]fabric.WriteStats `json:"kernel_writes,omitempty"`
 }
@@ -262,7 +265,12 @@ func (t *telemetry) status() Status {
 	s := Status{Version: t.version, Started: t.started, Healthy: h.Healthy, Reasons: h.Reasons, Notes: h.Notes}
 	t.mu.Lock()
 	netCfg, dev, own, table, listener, responder, entries, sw := t.netCfg, t.dev, t.own, t.table, t.listener, t.responder, t.entries, t.sweeper
+	fw := t.filters
 	t.mu.Unlock()
+	if fw != nil {
+		d := fw.describe()
+		s.Firewall = &d
+	}
 	if netCfg != nil {
 		s.Network = netCfg.Network.String()
 	}

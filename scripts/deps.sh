@@ -6,6 +6,10 @@
 #   iproute2      ip, bridge: every lab namespace, link and address
 #   iputils-ping  ping: traffic in the lab
 #   procps        sysctl: per-namespace sysctls in the lab
+#   iptables      iptables(-nft, -legacy): vtepd's forward rules go through
+#                 it, and the lab sets hosts up as Docker does with it
+#   nftables      nft: the tests list vtepd's ip-masq table with it
+#   systemd       systemd-analyze: the unit file's check
 # and with the argument "bench", for make bench:
 #   iperf3        TCP throughput over the overlay and the underlay
 set -eu
@@ -15,6 +19,9 @@ command -v ip >/dev/null 2>&1 || need="$need iproute2"
 command -v bridge >/dev/null 2>&1 || need="$need iproute2"
 command -v ping >/dev/null 2>&1 || need="$need iputils-ping"
 command -v sysctl >/dev/null 2>&1 || need="$need procps"
+command -v iptables-legacy >/dev/null 2>&1 || need="$need iptables"
+command -v nft >/dev/null 2>&1 || need="$need nftables"
+command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 if [ "${1:-}" = bench ]; then
 	command -v iperf3 >/dev/null 2>&1 || need="$need iperf3"
 fi

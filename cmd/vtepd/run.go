@@ -2,12 +2,18 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"regexp"
 	"syscall"
 	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/vtepd/vtepd/agent"
 	"github.com/vtepd/vtepd/miss"
@@ -34,6 +40,8 @@ func runCommand(args []string, _, stderr io.Writer) error {
 	reportInterval := fs.Duration("report-interval", agent.DefaultReportInterval, "how often unanswered misses and losses are summarised in the log")
 	answer := fs.String("answer", "address", "what an L3 miss installs: address (a neighbour entry per address) or host (a route and one neighbour entry per peer host, far below the kernel's table limit)")
 	httpAddr := fs.String("http-addr", agent.DefaultHTTPAddr, "where to serve /metrics, /healthz, /status and /debug/ (empty: nowhere)")
+	ipMasq := fs.Bool("ip-masq", false, "masquerade traffic from this host's subnet to outside the overlay, in nftables table ip vtepd-nat (then run dockerd with --ip-masq=false)")
+	forwardRules := fs.Bool("forward-rules", true, "accept overlay traffic in FORWARD, or Docker's DOCKER-USER chain, for hosts whose FORWARD policy is DROP")
 	var logs logFlags
 	logs.register(fs)
 	if err := parseFlags(fs, args); err != nil {
@@ -54,6 +62,8 @@ func runCommand(args []string, _, stderr io.Writer) error {
 		ReadBuffer:     *readBuffer,
 		ReportInterval: *reportInterval,
 		HTTPAddr:       *httpAddr,
+		IPMasq:         *ipMasq,
+		ForwardRules:   *forwardRules,
 		Version:        version,
 	}
 	if cfg.Answer, err = miss.ParseAnswerMode(*answer); err != nil {
@@ -85,13 +95,68 @@ func runCommand(args []string, _, stderr io.Writer) error {
 	}
 	defer log.Sync()
 
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := signalContext()
 	defer stop()
 	log.Info("vtepd starting", zap.String("version", version), zap.Strings("etcd_endpoints", cfg.Etcd.Endpoints), zap.String("etcd_prefix", cfg.EtcdPrefix))
 	if err := agent.Run(ctx, cfg, log); err != nil {
 		log.Error("vtepd stopped", zap.Error(err))
 		return err
 	}
+	if errors.Is(context.Cause(ctx), agent.ErrHandover) {
+		return reexec(log)
+	}
 	log.Info("vtepd stopped; device, entries and lease left in place for the next start")
 	return nil
+}
+
+// signalContext is cancelled by SIGTERM or SIGINT (a stop), or by SIGHUP
+// with the cause agent.ErrHandover (a restart in place: see reexec).
+func signalContext() (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				cancel(agent.ErrHandover)
+			} else {
+				cancel(fmt.Errorf("vtepd: %v", sig))
+			}
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel(nil)
+	}
+}
+
+// reexec replaces this process with the vtepd binary now at its path,
+// same arguments, same environment, same PID: the upgrade path. A stop and
+// a start would cost traffic on a host whose FORWARD policy is DROP, since a
+// clean stop removes the forward rules; a handover keeps them, and
+// device, entries and lease stay as on every stop. Under systemd the unit's
+// ExecReload sends SIGHUP, and the new vtepd's READY=1 ends the reload.
+func reexec(log *zap.Logger) error {
+	path := os.Args[0]
+	if !filepath.IsAbs(path) {
+		// Resolve it now, not from /proc/self/exe: that names the old
+		// binary, deleted when the new one was installed over it.
+		p, err := exec.LookPath(path)
+		if err != nil {
+			return fmt.Errorf("restart in place: find %s: %w", path, err)
+		}
+		path = p
+	}
+	log.Info("restarting in place: executing the vtepd binary again", zap.String("path", path))
+	log.Sync()
+	// RELOADING=1 tells systemd to wait for the new process's READY=1.
+	daemon.SdNotify(false, "RELOADING=1\nSTATUS=restarting in place\n"+daemon.SdNotifyMonotonicUsec())
+	if err := syscall.Exec(path, os.Args, os.Environ()); err != nil {
+		return fmt.Errorf("restart in place: exec %s: %w", path, err)
+	}
+	return nil // not reached
 }

@@ -18,6 +18,8 @@ type Binaries struct {
 	Seed string
 	// MinResponder is the least a responder can do, the benchmarks' floor.
 	MinResponder string
+	// WhoAmI tells a TCP client the source address it was seen from.
+	WhoAmI string
 }
 
 // BuildOptions say how to build the lab's binaries.
@@ -37,7 +39,7 @@ func Build(dir string, opts BuildOptions) (Binaries, error) {
 	}
 	root := filepath.Dir(strings.TrimSpace(string(out)))
 	b := Binaries{Vtepd: filepath.Join(dir, "vtepd"), LabEtcd: filepath.Join(dir, "labetcd"), Burst: filepath.Join(dir, "burst"), Seed: filepath.Join(dir, "seedleases"),
-		MinResponder: filepath.Join(dir, "minresponder")}
+		MinResponder: filepath.Join(dir, "minresponder"), WhoAmI: filepath.Join(dir, "whoami")}
 	var race []string
 	if opts.Race {
 		race = []string{"-race"}
@@ -51,6 +53,7 @@ func Build(dir string, opts BuildOptions) (Binaries, error) {
 		{b.Burst, "./test/netns/cmd/burst", nil},
 		{b.Seed, "./test/netns/cmd/seedleases", nil},
 		{b.MinResponder, "./test/netns/cmd/minresponder", nil},
+		{b.WhoAmI, "./test/netns/cmd/whoami", nil},
 	} {
 		args := append(append([]string{"build"}, t.flags...), "-o", t.out, t.pkg)
 		cmd := exec.Command("go", args...)

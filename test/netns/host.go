@@ -249,6 +249,11 @@ func (c *Container) Ping(addr netip.Addr, args ...string) (PingResult, error) {
 	return res, nil
 }
 
+// Exec runs a command in the container's namespace and returns its output.
+func (c *Container) Exec(args ...string) (string, error) {
+	return c.Host.lab.output(append([]string{"ip", "netns", "exec", c.NS}, args...)...)
+}
+
 // StartPing starts ping in the container in the background; parse its
 // output with ParsePing once it has exited.
 func (c *Container) StartPing(name string, addr netip.Addr, args ...string) (*Process, error) {

@@ -234,3 +234,37 @@ func poll(timeout time.Duration, cond func() error) error {
 // Poll is poll for tests: it retries cond every 20ms until it succeeds or
 // timeout passes.
 func Poll(timeout time.Duration, cond func() error) error { return poll(timeout, cond) }
+
+// Outside is a namespace standing for the Internet: a host outside the
+// overlay, reached through the underlay namespace as the hosts' router.
+// It has no route to the overlay, as a real one would not: a packet that
+// reaches it with a container's source address cannot be answered.
+type Outside struct {
+	NS   string
+	Addr netip.Addr
+}
+
+// OutsideAddr is the outside host's address (TEST-NET-3).
+var OutsideAddr = netip.MustParseAddr("203.0.113.10")
+
+// AddOutside adds the outside host: 203.0.113.10/24 on a veth to the
+// underlay namespace (203.0.113.1), which routes between it and the hosts.
+func (l *Lab) AddOutside() (*Outside, error) {
+	o := &Outside{NS: l.Name + "-out", Addr: OutsideAddr}
+	if err := l.addNamespace(o.NS); err != nil {
+		return nil, err
+	}
+	err := l.runAll(
+		[]string{"ip", "link", "add", "eth0", "netns", o.NS, "type", "veth", "peer", "name", "out0", "netns", l.Underlay},
+		[]string{"ip", "-n", l.Underlay, "addr", "add", "203.0.113.1/24", "dev", "out0"},
+		[]string{"ip", "-n", l.Underlay, "link", "set", "out0", "up"},
+		[]string{"ip", "netns", "exec", l.Underlay, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
+		[]string{"ip", "-n", o.NS, "addr", "add", o.Addr.String() + "/24", "dev", "eth0"},
+		[]string{"ip", "-n", o.NS, "link", "set", "eth0", "up"},
+		[]string{"ip", "-n", o.NS, "route", "add", "default", "via", "203.0.113.1"},
+	)
+	if err != nil {
+		return nil, err
+	}
+	return o, nil
+}

@@ -1,0 +1,149 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/vtepd/vtepd/firewall"
+	"go.uber.org/zap"
+)
+
+// ErrHandover is the cause to cancel Run's context with when another vtepd
+// takes over at once (vtepd run re-executing itself on SIGHUP): the agent
+// stops as on any clean stop but leaves its firewall rules in place, so that
+// forwarding and masquerading go on without a gap.
+var ErrHandover = errors.New("agent: handing over to a new vtepd")
+
+// firewallResync is how often the rules are checked and, where something
+// removed them (a restarting dockerd flushes DOCKER-USER), restored:
+// flannel's --iptables-resync default.
+const firewallResync = 5 * time.Second
+
+// filters are the agent's packet-filter rules: the forward rules that let
+// overlay traffic through a FORWARD policy of DROP, and the ip-masq rules.
+// They follow the flags at every start: rules of a flag now off are removed,
+// whatever an earlier vtepd left. A clean stop removes them, as an operator
+// who stops vtepd expects of its rules; a handover keeps them.
+type filters struct {
+	log      *zap.Logger
+	network  netip.Prefix
+	forward  *firewall.Forward // nil when --forward-rules is off
+	wantMasq bool
+
+	mu   sync.Mutex           // for /status, which reads masq while start-up sets it
+	masq *firewall.Masquerade // nil until the subnet is known, or when --ip-masq is off
+}
+
+// startFilters puts the forward rules in place, or removes them if the flag
+// is off. A failure is logged, not returned: a host whose FORWARD policy
+// accepts does not need the rules, and Keep retries for one that does.
+func startFilters(cfg Config, network netip.Prefix, log *zap.Logger) *filters {
+	f := &filters{log: log, network: network, wantMasq: cfg.IPMasq}
+	fwd, err := firewall.NewForward(log, network)
+	if err != nil {
+		log.Error("forward rules unavailable", zap.Error(err))
+		return f
+	}
+	if !cfg.ForwardRules {
+		if err := fwd.Remove(); err != nil {
+			log.Warn("removing forward rules left by an earlier vtepd", zap.Error(err))
+		}
+		fwd.Close()
+		return f
+	}
+	f.forward = fwd
+	if err := fwd.Ensure(); err != nil {
+		log.Error("forward rules not in place yet; retrying", zap.Error(err), zap.Duration("every", firewallResync))
+	}
+	return f
+}
+
+// masquerade puts the ip-masq rules for this host's subnet in place, or
+// removes any an earlier vtepd left if --ip-masq is off.
+func (f *filters) masquerade(subnet netip.Prefix) {
+	m, err := firewall.NewMasquerade(f.log, f.network, subnet)
+	if err != nil {
+		f.log.Error("ip-masq rules unavailable", zap.Error(err))
+		return
+	}
+	if !f.wantMasq {
+		if err := m.Remove(); err != nil {
+			f.log.Warn("removing ip-masq rules left by an earlier vtepd", zap.Error(err))
+		}
+		m.Close()
+		return
+	}
+	f.mu.Lock()
+	f.masq = m
+	f.mu.Unlock()
+	if err := m.Ensure(); err != nil {
+		f.log.Error("ip-masq rules not in place yet; retrying", zap.Error(err), zap.Duration("every", firewallResync))
+	}
+}
+
+// keep re-asserts the rules until ctx ends.
+func (f *filters) keep(ctx context.Context) {
+	done := make(chan struct{})
+	if f.masq != nil {
+		go func() {
+			defer close(done)
+			f.masq.Keep(ctx, firewallResync)
+		}()
+	} else {
+		close(done)
+	}
+	if f.forward != nil {
+		f.forward.Keep(ctx, firewallResync)
+	}
+	<-done
+}
+
+// stop releases the rules' sockets, and removes the rules if remove is set.
+// It runs after keep has returned.
+func (f *filters) stop(remove bool) {
+	keepRules := !remove
+	var owners []ruleOwner
+	if f.forward != nil {
+		owners = append(owners, f.forward)
+	}
+	if f.masq != nil {
+		owners = append(owners, f.masq)
+	}
+	for _, r := range owners {
+		if !keepRules {
+			if err := r.Remove(); err != nil {
+				f.log.Warn("removing firewall rules on stop", zap.Error(err))
+			}
+		}
+		r.Close()
+	}
+	if keepRules && len(owners) > 0 {
+		f.log.Info("firewall rules left in place for the next vtepd")
+	}
+}
+
+type ruleOwner interface {
+	Remove() error
+	Close() error
+}
+
+// describe is the filters' part of /status.
+func (f *filters) describe() FirewallStatus {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := FirewallStatus{IPMasq: f.masq != nil, Forward: "off"}
+	if f.forward != nil {
+		s.Forward = f.forward.Backend()
+	}
+	return s
+}
+
+// FirewallStatus says which rules vtepd keeps.
+type FirewallStatus struct {
+	// Forward names the forward rules' backend ("off" when disabled).
+	Forward string `json:"forward_rules"`
+	IPMasq  bool   `json:"ip_masq"`
+}
