@@ -114,14 +114,20 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		log.Info("serving metrics, health and status", zap.String("http_addr", httpListener.Addr().String()))
 	}
 
-	tel.setPhase("choosing the underlay interface")
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("agent: open rtnetlink: %w", err)
 	}
 	defer h.Close()
 
-	underlay, err := fabric.FindUnderlay(h, cfg.Underlay)
+	// An interface named by --iface may not be there yet (a NIC that comes
+	// up late, a bond being built): wait for it, saying what was tried,
+	// rather than exit into a restart loop.
+	var underlay fabric.Underlay
+	err = retry(ctx, log, tel, "choosing the underlay interface", func(context.Context) (err error) {
+		underlay, err = fabric.FindUnderlay(h, cfg.Underlay)
+		return err
+	})
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -61,59 +62,74 @@ func findUnderlay(h *netlink.Handle, spec UnderlaySpec) (Underlay, error) {
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 		return Underlay{}, fmt.Errorf("fabric: list addresses: %w", err)
 	}
-	candidates := make([]Underlay, 0, len(links))
+	// Every interface, with its global IPv4 addresses in the kernel's
+	// order: the first is the one an interface chosen by name uses.
+	type candidate struct {
+		Underlay
+		addrs []netip.Addr
+	}
+	candidates := make([]candidate, 0, len(links))
 	for _, l := range links {
 		a := l.Attrs()
-		u := Underlay{Name: a.Name, Index: a.Index, MTU: a.MTU}
+		c := candidate{Underlay: Underlay{Name: a.Name, Index: a.Index, MTU: a.MTU}}
 		for _, ad := range addrs {
 			if ad.LinkIndex != a.Index || ad.Scope != unix.RT_SCOPE_UNIVERSE {
 				continue
 			}
 			if ip, ok := netip.AddrFromSlice(ad.IP.To4()); ok {
-				u.Addr = ip
-				break
+				c.addrs = append(c.addrs, ip)
 			}
 		}
-		candidates = append(candidates, u)
+		if len(c.addrs) > 0 {
+			c.Addr = c.addrs[0]
+		}
+		candidates = append(candidates, c)
+	}
+	// by returns the interface holding ip, with ip as its address.
+	by := func(match func(c candidate, ip netip.Addr) bool) (Underlay, bool) {
+		for _, c := range candidates {
+			for _, ip := range c.addrs {
+				if match(c, ip) {
+					u := c.Underlay
+					u.Addr = ip
+					return u, true
+				}
+			}
+		}
+		return Underlay{}, false
 	}
 
+	// As flannel's --iface and --iface-regex: each is tried in order, and
+	// the first that names an interface with an IPv4 address wins; one
+	// that does not is skipped, and said in the error if none wins.
 	var tried []string
 	for _, want := range spec.Ifaces {
 		if ip, err := netip.ParseAddr(want); err == nil {
-			for _, ad := range addrs {
-				if a, ok := netip.AddrFromSlice(ad.IP.To4()); ok && a == ip {
-					for _, u := range candidates {
-						if u.Index == ad.LinkIndex {
-							u.Addr = ip
-							return u, nil
-						}
-					}
-				}
+			if u, ok := by(func(_ candidate, a netip.Addr) bool { return a == ip }); ok {
+				return u, nil
 			}
 			tried = append(tried, fmt.Sprintf("%s (no interface has this address)", want))
 			continue
 		}
-		for _, u := range candidates {
-			if u.Name != want {
-				continue
-			}
-			if !u.Addr.IsValid() {
-				return Underlay{}, fmt.Errorf("fabric: interface %s has no IPv4 address", want)
-			}
-			return u, nil
+		i := slices.IndexFunc(candidates, func(c candidate) bool { return c.Name == want })
+		switch {
+		case i < 0:
+			tried = append(tried, fmt.Sprintf("%s (no such interface)", want))
+		case !candidates[i].Addr.IsValid():
+			tried = append(tried, fmt.Sprintf("%s (no IPv4 address)", want))
+		default:
+			return candidates[i].Underlay, nil
 		}
-		tried = append(tried, fmt.Sprintf("%s (no such interface)", want))
 	}
 	for _, re := range spec.IfaceRegexes {
-		for _, u := range candidates {
-			if !u.Addr.IsValid() {
-				continue
-			}
-			if re.MatchString(u.Name) || re.MatchString(u.Addr.String()) {
-				return u, nil
-			}
+		// Addresses first, then names, as flannel matches them.
+		if u, ok := by(func(_ candidate, a netip.Addr) bool { return re.MatchString(a.String()) }); ok {
+			return u, nil
 		}
-		tried = append(tried, fmt.Sprintf("/%s/ (no interface name or address matches)", re))
+		if u, ok := by(func(c candidate, a netip.Addr) bool { return a == c.Addr && re.MatchString(c.Name) }); ok {
+			return u, nil
+		}
+		tried = append(tried, fmt.Sprintf("/%s/ (matches no address, nor the name of an interface with one)", re))
 	}
 	if len(tried) > 0 {
 		return Underlay{}, fmt.Errorf("fabric: no underlay interface found; tried %s", strings.Join(tried, ", "))
@@ -127,9 +143,9 @@ func findUnderlay(h *netlink.Handle, spec UnderlaySpec) (Underlay, error) {
 		if r.Dst != nil && !isDefault(r.Dst) {
 			continue
 		}
-		for _, u := range candidates {
-			if u.Index == r.LinkIndex && u.Addr.IsValid() {
-				return u, nil
+		for _, c := range candidates {
+			if c.Index == r.LinkIndex && c.Addr.IsValid() {
+				return c.Underlay, nil
 			}
 		}
 	}

@@ -13,11 +13,11 @@ import (
 )
 
 // These tests never start the agent. Every `run` below fails validation
-// before agent.Run; as a second guard, each also names an underlay address
-// no interface has (TEST-NET-1), so that a validation bug makes agent.Run
-// fail in its first step, which only reads the interface list, instead of
-// touching the host.
-var agentGuard = []string{"--iface=192.0.2.254"}
+// before agent.Run; as a second guard, each also gives an HTTP address that
+// is valid but not this machine's (TEST-NET-2, never on the root
+// namespace), so that a validation bug makes agent.Run fail in its first
+// step, binding that socket, instead of touching the host.
+var agentGuard = []string{"--http-addr=198.51.100.254:9742"}
 
 // clearEnv unsets every VTEPD_* variable for the test, so that the
 // environment the tests run in cannot change their outcome.
@@ -116,6 +116,8 @@ func TestRunUsageErrors(t *testing.T) {
 		{"iface regex", []string{"--iface-regex", "eth("}, []string{"--iface-regex", `"eth("`}},
 		{"empty endpoints", []string{"--etcd-endpoints", " , "}, []string{"--etcd-endpoints"}},
 		{"extra argument", []string{"eth0"}, []string{`unexpected argument "eth0"`}},
+		{"http addr without port", []string{"--http-addr", "127.0.0.1"}, []string{"--http-addr", `"127.0.0.1"`}},
+		{"http addr bad port", []string{"--http-addr", "127.0.0.1:99999"}, []string{"--http-addr", "99999"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -77,6 +79,9 @@ func runCommand(args []string, _, stderr io.Writer) error {
 			return usageError{fmt.Errorf("invalid value %q for --iface-regex: %v", s, err)}
 		}
 		cfg.Underlay.IfaceRegexes = append(cfg.Underlay.IfaceRegexes, re)
+	}
+	if err := checkHostPort(cfg.HTTPAddr); err != nil {
+		return usageError{fmt.Errorf("invalid value %q for --http-addr: %v", cfg.HTTPAddr, err)}
 	}
 	switch {
 	case cfg.LeaseTTL < 10*time.Second:
@@ -159,4 +164,21 @@ func reexec(log *zap.Logger) error {
 		return fmt.Errorf("restart in place: exec %s: %w", path, err)
 	}
 	return nil // not reached
+}
+
+// checkHostPort accepts "" (no HTTP server) and host:port with a port
+// number, as net.Listen would: a mistake there is a usage error at start,
+// not a failure that a service manager restarts in a loop.
+func checkHostPort(s string) error {
+	if s == "" {
+		return nil
+	}
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return err
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return fmt.Errorf("port %q is not a number from 0 to 65535", port)
+	}
+	return nil
 }
