@@ -11,7 +11,7 @@ PREFIX  ?= /usr/local
 # Packages without network namespaces; their tests run anywhere.
 UNIT_PKGS := ./store/... ./miss/... ./fabric/... ./subnetfile/... ./agent/... ./cmd/... ./contrib/...
 
-.PHONY: all build deps test unit netns demo bench clean
+.PHONY: all build deps test unit netns demo bench install clean
 
 all: build
 
@@ -41,6 +41,19 @@ demo: deps
 bench: deps
 	@./scripts/deps.sh bench
 	$(GO) run ./test/netns/cmd/bench $(if $(ONLY),-only $(ONLY) -out bench-partial.md,-out BENCHMARKS.md)
+
+# The binary, the systemd unit and its docker.service drop-in, and an
+# example environment file (never over an existing one). DESTDIR stages it.
+SYSTEMD_DIR ?= /etc/systemd/system
+install: build
+	install -D -m 0755 bin/vtepd $(DESTDIR)$(PREFIX)/bin/vtepd
+	sed 's|/usr/local/bin/vtepd|$(PREFIX)/bin/vtepd|' contrib/systemd/vtepd.service > vtepd.service.tmp
+	install -D -m 0644 vtepd.service.tmp $(DESTDIR)$(SYSTEMD_DIR)/vtepd.service
+	sed 's|/usr/local/bin/vtepd|$(PREFIX)/bin/vtepd|' contrib/systemd/docker.service.d/vtepd.conf > vtepd.conf.tmp
+	install -D -m 0644 vtepd.conf.tmp $(DESTDIR)$(SYSTEMD_DIR)/docker.service.d/vtepd.conf
+	rm -f vtepd.service.tmp vtepd.conf.tmp
+	test -e $(DESTDIR)/etc/default/vtepd || install -D -m 0600 contrib/systemd/vtepd.env $(DESTDIR)/etc/default/vtepd
+	@echo "installed; now: edit /etc/default/vtepd, then systemctl daemon-reload && systemctl enable --now vtepd"
 
 clean:
 	rm -rf bin

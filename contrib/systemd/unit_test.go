@@ -118,3 +118,41 @@ func TestUnitContract(t *testing.T) {
 		}
 	}
 }
+
+// TestMakeInstall: `make install` puts the binary, the unit and the drop-in
+// where systemd finds them, with the unit's paths following PREFIX, and an
+// example environment file readable by root alone (it may hold etcd
+// credentials).
+func TestMakeInstall(t *testing.T) {
+	if _, err := exec.LookPath("make"); err != nil {
+		t.Skip("skipping: make not installed")
+	}
+	dest := t.TempDir()
+	cmd := exec.Command("make", "-C", "../..", "install", "DESTDIR="+dest, "PREFIX=/opt/vtepd")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make install: %v\n%s", err, out)
+	}
+	for path, mode := range map[string]os.FileMode{
+		"opt/vtepd/bin/vtepd":                            0o755,
+		"etc/systemd/system/vtepd.service":               0o644,
+		"etc/systemd/system/docker.service.d/vtepd.conf": 0o644,
+		"etc/default/vtepd":                              0o600,
+	} {
+		fi, err := os.Stat(filepath.Join(dest, path))
+		if err != nil {
+			t.Errorf("not installed: %v", err)
+			continue
+		}
+		if fi.Mode().Perm() != mode {
+			t.Errorf("%s has mode %v, want %v", path, fi.Mode().Perm(), mode)
+		}
+	}
+	s := settings(t, filepath.Join(dest, "etc/systemd/system/vtepd.service"))
+	if !slices.Equal(s["ExecStart"], []string{"/opt/vtepd/bin/vtepd run"}) {
+		t.Errorf("installed unit runs %q, want /opt/vtepd/bin/vtepd run", s["ExecStart"])
+	}
+	dropIn, err := os.ReadFile(filepath.Join(dest, "etc/systemd/system/docker.service.d/vtepd.conf"))
+	if err != nil || !strings.Contains(string(dropIn), "/opt/vtepd/bin/vtepd docker-opts") {
+		t.Errorf("installed drop-in does not run /opt/vtepd/bin/vtepd docker-opts: %v\n%s", err, dropIn)
+	}
+}
