@@ -96,6 +96,13 @@ func printStatus(w io.Writer, s agent.Status) {
 	if n := s.Netlink; n != nil {
 		fmt.Fprintf(w, "netlink     %d overflows, %d sweeps answered %d; %d malformed, %d foreign\n", n.Overflows, n.Sweeps, n.Swept, n.Malformed, n.Foreign)
 	}
+	if f := s.Firewall; f != nil {
+		masq := "off"
+		if f.IPMasq {
+			masq = "on (nftables table ip vtepd-nat)"
+		}
+		fmt.Fprintf(w, "firewall    forward rules %s; ip-masq %s\n", f.Forward, masq)
+	}
 	if len(s.Writes) > 0 {
 		var parts []string
 		for _, op := range []string{"set_fdb", "set_neigh", "del_fdb", "del_neigh"} {

@@ -81,4 +81,30 @@ func TestFlannelInterop(t *testing.T) {
 	if answered != 1 {
 		t.Errorf("v1 answered %d misses for f1's container address with f1 as VTEP, want 1", answered)
 	}
+
+	// Migrating f2 from flanneld to vtepd: same subnet, and the device is
+	// recreated (flanneld's has no miss flags) with the MAC its lease
+	// publishes, so the entries other hosts hold for it stay right.
+	before := leaseOf(t, o, f2.Subnet)
+	if _, err := f2.StartVtepd(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f2.Vtepd.Entries("existing device is incompatible; recreating it")); n != 1 {
+		t.Errorf("vtepd on the flannel host logged %d device recreations, want 1", n)
+	}
+	after := leaseOf(t, o, f2.Subnet)
+	if after.Subnet != before.Subnet || after.VtepMAC != before.VtepMAC || after.PublicIP != before.PublicIP {
+		t.Errorf("migration changed the lease: %v -> %v", before, after)
+	}
+	for _, p := range []struct {
+		from, to *netns.Host
+		extra    int
+	}{
+		{f1.Host, f2.Host, 2}, // flannel's static entries for f2, untouched
+		{v1, f2.Host, 1},      // v1's answered entries for f2, kept
+		{f2.Host, v2, 3},      // f2 now asks vtepd
+		{f2.Host, f1.Host, 3},
+	} {
+		firstPing(t, p.from, p.to.Container.Extra[p.extra])
+	}
 }
