@@ -1,13 +1,25 @@
 package netns
 
 import (
+	"cmp"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,11 +39,38 @@ type Etcd struct {
 	lab  *Lab
 	args []string
 	proc *Process
+	// login is how the lab's own client gets in: set by the options the
+	// member started with and by EnableEtcdAuth.
+	login etcdLogin
+}
+
+// etcdLogin is what the lab's client presents to its etcd.
+type etcdLogin struct {
+	tls                *tls.Config
+	username, password string
+}
+
+// EtcdOptions say what the lab's etcd asks of its clients. The zero value
+// asks nothing: http, no authentication.
+type EtcdOptions struct {
+	// PKI, if set, makes etcd serve clients over https with PKI's server
+	// certificate and require a client certificate signed by PKI's CA. The
+	// lab's own client presents PKI's client certificate.
+	PKI *EtcdPKI
+	// AuthTokenTTL is how long an unused login token lives once
+	// authentication is on (0: etcd's default, five minutes). etcd counts
+	// it in whole seconds, one at least.
+	AuthTokenTTL time.Duration
 }
 
 // StartEtcd starts a single-member etcd on the underlay bridge's address.
 func (l *Lab) StartEtcd() (*Etcd, error) {
-	members, err := l.StartEtcdCluster(1)
+	return l.StartEtcdWith(EtcdOptions{})
+}
+
+// StartEtcdWith starts a single-member etcd with opts.
+func (l *Lab) StartEtcdWith(opts EtcdOptions) (*Etcd, error) {
+	members, err := l.startEtcd(1, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -41,6 +80,20 @@ func (l *Lab) StartEtcd() (*Etcd, error) {
 // StartEtcdCluster starts an n-member etcd cluster, members on 198.51.100.1
 // up to .n, all in the underlay namespace, and waits until it serves.
 func (l *Lab) StartEtcdCluster(n int) ([]*Etcd, error) {
+	return l.startEtcd(n, EtcdOptions{})
+}
+
+func (l *Lab) startEtcd(n int, opts EtcdOptions) ([]*Etcd, error) {
+	scheme := "http"
+	var login etcdLogin
+	if opts.PKI != nil {
+		scheme = "https"
+		tc, err := opts.PKI.ClientTLS()
+		if err != nil {
+			return nil, err
+		}
+		login.tls = tc
+	}
 	var members []*Etcd
 	var initial []string
 	for i := 1; i <= n; i++ {
@@ -53,9 +106,10 @@ func (l *Lab) StartEtcdCluster(n int) ([]*Etcd, error) {
 		e := &Etcd{
 			Name:      fmt.Sprintf("etcd%d", i),
 			Addr:      addr,
-			ClientURL: fmt.Sprintf("http://%s:2379", addr),
+			ClientURL: fmt.Sprintf("%s://%s:2379", scheme, addr),
 			DataDir:   filepath.Join(l.Dir, fmt.Sprintf("etcd%d.data", i)),
 			lab:       l,
+			login:     login,
 		}
 		members = append(members, e)
 		initial = append(initial, fmt.Sprintf("%s=http://%s:2380", e.Name, addr))
@@ -66,6 +120,12 @@ func (l *Lab) StartEtcdCluster(n int) ([]*Etcd, error) {
 			"--listen-client-urls", e.ClientURL,
 			"--listen-peer-urls", fmt.Sprintf("http://%s:2380", e.Addr),
 			"--initial-cluster", strings.Join(initial, ","),
+		}
+		if p := opts.PKI; p != nil {
+			e.args = append(e.args, "--cert-file", p.ServerCert, "--key-file", p.ServerKey, "--trusted-ca-file", p.CAFile)
+		}
+		if opts.AuthTokenTTL > 0 {
+			e.args = append(e.args, "--auth-token-ttl", strconv.Itoa(int(max(opts.AuthTokenTTL, time.Second)/time.Second)))
 		}
 		if err := e.Start(); err != nil {
 			return nil, err
@@ -106,12 +166,21 @@ func (l *Lab) Endpoints() []string {
 
 // WaitEtcd waits until etcd answers a linearizable read.
 func (l *Lab) WaitEtcd(timeout time.Duration) error {
-	c, err := l.EtcdClient()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
+	// With authentication on, making the client is the first request, and
+	// it fails while etcd is still starting: it is retried too.
+	var c *clientv3.Client
+	defer func() {
+		if c != nil {
+			c.Close()
+		}
+	}()
 	return poll(timeout, func() error {
+		if c == nil {
+			var err error
+			if c, err = l.EtcdClient(); err != nil {
+				return err
+			}
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		_, err := c.Get(ctx, "/lab-ready")
@@ -119,16 +188,75 @@ func (l *Lab) WaitEtcd(timeout time.Duration) error {
 	})
 }
 
-// EtcdClient returns a client for the lab's etcd. Its connections are
-// opened inside the underlay namespace: the test process itself stays in the
-// root namespace, where no lab address must ever be used.
+// EtcdClient returns a client for the lab's etcd, with the client
+// certificate and the root login etcd asks for, if it does. Its connections
+// are opened inside the underlay namespace: the test process itself stays
+// in the root namespace, where no lab address must ever be used.
 func (l *Lab) EtcdClient() (*clientv3.Client, error) {
+	var login etcdLogin
+	l.mu.Lock()
+	if len(l.etcd) > 0 {
+		login = l.etcd[0].login
+	}
+	l.mu.Unlock()
 	return clientv3.New(clientv3.Config{
 		Endpoints:   l.Endpoints(),
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
 		DialOptions: []grpc.DialOption{grpc.WithContextDialer(DialerIn(l.Underlay))},
+		TLS:         login.tls,
+		Username:    login.username,
+		Password:    login.password,
 	})
+}
+
+// EnableEtcdAuth turns etcd's authentication on, with a user root whose
+// password is rootPassword. From then on every client must log in, the
+// lab's own as root.
+func (l *Lab) EnableEtcdAuth(ctx context.Context, rootPassword string) error {
+	c, err := l.EtcdClient()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.UserAdd(ctx, "root", rootPassword); err != nil {
+		return fmt.Errorf("netns: etcd: add user root: %w", err)
+	}
+	if _, err := c.UserGrantRole(ctx, "root", "root"); err != nil {
+		return fmt.Errorf("netns: etcd: grant root to root: %w", err)
+	}
+	if _, err := c.AuthEnable(ctx); err != nil {
+		return fmt.Errorf("netns: etcd: enable authentication: %w", err)
+	}
+	l.mu.Lock()
+	for _, e := range l.etcd {
+		e.login.username, e.login.password = "root", rootPassword
+	}
+	l.mu.Unlock()
+	return nil
+}
+
+// AddEtcdUser adds a user with a role of the same name that may read and
+// write every key under prefix.
+func (l *Lab) AddEtcdUser(ctx context.Context, name, password, prefix string) error {
+	c, err := l.EtcdClient()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.RoleAdd(ctx, name); err != nil {
+		return fmt.Errorf("netns: etcd: add role %s: %w", name, err)
+	}
+	if _, err := c.RoleGrantPermission(ctx, name, prefix, clientv3.GetPrefixRangeEnd(prefix), clientv3.PermissionType(clientv3.PermReadWrite)); err != nil {
+		return fmt.Errorf("netns: etcd: let role %s read and write %s: %w", name, prefix, err)
+	}
+	if _, err := c.UserAdd(ctx, name, password); err != nil {
+		return fmt.Errorf("netns: etcd: add user %s: %w", name, err)
+	}
+	if _, err := c.UserGrantRole(ctx, name, name); err != nil {
+		return fmt.Errorf("netns: etcd: grant role %s to %s: %w", name, name, err)
+	}
+	return nil
 }
 
 // DialerIn returns a TCP dialer whose sockets belong to namespace ns.
@@ -204,4 +332,163 @@ func (l *Lab) Etcd() []*Etcd {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return append([]*Etcd(nil), l.etcd...)
+}
+
+// CA is a throwaway certificate authority, for tests of TLS to etcd.
+type CA struct {
+	Cert *x509.Certificate
+	key  crypto.Signer
+}
+
+// NewCA returns a CA with a fresh key, valid from an hour ago for a day.
+func NewCA(name string) (*CA, error) {
+	cert, key, err := newCert(CertSpec{Name: name, CA: true}, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &CA{Cert: cert, key: key}, nil
+}
+
+// CertPEM returns the CA's certificate in PEM.
+func (ca *CA) CertPEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw})
+}
+
+// CertSpec says what certificate CA.Issue makes.
+type CertSpec struct {
+	Name string
+	// IPs make a server certificate for those addresses; without any, the
+	// certificate is a client's.
+	IPs []netip.Addr
+	// CA makes a CA's certificate instead.
+	CA bool
+	// NotBefore and NotAfter default to an hour ago and a day from now.
+	NotBefore, NotAfter time.Time
+}
+
+// Issue makes a certificate signed by ca and returns it and its key, in
+// PEM.
+func (ca *CA) Issue(spec CertSpec) (certPEM, keyPEM []byte, err error) {
+	cert, key, err := newCert(spec, ca)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
+}
+
+// newCert makes a certificate with a fresh key, signed by ca, or by itself
+// if ca is nil.
+func newCert(spec CertSpec, ca *CA) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("netns: key for %s: %w", spec.Name, err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject:      pkix.Name{CommonName: spec.Name},
+		NotBefore:    cmp.Or(spec.NotBefore, now.Add(-time.Hour)),
+		NotAfter:     cmp.Or(spec.NotAfter, now.Add(24*time.Hour)),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	switch {
+	case spec.CA:
+		tmpl.KeyUsage |= x509.KeyUsageCertSign
+		tmpl.ExtKeyUsage, tmpl.BasicConstraintsValid, tmpl.IsCA = nil, true, true
+	case len(spec.IPs) > 0:
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		for _, a := range spec.IPs {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, a.AsSlice())
+		}
+	}
+	parent, signer := tmpl, crypto.Signer(key)
+	if ca != nil {
+		parent, signer = ca.Cert, ca.key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), signer)
+	if err != nil {
+		return nil, nil, fmt.Errorf("netns: certificate for %s: %w", spec.Name, err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, fmt.Errorf("netns: certificate for %s: %w", spec.Name, err)
+	}
+	return cert, key, nil
+}
+
+// IssueFiles is Issue, writing the certificate and key to certFile and
+// keyFile.
+func (ca *CA) IssueFiles(spec CertSpec, certFile, keyFile string) error {
+	certPEM, keyPEM, err := ca.Issue(spec)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(certFile, certPEM, 0o644); err != nil {
+		return fmt.Errorf("netns: %w", err)
+	}
+	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
+		return fmt.Errorf("netns: %w", err)
+	}
+	return nil
+}
+
+// EtcdPKI is a CA and the certificates of the lab's etcd and of its
+// clients, as PEM files.
+type EtcdPKI struct {
+	CA                    *CA
+	CAFile                string
+	ServerCert, ServerKey string // for 127.0.0.1 and 198.51.100.1 to .9
+	ClientCert, ClientKey string
+}
+
+// NewEtcdPKI makes a CA and its certificates in dir.
+func NewEtcdPKI(dir string) (*EtcdPKI, error) {
+	ca, err := NewCA("vtepd lab etcd CA")
+	if err != nil {
+		return nil, err
+	}
+	p := &EtcdPKI{
+		CA:         ca,
+		CAFile:     filepath.Join(dir, "ca.pem"),
+		ServerCert: filepath.Join(dir, "etcd-server.pem"),
+		ServerKey:  filepath.Join(dir, "etcd-server-key.pem"),
+		ClientCert: filepath.Join(dir, "etcd-client.pem"),
+		ClientKey:  filepath.Join(dir, "etcd-client-key.pem"),
+	}
+	if err := os.WriteFile(p.CAFile, ca.CertPEM(), 0o644); err != nil {
+		return nil, fmt.Errorf("netns: %w", err)
+	}
+	server := CertSpec{Name: "lab etcd", IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}
+	for i := 1; i <= 9; i++ {
+		server.IPs = append(server.IPs, netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}))
+	}
+	if err := ca.IssueFiles(server, p.ServerCert, p.ServerKey); err != nil {
+		return nil, err
+	}
+	if err := ca.IssueFiles(CertSpec{Name: "lab client"}, p.ClientCert, p.ClientKey); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// ClientTLS is the TLS configuration of a client that trusts the CA and
+// presents the client certificate.
+func (p *EtcdPKI) ClientTLS() (*tls.Config, error) {
+	cert, err := tls.LoadX509KeyPair(p.ClientCert, p.ClientKey)
+	if err != nil {
+		return nil, fmt.Errorf("netns: %w", err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(p.CA.Cert)
+	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}, nil
 }

@@ -23,6 +23,10 @@ func main() {
 	peerURLs := flag.String("listen-peer-urls", "http://127.0.0.1:2380", "comma-separated peer URLs")
 	cluster := flag.String("initial-cluster", "", "name=peerURL,... (default: this member alone)")
 	state := flag.String("initial-cluster-state", "new", "new or existing")
+	certFile := flag.String("cert-file", "", "server certificate (PEM) for https client URLs")
+	keyFile := flag.String("key-file", "", "private key (PEM) of --cert-file")
+	trustedCA := flag.String("trusted-ca-file", "", "CA (PEM) that signs client certificates; given, clients must present one")
+	tokenTTL := flag.Uint("auth-token-ttl", 300, "seconds an unused auth token lives, once authentication is on")
 	flag.Parse()
 	if *dir == "" {
 		fmt.Fprintln(os.Stderr, "labetcd: --data-dir is required")
@@ -51,6 +55,14 @@ func main() {
 		cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	}
 	cfg.ClusterState = *state
+	cfg.ClientTLSInfo.CertFile = *certFile
+	cfg.ClientTLSInfo.KeyFile = *keyFile
+	cfg.ClientTLSInfo.TrustedCAFile = *trustedCA
+	cfg.ClientTLSInfo.ClientCertAuth = *trustedCA != ""
+	cfg.AuthTokenTTL = *tokenTTL
+	// bcrypt.MinCost: every login hashes the password, and the lab's
+	// passwords guard nothing worth the default's 2^10 rounds.
+	cfg.BcryptCost = 4
 
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
