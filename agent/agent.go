@@ -134,7 +134,10 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	log.Info("underlay chosen", zap.String("iface", underlay.Name), zap.Stringer("local", underlay.Addr),
 		zap.Stringer("public_ip", underlay.PublicIP), zap.Int("mtu", underlay.MTU))
 
-	etcd, err := NewEtcdClient(cfg.Etcd, log)
+	// With a username, making the client is a login, which needs etcd:
+	// an etcd that is away at start is waited for, not a reason to exit.
+	tel.setPhase("connecting to etcd")
+	etcd, err := DialEtcd(ctx, cfg.Etcd, log)
 	if err != nil {
 		return err
 	}

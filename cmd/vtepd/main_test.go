@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -421,6 +422,28 @@ func TestLogger(t *testing.T) {
 		}
 		if format == "json" && !strings.HasPrefix(buf.String(), "{") {
 			t.Errorf("json log line %q", buf.String())
+		}
+	}
+}
+
+// TestEnvironmentFileNamesRealFlags: every VTEPD_* variable the example
+// environment file mentions, set or commented out, is a flag of vtepd run,
+// so that the documented settings do what they say.
+func TestEnvironmentFileNamesRealFlags(t *testing.T) {
+	clearEnv(t)
+	b, err := os.ReadFile("../../contrib/systemd/vtepd.env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, help := vtepd(t, "run", "-h")
+	names := regexp.MustCompile(`VTEPD_[A-Z_]+`).FindAllString(string(b), -1)
+	if len(names) < 10 {
+		t.Fatalf("found only %d VTEPD_ variables in vtepd.env", len(names))
+	}
+	for _, name := range names {
+		flagName := strings.ToLower(strings.ReplaceAll(strings.TrimPrefix(name, "VTEPD_"), "_", "-"))
+		if !strings.Contains(help, "  -"+flagName+" ") && !strings.Contains(help, "  -"+flagName+"\n") {
+			t.Errorf("vtepd.env sets %s, but vtepd run has no --%s", name, flagName)
 		}
 	}
 }

@@ -105,6 +105,11 @@ func runCommand(args []string, _, stderr io.Writer) error {
 	log.Info("vtepd starting", zap.String("version", version), zap.Strings("etcd_endpoints", cfg.Etcd.Endpoints), zap.String("etcd_prefix", cfg.EtcdPrefix))
 	if err := agent.Run(ctx, cfg, log); err != nil {
 		log.Error("vtepd stopped", zap.Error(err))
+		if errors.Is(err, agent.ErrEtcdAuth) {
+			// A rejected password fails again at every restart: exit
+			// status 2, which the unit does not restart into a loop.
+			return usageError{err}
+		}
 		return err
 	}
 	if errors.Is(context.Cause(ctx), agent.ErrHandover) {
