@@ -27,8 +27,7 @@ type writer struct {
 	ifindex int
 	seq     uint32
 	buf     []byte
-	n       int      // messages in buf
-	seqs    []uint32 // the first sequence number of the batch is seqs[0]
+	n       int // messages in buf, numbered w.seq-n+1 to w.seq
 	ack     []byte
 	// failed lists the writes of the last flush the kernel refused.
 	failed []failure
@@ -71,7 +70,6 @@ func newWriter(ns netns.NsHandle, ifindex int) (*writer, error) {
 	return &writer{
 		fd: fd, ifindex: ifindex,
 		buf:    make([]byte, 0, maxBatch*sizeofNeighW),
-		seqs:   make([]uint32, 0, maxBatch),
 		ack:    make([]byte, 64<<10),
 		failed: make([]failure, 0, maxBatch),
 	}, nil
@@ -117,20 +115,18 @@ func (w *writer) close() error { return unix.Close(w.fd) }
 
 // neigh queues "ip lladdr mac nud reachable" on the device.
 func (w *writer) neigh(ip netip.Addr, mac [6]byte) {
-	a := ip.As4()
-	w.put(unix.AF_INET, unix.NUD_REACHABLE, 0, unix.NDA_DST, a[:], mac)
+	w.put(unix.AF_INET, unix.NUD_REACHABLE, 0, ip, mac)
 }
 
 // fdb queues "mac dst dst self permanent" on the device.
 func (w *writer) fdb(mac [6]byte, dst netip.Addr) {
-	a := dst.As4()
-	w.put(unix.AF_BRIDGE, unix.NUD_PERMANENT, unix.NTF_SELF, unix.NDA_DST, a[:], mac)
+	w.put(unix.AF_BRIDGE, unix.NUD_PERMANENT, unix.NTF_SELF, dst, mac)
 }
 
-// put appends one RTM_NEWNEIGH (create or replace) to the batch.
-func (w *writer) put(family uint8, state uint16, flags uint8, dstAttr uint16, dst []byte, mac [6]byte) {
+// put appends one RTM_NEWNEIGH (create or replace) to the batch: IPv4 dst,
+// lladdr mac.
+func (w *writer) put(family uint8, state uint16, flags uint8, dst netip.Addr, mac [6]byte) {
 	w.seq++
-	w.seqs = append(w.seqs, w.seq)
 	off := len(w.buf)
 	w.buf = w.buf[:off+sizeofNeighW]
 	b := w.buf[off:]
@@ -145,16 +141,14 @@ func (w *writer) put(family uint8, state uint16, flags uint8, dstAttr uint16, ds
 	ne.PutUint16(b[24:], state)
 	b[26] = flags
 	ne.PutUint16(b[28:], 8)
-	ne.PutUint16(b[30:], dstAttr)
-	copy(b[32:36], dst)
+	ne.PutUint16(b[30:], unix.NDA_DST)
+	a := dst.As4()
+	copy(b[32:36], a[:])
 	ne.PutUint16(b[36:], 10)
 	ne.PutUint16(b[38:], unix.NDA_LLADDR)
 	copy(b[40:46], mac[:])
 	w.n++
 }
-
-// pending is the number of queued writes.
-func (w *writer) pending() int { return w.n }
 
 // flush sends the batch and waits for the kernel. The writes the kernel
 // refused are in w.failed afterwards; the error says the batch could not be
@@ -165,7 +159,7 @@ func (w *writer) flush() error {
 		return nil
 	}
 	defer func() {
-		w.buf, w.seqs, w.n = w.buf[:0], w.seqs[:0], 0
+		w.buf, w.n = w.buf[:0], 0
 	}()
 	// Only the last write asks for an ack: the kernel reports errors of
 	// the others unasked, in order, before it.
@@ -177,7 +171,7 @@ func (w *writer) flush() error {
 		0, uintptr(unsafe.Pointer(&to)), unsafe.Sizeof(to)); e != 0 {
 		return e
 	}
-	first, lastSeq := w.seqs[0], w.seqs[len(w.seqs)-1]
+	first, lastSeq := w.seq-uint32(w.n)+1, w.seq
 	for {
 		r, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(w.fd), uintptr(unsafe.Pointer(&w.ack[0])), uintptr(len(w.ack)), 0, 0, 0)
 		if e != 0 {
