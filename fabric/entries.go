@@ -133,8 +133,10 @@ type NeighWrite struct {
 
 // SetNeighs sets many neighbour entries, REACHABLE, up to 128 to a
 // datagram: answering a storm's worth of misses at once costs a few system
-// calls, not thousands. It returns the errors of the writes that failed.
-func (e *Entries) SetNeighs(writes []NeighWrite) error {
+// calls, not thousands. It returns how many the kernel took, and the errors
+// of the others: one per refused write, one per batch that could not be
+// sent or acknowledged at all.
+func (e *Entries) SetNeighs(writes []NeighWrite) (ok int, err error) {
 	var errs []error
 	for start := 0; start < len(writes); start += maxBatch {
 		batch := writes[start:min(start+maxBatch, len(writes))]
@@ -148,6 +150,7 @@ func (e *Entries) SetNeighs(writes []NeighWrite) error {
 			errs = append(errs, e.wrap(err, "set %d neighbours", len(batch)))
 			continue
 		}
+		ok += len(batch) - len(e.w.failed)
 		e.errors[OpSetNeigh].Add(uint64(len(e.w.failed)))
 		for _, f := range e.w.failed {
 			nw := batch[f.i]
@@ -159,7 +162,7 @@ func (e *Entries) SetNeighs(writes []NeighWrite) error {
 			e.tableFull[OpSetNeigh].Add(1)
 		}
 	}
-	return errors.Join(errs...)
+	return ok, errors.Join(errs...)
 }
 
 // flushOne sends the one queued write and returns its error.

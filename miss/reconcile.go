@@ -88,11 +88,10 @@ func (r *Responder) repoint(old store.Lease, next *store.Lease) (int, error) {
 	if next != nil && len(stale)+len(oldFDB) > 0 {
 		// FDB first, as when answering: a neighbour pointing at a MAC with
 		// no FDB entry drops the packets sent to it.
-		had := r.fdb[next.VtepMAC] == next.PublicIP
-		if err := r.ensureFDB(*next); err != nil {
+		if wrote, err := r.ensureFDB(*next); err != nil {
 			errs = append(errs, err)
 			next = nil // cannot re-point: delete, so the next packet misses afresh
-		} else if !had {
+		} else if wrote {
 			changed++
 		}
 	}
@@ -188,17 +187,18 @@ func (r *Responder) RestoreRoutes() error {
 	return errors.Join(errs...)
 }
 
-// ensureFDB installs l's FDB entry unless it is known to be there.
-func (r *Responder) ensureFDB(l store.Lease) error {
+// ensureFDB installs l's FDB entry unless it is known to be there, and
+// says whether it wrote (or tried to write) it.
+func (r *Responder) ensureFDB(l store.Lease) (wrote bool, err error) {
 	if r.fdb[l.VtepMAC] == l.PublicIP {
-		return nil
+		return false, nil
 	}
 	if err := r.kernel.SetFDB(l.VtepMAC, l.PublicIP); err != nil {
 		delete(r.fdb, l.VtepMAC)
-		return err
+		return true, err
 	}
 	r.fdb[l.VtepMAC] = l.PublicIP
-	return nil
+	return true, nil
 }
 
 // Reconciled counts what Reconcile did.
@@ -262,7 +262,7 @@ func (r *Responder) Reconcile() (Reconciled, error) {
 		case ok && l.PublicIP == f.Dst && l.Subnet != r.cfg.Own:
 			// Right place, but ageing (left by flanneld, say): make it
 			// PERMANENT in place rather than delete and re-add it.
-			if err := r.ensureFDB(l); err != nil {
+			if _, err := r.ensureFDB(l); err != nil {
 				errs = append(errs, err)
 				continue
 			}
@@ -303,7 +303,7 @@ func (r *Responder) Reconcile() (Reconciled, error) {
 		case macIs(n.MAC, l.VtepMAC):
 			// Even a right neighbour needs its FDB entry, which may have
 			// been missing or wrong (and deleted above).
-			if err := r.ensureFDB(l); err != nil {
+			if _, err := r.ensureFDB(l); err != nil {
 				errs = append(errs, err)
 				continue
 			}
@@ -312,7 +312,7 @@ func (r *Responder) Reconcile() (Reconciled, error) {
 		default:
 			res.Fixed++
 		}
-		if err := r.install(n.IP, l); err != nil {
+		if _, err := r.install(n.IP, l); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -325,14 +325,18 @@ func (r *Responder) Reconcile() (Reconciled, error) {
 // kernel's retries would meet them again as one burst, and after
 // app_solicit retries the kernel gives up and drops what it queued.
 func (r *Responder) Sweep() (int, error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
+	// The dump needs no r.mu: holding it here would stall the miss path
+	// for the length of a dump, in the storms that call for sweeps. An
+	// address answered meanwhile is written once more, harmlessly.
 	neighbours, err := r.kernel.Neighbours()
 	if err != nil {
 		return 0, err
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	var errs []error
 	var writes []fabric.NeighWrite
+	answered := 0
 	for _, n := range neighbours {
 		if n.State&unix.NUD_INCOMPLETE == 0 {
 			continue
@@ -343,44 +347,55 @@ func (r *Responder) Sweep() (int, error) {
 		}
 		// FDB entries and host routes one by one (one per peer, and
 		// mostly there already); the addresses' entries in batches.
-		if err := r.ensureFDB(l); err != nil {
+		_, done, err := r.prepare(n.IP, l)
+		switch {
+		case err != nil:
 			errs = append(errs, err)
-			continue
+		case done:
+			answered++
+		default:
+			writes = append(writes, fabric.NeighWrite{IP: n.IP, MAC: l.VtepMAC})
 		}
-		if r.cfg.Mode == AnswerHost && r.hostRoutes[l.Subnet] != l.Gateway() {
-			if err := r.installHostRoute(l); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-		}
-		writes = append(writes, fabric.NeighWrite{IP: n.IP, MAC: l.VtepMAC})
 	}
-	if err := r.kernel.SetNeighs(writes); err != nil {
-		// Count what got through: the errors are one per failed write.
-		failed := 0
-		if j, ok := err.(interface{ Unwrap() []error }); ok {
-			failed = len(j.Unwrap())
-		}
-		return max(len(writes)-failed, 0), errors.Join(append(errs, err)...)
-	}
-	return len(writes), errors.Join(errs...)
+	ok, err := r.kernel.SetNeighs(writes)
+	return answered + ok, errors.Join(append(errs, err)...)
 }
 
-// install points ip at l's VTEP: the FDB entry first, in host mode the
-// host route, then the neighbour. Called with r.mu held.
-func (r *Responder) install(ip netip.Addr, l store.Lease) error {
-	if err := r.ensureFDB(l); err != nil {
-		return err
+// prepare makes l's VTEP reachable before a neighbour points at it: the
+// FDB entry first (the neighbour write releases the queued packets at once,
+// and a packet towards a MAC without an FDB entry is dropped), then in host
+// mode the route to l's subnet through its first address, with that
+// address's neighbour: from then on the whole subnet goes there without
+// asking. It returns the kernel writes it made, and whether ip's own
+// neighbour was one of them (ip is the first address). Called with r.mu
+// held.
+func (r *Responder) prepare(ip netip.Addr, l store.Lease) (writes int, done bool, err error) {
+	if wrote, err := r.ensureFDB(l); wrote || err != nil {
+		writes++
+		if err != nil {
+			return writes, false, err
+		}
 	}
 	if r.cfg.Mode == AnswerHost && r.hostRoutes[l.Subnet] != l.Gateway() {
+		writes += 2
 		if err := r.installHostRoute(l); err != nil {
-			return err
+			return writes, false, err
 		}
-		if ip == l.Gateway() {
-			return nil
-		}
+		return writes, ip == l.Gateway(), nil
 	}
-	return r.kernel.SetNeigh(ip, l.VtepMAC)
+	return writes, false, nil
+}
+
+// install points ip at l's VTEP and returns the kernel writes it made.
+// The address's own neighbour is written in either mode: the kernel queued
+// the packet on its entry, and only a write to that entry releases it.
+// Called with r.mu held.
+func (r *Responder) install(ip netip.Addr, l store.Lease) (int, error) {
+	writes, done, err := r.prepare(ip, l)
+	if err != nil || done {
+		return writes, err
+	}
+	return writes + 1, r.kernel.SetNeigh(ip, l.VtepMAC)
 }
 
 // remoteLease returns the lease of another host holding ip.

@@ -1,6 +1,7 @@
 package miss
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -21,6 +22,9 @@ type stateKernel struct {
 	fdb    map[string]fabric.FDBEntry // by "mac dst"
 	routes map[fabric.Route]bool
 	ops    []string
+	// batchErr, if set, is what SetNeighs meets: a batch that could not be
+	// sent at all.
+	batchErr error
 }
 
 func newStateKernel() *stateKernel {
@@ -73,11 +77,14 @@ func (k *stateKernel) SetNeigh(ip netip.Addr, m [6]byte) error {
 	return nil
 }
 
-func (k *stateKernel) SetNeighs(writes []fabric.NeighWrite) error {
+func (k *stateKernel) SetNeighs(writes []fabric.NeighWrite) (int, error) {
+	if k.batchErr != nil && len(writes) > 0 {
+		return 0, k.batchErr // one error for the whole batch, as fabric's
+	}
 	for _, w := range writes {
 		k.SetNeigh(w.IP, w.MAC)
 	}
-	return nil
+	return len(writes), nil
 }
 
 func (k *stateKernel) DelNeigh(ip netip.Addr) error {
@@ -318,6 +325,43 @@ func TestSweepAnswersPendingAddresses(t *testing.T) {
 		if strings.Contains(op, "10.5.2.10") || strings.Contains(op, "10.5.200.9") {
 			t.Errorf("Sweep touched %s", op)
 		}
+	}
+}
+
+// A batch the kernel never took is not answered, though it comes back as
+// one error: the overflow loop re-sweeps while a sweep answers anything.
+func TestSweepCountsOnlyWhatTheKernelTook(t *testing.T) {
+	r, _, k := newStateResponder(peerLease)
+	for _, a := range []string{"10.5.2.7", "10.5.2.8", "10.5.2.9"} {
+		k.plantNeigh(a, store.MAC{}, unix.NUD_INCOMPLETE)
+	}
+	k.batchErr = errors.New("sendto: no buffer space")
+	if n, err := r.Sweep(); n != 0 || err == nil {
+		t.Errorf("Sweep with its batch refused = %d, %v; want 0 answered and the error", n, err)
+	}
+}
+
+// In host mode the first address of a peer is written with its route: a
+// sweep that finds it pending writes it once, and counts it.
+func TestSweepHostMode(t *testing.T) {
+	r, _, k := newHostResponder(peerLease)
+	k.plantNeigh(peerLease.Gateway().String(), store.MAC{}, unix.NUD_INCOMPLETE)
+	k.plantNeigh("10.5.2.7", store.MAC{}, unix.NUD_INCOMPLETE)
+	n, err := r.Sweep()
+	if err != nil || n != 2 {
+		t.Fatalf("Sweep = %d, %v; want 2 answered", n, err)
+	}
+	gw := 0
+	for _, op := range k.takeOps() {
+		if strings.HasPrefix(op, "set-neigh "+peerLease.Gateway().String()+" ") {
+			gw++
+		}
+	}
+	if gw != 1 {
+		t.Errorf("the first address's neighbour written %d times, want once", gw)
+	}
+	if !k.routes[fabric.Route{Dst: peerLease.Subnet, Via: peerLease.Gateway()}] {
+		t.Errorf("no host route to %s after the sweep", peerLease.Subnet)
 	}
 }
 

@@ -27,8 +27,9 @@ type Kernel interface {
 	SetFDB(mac [6]byte, dst netip.Addr) error
 	DelFDB(mac net.HardwareAddr, dst netip.Addr) error
 	SetNeigh(ip netip.Addr, mac [6]byte) error
-	// SetNeighs sets many neighbour entries at once, for sweeps.
-	SetNeighs(writes []fabric.NeighWrite) error
+	// SetNeighs sets many neighbour entries at once, for sweeps, and
+	// returns how many the kernel took.
+	SetNeighs(writes []fabric.NeighWrite) (int, error)
 	DelNeigh(ip netip.Addr) error
 	Neighbours() ([]fabric.Neighbour, error)
 	FDB() ([]fabric.FDBEntry, error)
@@ -227,31 +228,8 @@ func (r *Responder) answerL3(m *Miss) Result {
 		return Result{Outcome: NoLease}
 	}
 	res := Result{Outcome: Answered, Lease: l}
-	// FDB first: the neighbour write releases the queued packets at once,
-	// and a packet towards a MAC without an FDB entry is dropped.
-	if r.fdb[l.VtepMAC] != l.PublicIP {
-		res.Writes++
-		if err := r.ensureFDB(l); err != nil {
-			res.Outcome, res.Err = Failed, err
-			return res
-		}
-	}
-	if r.cfg.Mode == AnswerHost && r.hostRoutes[l.Subnet] != l.Gateway() {
-		// The peer's first address, then the route through it: from now
-		// on its whole subnet goes there without asking.
-		res.Writes += 2
-		if err := r.installHostRoute(l); err != nil {
-			res.Outcome, res.Err = Failed, err
-			return res
-		}
-		if m.IP == l.Gateway() {
-			return res
-		}
-	}
-	// The address itself, in either mode: the kernel queued the packet on
-	// its entry, and only a write to that entry releases it.
-	res.Writes++
-	if err := r.kernel.SetNeigh(m.IP, l.VtepMAC); err != nil {
+	var err error
+	if res.Writes, err = r.install(m.IP, l); err != nil {
 		res.Outcome, res.Err = Failed, err
 	}
 	return res
@@ -272,13 +250,11 @@ func (r *Responder) answerL2(m *Miss) Result {
 	}
 	// The kernel says the entry is missing, whatever r.fdb believes (it
 	// may have been deleted behind our back): write it.
+	delete(r.fdb, l.VtepMAC)
 	res := Result{Outcome: Answered, Lease: l, Writes: 1}
-	if err := r.kernel.SetFDB(l.VtepMAC, l.PublicIP); err != nil {
-		delete(r.fdb, l.VtepMAC)
+	if _, err := r.ensureFDB(l); err != nil {
 		res.Outcome, res.Err = Failed, err
-		return res
 	}
-	r.fdb[l.VtepMAC] = l.PublicIP
 	return res
 }
 

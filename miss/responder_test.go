@@ -111,14 +111,14 @@ func (k *fakeKernel) DelFDB(mac net.HardwareAddr, dst netip.Addr) error {
 	return nil
 }
 
-func (k *fakeKernel) SetNeighs(writes []fabric.NeighWrite) error {
+func (k *fakeKernel) SetNeighs(writes []fabric.NeighWrite) (int, error) {
 	var errs []error
 	for _, w := range writes {
 		if err := k.SetNeigh(w.IP, w.MAC); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	return len(writes) - len(errs), errors.Join(errs...)
 }
 
 func (k *fakeKernel) DelNeigh(ip netip.Addr) error {

@@ -133,10 +133,10 @@ func TestKernelWriteErrors(t *testing.T) {
 	for i := range writes {
 		writes[i] = fabric.NeighWrite{IP: netip.AddrFrom4([4]byte{10, 5, byte(i >> 8), byte(i)}), MAC: mac}
 	}
-	err = e.SetNeighs(writes)
+	took, err := e.SetNeighs(writes)
 	j, ok := err.(interface{ Unwrap() []error })
-	if !ok || len(j.Unwrap()) != len(writes) {
-		t.Errorf("SetNeighs of %d on a missing device: %v errors", len(writes), err)
+	if took != 0 || !ok || len(j.Unwrap()) != len(writes) {
+		t.Errorf("SetNeighs of %d on a missing device: %d taken, %v errors", len(writes), took, err)
 	}
 	if st := e.Stats(fabric.OpSetNeigh); st.Writes != 301 || st.Errors != 301 {
 		t.Errorf("stats %+v, want 301 writes, all failed", st)
