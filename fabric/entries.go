@@ -51,7 +51,13 @@ var opNames = [numOps]string{"set_fdb", "del_fdb", "set_neigh", "del_neigh", "se
 func (o Op) String() string { return opNames[o] }
 
 // Ops lists every kind of write, for metrics.
-func Ops() []Op { return []Op{OpSetFDB, OpDelFDB, OpSetNeigh, OpDelNeigh, OpSetRoute, OpDelRoute} }
+func Ops() []Op {
+	ops := make([]Op, numOps)
+	for i := range ops {
+		ops[i] = Op(i)
+	}
+	return ops
+}
 
 // WriteStats counts one kind of write.
 type WriteStats struct {

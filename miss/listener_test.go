@@ -145,9 +145,10 @@ func cpuTime(t *testing.T) time.Duration {
 }
 
 func TestRunAgainBlocks(t *testing.T) {
-	// Run wakes itself on cancel with a read deadline in the past. A second
-	// Run on the same listener must block in its read again, not find the
-	// old deadline and spin on it until its own context ends.
+	// Run sleeps in a blocking recvfrom bounded by a receive timeout, and
+	// sets the socket up so at each start. A second Run on the same
+	// listener, after a cancelled one, must block in its read again, not
+	// spin on a read that returns at once until its own context ends.
 	l := listen(t, 0)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()

@@ -3,6 +3,7 @@ package miss
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"slices"
@@ -624,7 +625,10 @@ func (*nopKernel) SetNeigh(netip.Addr, [6]byte) error { return nil }
 // info level.
 func BenchmarkHandle(b *testing.B) {
 	leases := &fakeLeases{leases: []store.Lease{ownLease, peerLease, farLease}}
-	r := NewResponder(testConfig, leases, &nopKernel{}, zap.NewNop())
+	// A logger at info, as vtepd runs: the miss's debug line costs its
+	// level check.
+	log := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(io.Discard), zap.InfoLevel))
+	r := NewResponder(testConfig, leases, &nopKernel{}, log)
 	body := ndmsgBody(unix.AF_INET, 7, unix.NUD_INCOMPLETE, rtattr{unix.NDA_DST, []byte{10, 5, 2, 7}})
 	var m Miss // reused, as the listener reuses its own
 	b.ReportAllocs()
