@@ -75,6 +75,8 @@ func monitorCommand(args []string, stdout, stderr io.Writer) error {
 		defer func() { stop(); <-done }()
 		select {
 		case <-table.Synced():
+		case <-ctx.Done():
+			return nil // Ctrl-C while the leases load: a clean exit, as from Run
 		case <-time.After(10 * time.Second):
 			return fmt.Errorf("listing the leases under %s took more than 10s", store.SubnetsPrefix(etcd.prefix))
 		}

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vtepd/vtepd/fabric"
+
 	"github.com/vtepd/vtepd/agent"
 )
 
@@ -105,8 +107,8 @@ func printStatus(w io.Writer, s agent.Status) {
 	}
 	if len(s.Writes) > 0 {
 		var parts []string
-		for _, op := range []string{"set_fdb", "set_neigh", "del_fdb", "del_neigh"} {
-			st := s.Writes[op]
+		for _, op := range fabric.Ops() {
+			st := s.Writes[op.String()]
 			parts = append(parts, fmt.Sprintf("%s %d (%d failed, %d table full)", op, st.Writes, st.Errors, st.TableFull))
 		}
 		fmt.Fprintf(w, "writes      %s\n", strings.Join(parts, ", "))
