@@ -58,7 +58,7 @@ func (Secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
 // schemes, the settings that go in pairs, and every TLS file, read and
 // parsed, so that a mistake is reported at start with the file and why.
 func (c EtcdConfig) Check() error {
-	_, err := c.load(zap.NewNop(), time.Now())
+	_, err := c.load(zap.NewNop())
 	return err
 }
 
@@ -158,7 +158,7 @@ func newEtcdClient(cfg EtcdConfig, ccfg clientv3.Config) (*clientv3.Client, erro
 // clientConfig checks cfg, loads its files and logs what is dubious about
 // it, then gives etcd's client configuration.
 func (cfg EtcdConfig) clientConfig(log *zap.Logger) (clientv3.Config, error) {
-	l, err := cfg.load(log, time.Now())
+	l, err := cfg.load(log)
 	if err != nil {
 		return clientv3.Config{}, err
 	}
@@ -201,10 +201,10 @@ type loaded struct {
 }
 
 // load checks cfg and reads its files.
-func (cfg EtcdConfig) load(log *zap.Logger, now time.Time) (loaded, error) {
+func (cfg EtcdConfig) load(log *zap.Logger) (loaded, error) {
 	var l loaded
 	if len(cfg.Endpoints) == 0 {
-		return l, errors.New("agent: no etcd endpoints")
+		return l, errors.New("agent: etcd: --etcd-endpoints is empty")
 	}
 	password := string(cfg.Password)
 	if cfg.PasswordFile != "" {
@@ -277,14 +277,14 @@ func (cfg EtcdConfig) load(log *zap.Logger, now time.Time) (loaded, error) {
 	// https endpoint and no files.
 	l.tls = &tls.Config{MinVersion: tls.VersionTLS12}
 	if cfg.CAFile != "" {
-		pool, err := loadCAs(cfg.CAFile, now)
+		pool, err := loadCAs(cfg.CAFile)
 		if err != nil {
 			return loaded{}, fmt.Errorf("agent: etcd TLS: %w", err)
 		}
 		l.tls.RootCAs = pool
 	}
 	if cfg.CertFile != "" {
-		cert, warnings, err := loadKeyPair(cfg.CertFile, cfg.KeyFile, now)
+		cert, warnings, err := loadKeyPair(cfg.CertFile, cfg.KeyFile)
 		if err != nil {
 			return loaded{}, fmt.Errorf("agent: etcd TLS: %w", err)
 		}

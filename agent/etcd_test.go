@@ -194,7 +194,7 @@ func TestClientCertificateReload(t *testing.T) {
 	}
 	issue("first")
 	core, logs := observer.New(zapcore.DebugLevel)
-	l, err := EtcdConfig{Endpoints: []string{"https://e:2379"}, CertFile: certFile, KeyFile: keyFile}.load(zap.New(core), time.Now())
+	l, err := EtcdConfig{Endpoints: []string{"https://e:2379"}, CertFile: certFile, KeyFile: keyFile}.load(zap.New(core))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +238,7 @@ func TestPasswordFile(t *testing.T) {
 		if err := os.WriteFile(path, []byte(tt.content), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		l, err := EtcdConfig{Endpoints: []string{"http://e:2379"}, Username: "u", PasswordFile: path}.load(zap.NewNop(), time.Now())
+		l, err := EtcdConfig{Endpoints: []string{"http://e:2379"}, Username: "u", PasswordFile: path}.load(zap.NewNop())
 		if err != nil || l.password != tt.want {
 			t.Errorf("password file %q: %q, %v; want %q", tt.content, l.password, err, tt.want)
 		}

@@ -124,7 +124,6 @@ func (r *tlsReporter) hint(err error) string {
 	var hostname x509.HostnameError
 	var invalid x509.CertificateInvalidError
 	var remote *net.OpError
-	errors.As(err, &remote)
 	switch {
 	case errors.As(err, &unknown) && r.caFile != "":
 		return fmt.Sprintf("etcd's certificate is not signed by a CA in --etcd-cafile %s", r.caFile)
@@ -134,7 +133,7 @@ func (r *tlsReporter) hint(err error) string {
 		return "etcd's certificate is not for the address in --etcd-endpoints: use one the certificate names"
 	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
 		return "etcd's certificate has expired or is not valid yet: renew it, or check the clocks"
-	case !isAlert(err) || !strings.Contains(remote.Err.Error(), "certificate"):
+	case !errors.As(err, &remote) || remote.Op != "remote error" || !strings.Contains(remote.Err.Error(), "certificate"):
 		return ""
 	case r.certFile == "":
 		return "etcd refused the connection: it requires a client certificate; give --etcd-certfile and --etcd-keyfile"
@@ -155,7 +154,7 @@ type clientCert struct {
 }
 
 func (c *clientCert) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-	cert, _, err := loadKeyPair(c.certFile, c.keyFile, time.Now())
+	cert, _, err := loadKeyPair(c.certFile, c.keyFile)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
@@ -168,7 +167,7 @@ func (c *clientCert) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) 
 	return c.cert, nil
 }
 
-func loadCAs(path string, now time.Time) (*x509.CertPool, error) {
+func loadCAs(path string) (*x509.CertPool, error) {
 	certs, err := readCerts("--etcd-cafile", path)
 	if err != nil {
 		return nil, err
@@ -178,7 +177,7 @@ func loadCAs(path string, now time.Time) (*x509.CertPool, error) {
 	pool := x509.NewCertPool()
 	var errs []error
 	for _, c := range certs {
-		if err := checkValidity(c, now); err != nil {
+		if err := checkValidity(c); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -193,7 +192,7 @@ func loadCAs(path string, now time.Time) (*x509.CertPool, error) {
 // loadKeyPair loads the client certificate and key, saying which file is
 // wrong and why. The warnings are for a certificate etcd will likely
 // refuse, though some etcd setups would not look.
-func loadKeyPair(certFile, keyFile string, now time.Time) (tls.Certificate, []string, error) {
+func loadKeyPair(certFile, keyFile string) (tls.Certificate, []string, error) {
 	certs, err := readCerts("--etcd-certfile", certFile)
 	if err != nil {
 		return tls.Certificate{}, nil, err
@@ -209,7 +208,7 @@ func loadKeyPair(certFile, keyFile string, now time.Time) (tls.Certificate, []st
 	if pub, ok := certs[0].PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !pub.Equal(key.Public()) {
 		return tls.Certificate{}, nil, fmt.Errorf("--etcd-certfile %s / --etcd-keyfile %s: private key does not match certificate", certFile, keyFile)
 	}
-	if err := checkValidity(certs[0], now); err != nil {
+	if err := checkValidity(certs[0]); err != nil {
 		return tls.Certificate{}, nil, fmt.Errorf("--etcd-certfile %s: %w", certFile, err)
 	}
 	cert := tls.Certificate{PrivateKey: key, Leaf: certs[0]}
@@ -225,7 +224,8 @@ func loadKeyPair(certFile, keyFile string, now time.Time) (tls.Certificate, []st
 	return cert, warnings, nil
 }
 
-func checkValidity(c *x509.Certificate, now time.Time) error {
+func checkValidity(c *x509.Certificate) error {
+	now := time.Now()
 	switch {
 	case now.After(c.NotAfter):
 		return fmt.Errorf("certificate %q expired at %s (%s ago)", c.Subject, c.NotAfter.UTC().Format(time.RFC3339), now.Sub(c.NotAfter).Round(time.Second))

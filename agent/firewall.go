@@ -104,7 +104,6 @@ func (f *filters) keep(ctx context.Context) {
 // stop releases the rules' sockets, and removes the rules if remove is set.
 // It runs after keep has returned.
 func (f *filters) stop(remove bool) {
-	keepRules := !remove
 	var owners []ruleOwner
 	if f.forward != nil {
 		owners = append(owners, f.forward)
@@ -113,14 +112,14 @@ func (f *filters) stop(remove bool) {
 		owners = append(owners, f.masq)
 	}
 	for _, r := range owners {
-		if !keepRules {
+		if remove {
 			if err := r.Remove(); err != nil {
 				f.log.Warn("removing firewall rules on stop", zap.Error(err))
 			}
 		}
 		r.Close()
 	}
-	if keepRules && len(owners) > 0 {
+	if !remove && len(owners) > 0 {
 		f.log.Info("firewall rules left in place for the next vtepd")
 	}
 }

@@ -34,8 +34,7 @@
 //	ip saddr != 10.5.0.0/16 ip daddr 10.5.0.0/16 counter masquerade fully-random comment "vtepd: outside to overlay, masquerade"
 //
 // Whenever the rules are not exactly these, the table is replaced whole in
-// one transaction (SetSubnet after a new lease, too), so there is never a
-// moment without rules.
+// one transaction, so there is never a moment without rules.
 //
 // The first rule is an identity SNAT, not flannel's RETURN: the kernel
 // consults every nat chain on the hook until one of them translates, so a

@@ -156,36 +156,13 @@ func (m *Masquerade) Ensure() error {
 	return err
 }
 
-// SetSubnet moves the rules to a new subnet, when the host got a different
-// lease: the old rules give way to the new ones in one transaction, with
-// no moment without rules. The new subnet stands even when
-// writing fails: Keep, or the next Ensure, writes it.
-func (m *Masquerade) SetSubnet(subnet netip.Prefix) error {
-	_, s, err := masqPrefixes(m.network, subnet) // the network never changes
-	if err != nil {
-		return err
-	}
-	_, err = m.arm(true, func() ([]string, error) {
-		old := m.subnet
-		m.subnet = s
-		if _, err := m.restore(); err != nil {
-			return nil, err
-		}
-		if s != old {
-			m.log.Info("ip-masq rules moved to the new subnet", zap.Stringer("from", old), zap.Stringer("to", s))
-		}
-		return nil, nil
-	})
-	return err
-}
-
 // Check lists what is not as Ensure would leave it; nothing means all is in
 // place.
 func (m *Masquerade) Check() ([]string, error) { return m.run(m.check) }
 
 // Keep checks the rules every period until ctx ends, and puts them back
 // when something removed them (`systemctl restart nftables` flushes the
-// whole ruleset, for one). It acts only between Ensure (or SetSubnet) and
+// whole ruleset, for one). It acts only between Ensure and
 // Remove. A period of zero or less means 10s.
 func (m *Masquerade) Keep(ctx context.Context, every time.Duration) {
 	keep(ctx, m.log, "ip-masq", every, m.whileArmed(m.check), m.whileArmed(m.restore))

@@ -36,9 +36,6 @@ func (e *etcdFlags) register(fs *flag.FlagSet) {
 // and password files are read now, so that a wrong one stops the command
 // at once with a usage error that names it, before any connection.
 func (e *etcdFlags) config() (agent.EtcdConfig, error) {
-	if len(e.endpoints.values) == 0 {
-		return agent.EtcdConfig{}, usageError{fmt.Errorf("--etcd-endpoints is empty")}
-	}
 	if e.password != "" && e.passwordFile != "" {
 		// Either may come from the environment, where it is easy to
 		// forget; which one would win is anybody's guess.
