@@ -115,8 +115,7 @@ func readLease(t *testing.T, c *clientv3.Client, key string) Lease {
 // waitTable waits until the table holds exactly want.
 func waitTable(t *testing.T, tb *Table, timeout time.Duration, want ...Lease) {
 	t.Helper()
-	want = slices.Clone(want)
-	slices.SortFunc(want, func(a, b Lease) int { return comparePrefix(a.Subnet, b.Subnet) })
+	want = sortedBySubnet(want)
 	deadline := time.Now().Add(timeout)
 	for {
 		got := tb.Leases()

@@ -65,9 +65,9 @@ type rejectedLease struct {
 
 type tableStats struct {
 	invalid, conflicts, relists, watchRestarts atomic.Uint64
-	// watching is true while the watch delivers; down is since when it
-	// has not (unix nanoseconds; 0 while watching, or before the first
-	// watch).
+	// watching is true while the watch delivers; down is when it last
+	// stopped (unix nanoseconds; 0 before the first outage), meaningful
+	// only while watching is false.
 	watching atomic.Bool
 	down     atomic.Int64
 }
@@ -417,9 +417,7 @@ func (t *Table) macSlot(m MAC) (int32, bool) {
 // at returns the lease in slot s.
 func (t *Table) at(s int32) Lease {
 	if r := &t.slots[s]; !r.odd {
-		var l Lease
-		r.unpack(&l)
-		return l
+		return r.lease()
 	}
 	return t.odd[s]
 }
