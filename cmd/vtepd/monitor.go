@@ -87,5 +87,8 @@ func monitorCommand(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer m.Close()
+	// Subscribed from here on: a miss after this line is shown. On stderr,
+	// so that --json output stays one object per line.
+	fmt.Fprintln(stderr, "vtepd monitor: listening for misses; Ctrl-C to stop")
 	return m.Run(ctx)
 }

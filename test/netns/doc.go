@@ -9,8 +9,11 @@
 //	<lab>-cN   host N's container: eth0 on cbr0 with the subnet's .2 and
 //	           as many more addresses as the test asks for
 //
-// Everything lives in namespaces the lab creates: nothing is added to the
-// root namespace, and no packet is sent from it. The test process talks to
+// Everything lives in namespaces the lab creates: no address, route or link
+// is added to the root namespace, and no packet is sent from it. The one
+// root setting a test may change is the kernel-wide neighbour table limit
+// (RaiseNeighbourLimits), restored afterwards, and by the next run after a
+// crash. The test process talks to
 // etcd through a socket it opens inside the underlay namespace. A lab deletes
 // what it made when closed, and deletes what a crashed run of the same lab
 // left behind when created.

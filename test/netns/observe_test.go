@@ -60,16 +60,8 @@ func TestObservability(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := netns.Poll(10*time.Second, func() error {
-		// The monitor lists leases before it subscribes; wait for it.
-		if strings.Contains(mon.Log(), "error") {
-			return fmt.Errorf("monitor failed: %s", mon.Tail(3))
-		}
-		time.Sleep(500 * time.Millisecond)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	// The monitor lists leases before it subscribes; wait for it.
+	waitListening(t, mon)
 
 	// Misses: four fresh addresses answered, one with no lease (the kernel
 	// asks about it three times), and the reply path on h2.
@@ -82,7 +74,23 @@ func TestObservability(t *testing.T) {
 		t.Skip("test bug: a host leased 10.5.255.0/24 at random; rerun")
 	}
 	touch(t, h1, nowhere)
-	time.Sleep(2500 * time.Millisecond) // the kernel's retries for nowhere, 1 s apart: part of the scenario
+	// The kernel asks about nowhere three times, 1 s apart: wait until vtepd
+	// has counted three and the monitor (--settle later) shown three; the
+	// subtests below check that it was exactly three.
+	if err := netns.Poll(10*time.Second, func() error {
+		noLease := func(f map[string]*dto.MetricFamily) float64 {
+			return value(f, "vtepd_misses_total", "kind", "L3", "outcome", "no_lease")
+		}
+		if d := noLease(scrape(t, h1)) - noLease(before); d < 3 {
+			return fmt.Errorf("vtepd counted %v no_lease misses so far", d)
+		}
+		if n := strings.Count(mon.Log(), `"ip":"`+nowhere.String()+`"`); n < 3 {
+			return fmt.Errorf("the monitor showed %d misses for %s so far", n, nowhere)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 
 	t.Run("metrics count the misses", func(t *testing.T) {
 		after := scrape(t, h1)
@@ -244,7 +252,8 @@ func TestObservability(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(300 * time.Millisecond) // both subscribed before the misses: part of the scenario
+		waitListening(t, l2)
+		waitListening(t, other)
 		firstPing(t, h1, h2.Container.Extra[5])
 		for _, p := range []*netns.Process{l2, other} {
 			p.Signal(syscall.SIGINT)
@@ -327,6 +336,23 @@ func TestObservability(t *testing.T) {
 			t.Errorf("vtepd_etcd_watching = %v with etcd back", v)
 		}
 	})
+}
+
+// waitListening waits until a vtepd monitor has subscribed to misses.
+func waitListening(t *testing.T, mon *netns.Process) {
+	t.Helper()
+	err := netns.Poll(10*time.Second, func() error {
+		if exited, err := mon.Exited(); exited {
+			return fmt.Errorf("monitor exited: %v\n%s", err, mon.Tail(3))
+		}
+		if !strings.Contains(mon.Log(), "listening for misses") {
+			return errStillThere
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%s: %v", mon.Name, err)
+	}
 }
 
 func expectHealth(t *testing.T, h *netns.Host, code int, says string) {
