@@ -196,7 +196,7 @@ func TestJoinAnswersWaitingPeers(t *testing.T) {
 	}
 	answered := 0
 	for _, e := range h1.Vtepd.Entries("a new lease appeared; answered the addresses peers were waiting on") {
-		answered += int(e["answered"].(float64))
+		answered += logInt(t, e, "answered")
 	}
 	if answered == 0 {
 		t.Errorf("no sweep answered the waiting peer when the lease appeared")

@@ -172,13 +172,7 @@ func TestDeviceLifecycle(t *testing.T) {
 			t.Errorf("restart rewrote the lease %s (mod revision %d -> %d); peers would see a change", key, rev, got)
 		}
 
-		if err := pinger.Wait(30 * time.Second); err != nil && !strings.Contains(err.Error(), "exit status") {
-			t.Fatal(err)
-		}
-		res, err := netns.ParsePing(pinger.Log())
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := pingerResult(t, pinger)
 		if res.Sent != 400 || res.Received != 400 {
 			t.Errorf("ping at 100/s across a vtepd restart: %d sent, %d received; want no loss", res.Sent, res.Received)
 		}

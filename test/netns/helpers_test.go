@@ -209,3 +209,28 @@ func countLog(h *netns.Host, msg, key, value string) int {
 	}
 	return n
 }
+
+// pingerResult waits for a ping started with StartPing and parses its
+// summary; ping's exit status for lost replies is the caller's to judge.
+func pingerResult(t *testing.T, pinger *netns.Process) netns.PingResult {
+	t.Helper()
+	if err := pinger.Wait(30 * time.Second); err != nil && !strings.Contains(err.Error(), "exit status") {
+		t.Fatal(err)
+	}
+	res, err := netns.ParsePing(pinger.Log())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// logInt is the number under key in a vtepd log line; a line without it
+// fails the test.
+func logInt(t *testing.T, e netns.LogEntry, key string) int {
+	t.Helper()
+	v, ok := e[key].(float64)
+	if !ok {
+		t.Fatalf("log line %q has no number %q: %v", e.Str("msg"), key, e)
+	}
+	return int(v)
+}

@@ -28,8 +28,6 @@ type Options struct {
 	Dir string
 	// Bin has the binaries the lab runs.
 	Bin Binaries
-	// Logf reports what the lab does (t.Logf in tests).
-	Logf func(format string, args ...any)
 }
 
 // Lab is a set of namespaces and the processes running in them.
@@ -38,8 +36,6 @@ type Lab struct {
 	Dir      string
 	Bin      Binaries
 	Underlay string // the underlay namespace
-
-	logf func(string, ...any)
 
 	mu         sync.Mutex
 	namespaces []string
@@ -59,14 +55,12 @@ func New(opts Options) (*Lab, error) {
 			return nil, fmt.Errorf("netns: the lab needs %s: %w", tool, err)
 		}
 	}
-	if opts.Logf == nil {
-		opts.Logf = func(string, ...any) {}
-	}
-	l := &Lab{Name: opts.Name, Dir: opts.Dir, Bin: opts.Bin, logf: opts.Logf, Underlay: opts.Name + "-ul"}
+	l := &Lab{Name: opts.Name, Dir: opts.Dir, Bin: opts.Bin, Underlay: opts.Name + "-ul"}
 	if err := RemoveLeftovers(opts.Name); err != nil {
 		return nil, err
 	}
 	if err := l.addNamespace(l.Underlay); err != nil {
+		l.Close()
 		return nil, err
 	}
 	err := l.runAll(

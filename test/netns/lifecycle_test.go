@@ -2,6 +2,7 @@ package netns_test
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -79,7 +80,7 @@ func TestLeaseChurn(t *testing.T) {
 					return errStillThere
 				}
 			}
-			if !slicesContains(got, "fdb "+f.MAC.String()+" dst 198.51.100.199") {
+			if !slices.Contains(got, "fdb "+f.MAC.String()+" dst 198.51.100.199") {
 				return errStillThere
 			}
 			return nil
@@ -133,13 +134,7 @@ func TestLeaseChurn(t *testing.T) {
 		if err != nil || took > time.Second {
 			t.Errorf("entries for the old VTEP MAC gone %v after the change (want < 1s): %v", took, err)
 		}
-		if err := pinger.Wait(30 * time.Second); err != nil && !strings.Contains(err.Error(), "exit status") {
-			t.Fatal(err)
-		}
-		res, err := netns.ParsePing(pinger.Log())
-		if err != nil {
-			t.Fatal(err)
-		}
+		res := pingerResult(t, pinger)
 		lost := res.Sent - res.Received
 		t.Logf("rebuild: ping at 100/s lost %d of %d (%v without traffic, vtepd restart on the rebuilt host included)",
 			lost, res.Sent, time.Duration(lost)*10*time.Millisecond)
@@ -192,13 +187,7 @@ func TestRestartWithoutLoss(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := pinger.Wait(30 * time.Second); err != nil && !strings.Contains(err.Error(), "exit status") {
-		t.Fatal(err)
-	}
-	res, err := netns.ParsePing(pinger.Log())
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := pingerResult(t, pinger)
 	if res.Sent != 600 || res.Received != 600 {
 		t.Errorf("ping at 100/s across kill -9 and restart of both vtepds: %d sent, %d received; want no loss", res.Sent, res.Received)
 	}
@@ -213,7 +202,7 @@ func TestRestartWithoutLoss(t *testing.T) {
 	last := rec[0]
 	t.Logf("reconciliation on %s after the restart: kept %v fixed %v removed %v answered %v",
 		h1.Name, last["kept"], last["fixed"], last["removed"], last["answered"])
-	if last["fixed"].(float64) < 1 || last["removed"].(float64) < 2 || last["kept"].(float64) < 2 {
+	if logInt(t, last, "fixed") < 1 || logInt(t, last, "removed") < 2 || logInt(t, last, "kept") < 2 {
 		t.Errorf("reconciliation %v: want the right entries kept, the stale neighbour fixed, the unknown ones removed", last)
 	}
 }
@@ -225,15 +214,6 @@ func mustSubnet(t *testing.T, h *netns.Host) netip.Prefix {
 		t.Fatal(err)
 	}
 	return env.Subnet.Masked()
-}
-
-func slicesContains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 type stillThere struct{}

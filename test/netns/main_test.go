@@ -51,7 +51,7 @@ func newLab(t *testing.T, name string) *netns.Lab {
 	if buildErr != nil {
 		t.Fatalf("building the lab's binaries: %v", buildErr)
 	}
-	lab, err := netns.New(netns.Options{Name: name, Dir: t.TempDir(), Bin: bins, Logf: t.Logf})
+	lab, err := netns.New(netns.Options{Name: name, Dir: t.TempDir(), Bin: bins})
 	if err != nil {
 		t.Fatalf("creating the lab: %v", err)
 	}

@@ -60,7 +60,7 @@ func TestFiftyAgentsAtOnce(t *testing.T) {
 	races := 0
 	for _, h := range hosts {
 		for _, e := range h.Vtepd.Entries("own lease acquired") {
-			races += int(e["attempt"].(float64)) - 1
+			races += logInt(t, e, "attempt") - 1
 		}
 	}
 	t.Logf("%d agents started at once: %d distinct subnets, %d lost races retried", n, len(subnets), races)

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vtepd/vtepd/test/netns"
 )
 
 // goBench is one `go test -bench` run: its package, pattern and flags.
@@ -41,7 +43,7 @@ func (g goBench) run() (results, error) {
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("%s: %v\n%s", g.command(), err, lastLines(string(out), 10))
+		return nil, fmt.Errorf("%s: %v\n%s", g.command(), err, netns.Tail(string(out), 10))
 	}
 	return parseBench(string(out)), nil
 }
@@ -71,11 +73,6 @@ func parseBench(out string) results {
 		}
 	}
 	return r
-}
-
-func lastLines(s string, n int) string {
-	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	return strings.Join(l[max(0, len(l)-n):], "\n")
 }
 
 // goBenchmarks runs the Go benchmarks of the control plane and the miss

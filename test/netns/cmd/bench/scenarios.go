@@ -117,7 +117,7 @@ func (b *bench) firstPacket() error {
 	upper := netip.PrefixFrom(addr(u32(peer.Subnet.Addr())+2048), peer.Subnet.Bits()+1)
 	const paced = 300
 	pacedMisses := func(from netip.Addr) error {
-		out, err := h1.Exec("ip", "netns", "exec", h1.Container.NS, b.bins.Burst, "--start", from.String(),
+		out, err := h1.Container.Exec(b.bins.Burst, "--start", from.String(),
 			"--count", strconv.Itoa(paced), "--interval", "5ms")
 		if err != nil {
 			return fmt.Errorf("paced misses: %v: %s", err, out)
@@ -282,20 +282,12 @@ func (b *bench) storm() error {
 	}
 	defer restore()
 	const n = 10000
-	o, err := b.newOverlay("vtbstorm", `{"Network":"10.6.0.0/16","SubnetLen":18,"Backend":{"Type":"vxlan"}}`, 2, 2)
+	o, peer, first, err := b.sinkOverlay("vtbstorm", `{"Network":"10.6.0.0/16","SubnetLen":18,"Backend":{"Type":"vxlan"}}`, 256)
 	if err != nil {
 		return err
 	}
 	defer o.close()
-	h1, h2 := o.hosts[0], o.hosts[1]
-	peer, err := o.lease(h2)
-	if err != nil {
-		return err
-	}
-	if err := blackholeAbove(h2, peer.Subnet, 256); err != nil {
-		return err
-	}
-	first := addr(u32(peer.Subnet.Addr()) + 256)
+	h1 := o.hosts[0]
 	t0 := time.Now()
 	if err := b.burst(h1, first, n); err != nil {
 		return err
@@ -345,20 +337,12 @@ func (b *bench) economy() error {
 		b.note("The answer-mode comparison ran with gc_thresh3=%s, not the default 1024.", limits[2])
 	}
 	const n = 2000
-	o, err := b.newOverlay("vtbecon", `{"Network":"10.6.0.0/16","SubnetLen":20,"Backend":{"Type":"vxlan"}}`, 2, 2)
+	o, _, first, err := b.sinkOverlay("vtbecon", `{"Network":"10.6.0.0/16","SubnetLen":20,"Backend":{"Type":"vxlan"}}`, 2048)
 	if err != nil {
 		return err
 	}
 	defer o.close()
 	h1, h2 := o.hosts[0], o.hosts[1]
-	peer, err := o.lease(h2)
-	if err != nil {
-		return err
-	}
-	if err := blackholeAbove(h2, peer.Subnet, 2048); err != nil {
-		return err
-	}
-	first := addr(u32(peer.Subnet.Addr()) + 2048)
 	for _, mode := range []string{"host", "address"} {
 		h1.Vtepd.Kill()
 		h1.Exec("ip", "neigh", "flush", "dev", "flannel.1")
