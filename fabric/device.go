@@ -215,11 +215,7 @@ func (d *Device) EnableAppProbes() error {
 // entry is re-confirmed forever, traffic or not.
 func (d *Device) ProbeTimersTrap() (string, error) {
 	read := func(name string) (int, error) {
-		b, err := os.ReadFile(filepath.Join("/proc/sys/net/ipv4/neigh", d.Name, name))
-		if err != nil {
-			return 0, err
-		}
-		return strconv.Atoi(strings.TrimSpace(string(b)))
+		return readSysctlInt(filepath.Join("/proc/sys/net/ipv4/neigh", d.Name, name))
 	}
 	reach, err := read("base_reachable_time_ms")
 	if err != nil {
@@ -356,10 +352,15 @@ func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
 // IPForwarding reports whether the namespace forwards IPv4; without it,
 // containers behind the host cannot be reached through the overlay.
 func IPForwarding() (bool, error) {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
-	if err != nil {
-		return false, err
-	}
-	v, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	v, err := readSysctlInt("/proc/sys/net/ipv4/ip_forward")
 	return v == 1, err
+}
+
+// readSysctlInt reads a sysctl that holds one integer.
+func readSysctlInt(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
 }

@@ -58,8 +58,8 @@ func findUnderlay(h *netlink.Handle, spec UnderlaySpec) (Underlay, error) {
 	if err != nil {
 		return Underlay{}, fmt.Errorf("fabric: list links: %w", err)
 	}
-	addrs, err := h.AddrList(nil, unix.AF_INET)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+	addrs, err := listRetrying(func() ([]netlink.Addr, error) { return h.AddrList(nil, unix.AF_INET) })
+	if err != nil {
 		return Underlay{}, fmt.Errorf("fabric: list addresses: %w", err)
 	}
 	// Every interface, with its global IPv4 addresses in the kernel's
@@ -135,8 +135,8 @@ func findUnderlay(h *netlink.Handle, spec UnderlaySpec) (Underlay, error) {
 		return Underlay{}, fmt.Errorf("fabric: no underlay interface found; tried %s", strings.Join(tried, ", "))
 	}
 
-	routes, err := h.RouteList(nil, unix.AF_INET)
-	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
+	routes, err := listRetrying(func() ([]netlink.Route, error) { return h.RouteList(nil, unix.AF_INET) })
+	if err != nil {
 		return Underlay{}, fmt.Errorf("fabric: list routes: %w", err)
 	}
 	for _, r := range routes {
