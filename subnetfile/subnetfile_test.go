@@ -53,20 +53,7 @@ func TestWriteContent(t *testing.T) {
 	if err := Write(path, testEnv); err != nil {
 		t.Fatal(err)
 	}
-	got, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(got) != flannelFile {
-		t.Errorf("file content:\n%s\nwant flannel's:\n%s", got, flannelFile)
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi.Mode() != 0o644 {
-		t.Errorf("mode %v, want -rw-r--r--", fi.Mode())
-	}
+	expectFlannelFile(t, path, "a new file")
 	if names := dirNames(t, dir); len(names) != 1 || names[0] != "subnet.env" {
 		t.Errorf("directory holds %q, want only subnet.env (no temporary files)", names)
 	}
@@ -135,20 +122,7 @@ func TestWriteReplaces(t *testing.T) {
 	if err := Write(path, testEnv); err != nil {
 		t.Fatal(err)
 	}
-	got, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if string(got) != flannelFile {
-		t.Errorf("after Write over an old file:\n%s\nwant:\n%s", got, flannelFile)
-	}
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if fi.Mode() != 0o644 {
-		t.Errorf("mode %v after replacing a 0600 file, want -rw-r--r--", fi.Mode())
-	}
+	expectFlannelFile(t, path, "a 0600 file replaced")
 	oldSeen := make([]byte, len(old)+10)
 	n, _ := held.Read(oldSeen)
 	if string(oldSeen[:n]) != old {
@@ -261,5 +235,25 @@ func TestBridgeSubnet(t *testing.T) {
 		if got := BridgeSubnet(netip.MustParsePrefix(in)); got != netip.MustParsePrefix(want) {
 			t.Errorf("BridgeSubnet(%s) = %s, want %s", in, got, want)
 		}
+	}
+}
+
+// expectFlannelFile checks that path holds flannel's subnet file for
+// testEnv, mode 0644 as flannel writes it.
+func expectFlannelFile(t *testing.T, path, when string) {
+	t.Helper()
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != flannelFile {
+		t.Errorf("%s: content:\n%s\nwant flannel's:\n%s", when, got, flannelFile)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode() != 0o644 {
+		t.Errorf("%s: mode %v, want -rw-r--r--", when, fi.Mode())
 	}
 }
