@@ -36,6 +36,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vtepd/vtepd/etcdclient"
+
 	"github.com/vishvananda/netlink"
 	"github.com/vtepd/vtepd/fabric"
 	"github.com/vtepd/vtepd/miss"
@@ -49,7 +51,7 @@ import (
 
 // Config is everything `vtepd run` is told.
 type Config struct {
-	Etcd       EtcdConfig
+	Etcd       etcdclient.Config
 	EtcdPrefix string
 	Underlay   fabric.UnderlaySpec
 	// DeviceName overrides flannel.<VNI>.
@@ -137,7 +139,7 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	// With a username, making the client is a login, which needs etcd:
 	// an etcd that is away at start is waited for, not a reason to exit.
 	tel.setPhase("connecting to etcd")
-	etcd, err := DialEtcd(ctx, cfg.Etcd, log)
+	etcd, err := etcdclient.Dial(ctx, cfg.Etcd, log)
 	if err != nil {
 		return err
 	}

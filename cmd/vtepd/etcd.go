@@ -4,7 +4,7 @@ import (
 	"flag"
 	"fmt"
 
-	"github.com/vtepd/vtepd/agent"
+	"github.com/vtepd/vtepd/etcdclient"
 )
 
 // etcdFlags are the flags every subcommand that reads etcd shares, with
@@ -35,24 +35,24 @@ func (e *etcdFlags) register(fs *flag.FlagSet) {
 // config validates the flags into the agent's etcd configuration. The TLS
 // and password files are read now, so that a wrong one stops the command
 // at once with a usage error that names it, before any connection.
-func (e *etcdFlags) config() (agent.EtcdConfig, error) {
+func (e *etcdFlags) config() (etcdclient.Config, error) {
 	if e.password != "" && e.passwordFile != "" {
 		// Either may come from the environment, where it is easy to
 		// forget; which one would win is anybody's guess.
-		return agent.EtcdConfig{}, usageError{fmt.Errorf("--etcd-password (or %s) and --etcd-password-file (or %s) both given: give one",
+		return etcdclient.Config{}, usageError{fmt.Errorf("--etcd-password (or %s) and --etcd-password-file (or %s) both given: give one",
 			envName("etcd-password"), envName("etcd-password-file"))}
 	}
-	cfg := agent.EtcdConfig{
+	cfg := etcdclient.Config{
 		Endpoints:    e.endpoints.values,
 		CAFile:       e.caFile,
 		CertFile:     e.certFile,
 		KeyFile:      e.keyFile,
 		Username:     e.username,
-		Password:     agent.Secret(e.password),
+		Password:     etcdclient.Secret(e.password),
 		PasswordFile: e.passwordFile,
 	}
 	if err := cfg.Check(); err != nil {
-		return agent.EtcdConfig{}, usageError{err}
+		return etcdclient.Config{}, usageError{err}
 	}
 	return cfg, nil
 }

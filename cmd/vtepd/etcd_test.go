@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vtepd/vtepd/agent"
-	"github.com/vtepd/vtepd/test/netns"
+	"github.com/vtepd/vtepd/etcdclient"
+
+	"github.com/vtepd/vtepd/internal/testca"
 )
 
 // secureEndpoint is never contacted: every command below fails validation
@@ -31,33 +32,33 @@ func newTLSFiles(t *testing.T) tlsFiles {
 	t.Helper()
 	dir := t.TempDir()
 	f := tlsFiles{dir: dir, ca: filepath.Join(dir, "ca.pem"), expiredCA: filepath.Join(dir, "expired-ca.pem")}
-	ca, err := netns.NewCA("test CA")
+	ca, err := testca.New("test CA")
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := netns.NewCA("other CA")
+	other, err := testca.New("other CA")
 	if err != nil {
 		t.Fatal(err)
 	}
 	write(t, f.ca, string(ca.CertPEM()))
 	now := time.Now()
 	for _, c := range []struct {
-		ca        *netns.CA
-		spec      netns.CertSpec
+		ca        *testca.CA
+		spec      testca.CertSpec
 		cert, key *string
 		name      string
 	}{
-		{ca: ca, spec: netns.CertSpec{Name: "client"}, cert: &f.cert, key: &f.key, name: "client"},
-		{ca: other, spec: netns.CertSpec{Name: "stranger"}, cert: &f.otherCert, key: &f.otherKey, name: "other"},
-		{ca: ca, spec: netns.CertSpec{Name: "expired", NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)}, cert: &f.expiredCert, key: &f.expKey, name: "expired"},
-		{ca: ca, spec: netns.CertSpec{Name: "future", NotBefore: now.Add(24 * time.Hour), NotAfter: now.Add(48 * time.Hour)}, cert: &f.futureCert, key: &f.futureKey, name: "future"},
+		{ca: ca, spec: testca.CertSpec{Name: "client"}, cert: &f.cert, key: &f.key, name: "client"},
+		{ca: other, spec: testca.CertSpec{Name: "stranger"}, cert: &f.otherCert, key: &f.otherKey, name: "other"},
+		{ca: ca, spec: testca.CertSpec{Name: "expired", NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-24 * time.Hour)}, cert: &f.expiredCert, key: &f.expKey, name: "expired"},
+		{ca: ca, spec: testca.CertSpec{Name: "future", NotBefore: now.Add(24 * time.Hour), NotAfter: now.Add(48 * time.Hour)}, cert: &f.futureCert, key: &f.futureKey, name: "future"},
 	} {
 		*c.cert, *c.key = filepath.Join(dir, c.name+".pem"), filepath.Join(dir, c.name+"-key.pem")
 		if err := c.ca.IssueFiles(c.spec, *c.cert, *c.key); err != nil {
 			t.Fatal(err)
 		}
 	}
-	expiredCA, _, err := ca.Issue(netns.CertSpec{Name: "expired CA", CA: true, NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)})
+	expiredCA, _, err := ca.Issue(testca.CertSpec{Name: "expired CA", CA: true, NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,16 +117,16 @@ func TestEtcdFlagErrors(t *testing.T) {
 		{"password file empty", []string{"--etcd-username", "u", "--etcd-password-file", emptyPw}, nil,
 			[]string{"--etcd-password-file " + emptyPw + " is empty"}},
 		{"certfile without keyfile", append(https, "--etcd-certfile", f.cert), nil,
-			[]string{"agent: etcd TLS: --etcd-certfile " + f.cert + " given without --etcd-keyfile"}},
+			[]string{"etcdclient: TLS: --etcd-certfile " + f.cert + " given without --etcd-keyfile"}},
 		{"keyfile without certfile", append(https, "--etcd-keyfile", f.key), nil,
-			[]string{"agent: etcd TLS: --etcd-keyfile " + f.key + " given without --etcd-certfile"}},
+			[]string{"etcdclient: TLS: --etcd-keyfile " + f.key + " given without --etcd-certfile"}},
 		{"CA file with http endpoints", []string{"--etcd-cafile", f.ca}, nil,
 			[]string{"--etcd-cafile given, but endpoint http://127.0.0.1:2379 is http://", "use https://"}},
 		{"certificate with http endpoints", []string{"--etcd-endpoints", "http://e:2379", "--etcd-certfile", f.cert, "--etcd-keyfile", f.key}, nil,
 			[]string{"--etcd-certfile given, but endpoint http://e:2379 is http://"}},
 		{"http and https endpoints", []string{"--etcd-endpoints", "http://a:2379,https://b:2379"}, nil,
 			[]string{"--etcd-endpoints mix http (http://a:2379) and https (https://b:2379)"}},
-		{"CA file missing", ca(missing), nil, []string{"agent: etcd TLS: --etcd-cafile " + missing + ": file does not exist"}},
+		{"CA file missing", ca(missing), nil, []string{"etcdclient: TLS: --etcd-cafile " + missing + ": file does not exist"}},
 		{"CA file a directory", ca(f.dir), nil, []string{"--etcd-cafile " + f.dir + ": is a directory"}},
 		{"CA file not PEM", ca(garbage), nil, []string{"--etcd-cafile " + garbage + ": no PEM certificates found"}},
 		{"CA file holds a key", ca(f.key), nil, []string{"--etcd-cafile " + f.key + ": no PEM certificates found, only PRIVATE KEY"}},
@@ -133,7 +134,7 @@ func TestEtcdFlagErrors(t *testing.T) {
 		{"CA file of binary junk", ca(junk), nil, []string{"--etcd-cafile " + junk + ": no PEM certificates found"}},
 		{"CA expired", ca(f.expiredCA), nil, []string{"--etcd-cafile " + f.expiredCA + `: certificate "CN=expired CA" expired at `}},
 		{"key of another certificate", pair(f.cert, f.otherKey), nil,
-			[]string{"agent: etcd TLS: --etcd-certfile " + f.cert + " / --etcd-keyfile " + f.otherKey + ": private key does not match certificate"}},
+			[]string{"etcdclient: TLS: --etcd-certfile " + f.cert + " / --etcd-keyfile " + f.otherKey + ": private key does not match certificate"}},
 		{"client certificate expired", pair(f.expiredCert, f.expKey), nil,
 			[]string{"--etcd-certfile " + f.expiredCert + `: certificate "CN=expired" expired at ` + time.Now().Add(-24*time.Hour).UTC().Format("2006-01-02T15"), "ago)"}},
 		{"client certificate not valid yet", pair(f.futureCert, f.futureKey), nil,
@@ -188,7 +189,7 @@ func TestEtcdFlagsEveryCommand(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "missing.pem")
 	for _, cmd := range []string{"leases", "monitor"} {
 		code, _, stderr := vtepd(t, cmd, "--etcd-endpoints", secureEndpoint, "--etcd-cafile", missing)
-		if want := "vtepd " + cmd + ": agent: etcd TLS: --etcd-cafile " + missing + ": file does not exist"; code != 2 || !strings.Contains(stderr, want) {
+		if want := "vtepd " + cmd + ": etcdclient: TLS: --etcd-cafile " + missing + ": file does not exist"; code != 2 || !strings.Contains(stderr, want) {
 			t.Errorf("vtepd %s exits %d, stderr:\n%s\nwant 2 and %q", cmd, code, stderr, want)
 		}
 	}
@@ -196,7 +197,7 @@ func TestEtcdFlagsEveryCommand(t *testing.T) {
 
 func TestEtcdFlagsConfig(t *testing.T) {
 	f := newTLSFiles(t)
-	parse := func(t *testing.T, args ...string) (agent.EtcdConfig, error) {
+	parse := func(t *testing.T, args ...string) (etcdclient.Config, error) {
 		t.Helper()
 		fs := newFlagSet("test", io.Discard)
 		var e etcdFlags
@@ -215,7 +216,7 @@ func TestEtcdFlagsConfig(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := agent.EtcdConfig{Endpoints: []string{secureEndpoint, "https://192.0.2.2:2379"}, CAFile: f.ca, CertFile: f.cert, KeyFile: f.key, Username: "vtepd", Password: "from-env"}
+		want := etcdclient.Config{Endpoints: []string{secureEndpoint, "https://192.0.2.2:2379"}, CAFile: f.ca, CertFile: f.cert, KeyFile: f.key, Username: "vtepd", Password: "from-env"}
 		if cfg.CAFile != want.CAFile || cfg.CertFile != want.CertFile || cfg.KeyFile != want.KeyFile || cfg.Username != want.Username ||
 			string(cfg.Password) != string(want.Password) || strings.Join(cfg.Endpoints, ",") != strings.Join(want.Endpoints, ",") || cfg.PasswordFile != "" {
 			t.Errorf("config %+v (password %q)\nwant %+v (password %q)", cfg, string(cfg.Password), want, string(want.Password))

@@ -9,7 +9,8 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/vtepd/vtepd/agent"
+	"github.com/vtepd/vtepd/etcdclient"
+
 	"github.com/vtepd/vtepd/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -42,7 +43,7 @@ func leasesCommand(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	c, err := agent.NewEtcdClient(cfg, zap.NewNop())
+	c, err := etcdclient.New(cfg, zap.NewNop())
 	if err != nil {
 		return err
 	}

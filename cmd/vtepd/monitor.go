@@ -9,7 +9,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vtepd/vtepd/agent"
+	"github.com/vtepd/vtepd/etcdclient"
+
 	"github.com/vtepd/vtepd/miss"
 	"github.com/vtepd/vtepd/monitor"
 	"github.com/vtepd/vtepd/store"
@@ -55,7 +56,7 @@ func monitorCommand(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
-		c, err := agent.NewEtcdClient(cfg, log)
+		c, err := etcdclient.New(cfg, log)
 		if err != nil {
 			return err
 		}

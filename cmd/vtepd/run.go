@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vtepd/vtepd/etcdclient"
+
 	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/vtepd/vtepd/agent"
@@ -105,7 +107,7 @@ func runCommand(args []string, _, stderr io.Writer) error {
 	log.Info("vtepd starting", zap.String("version", version), zap.Strings("etcd_endpoints", cfg.Etcd.Endpoints), zap.String("etcd_prefix", cfg.EtcdPrefix))
 	if err := agent.Run(ctx, cfg, log); err != nil {
 		log.Error("vtepd stopped", zap.Error(err))
-		if errors.Is(err, agent.ErrEtcdAuth) {
+		if errors.Is(err, etcdclient.ErrAuth) {
 			// A rejected password fails again at every restart: exit
 			// status 2, which the unit does not restart into a loop.
 			return usageError{err}

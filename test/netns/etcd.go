@@ -1,19 +1,11 @@
 package netns
 
 import (
-	"cmp"
 	"context"
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"net/netip"
 	"os"
@@ -24,6 +16,7 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
+	"github.com/vtepd/vtepd/internal/testca"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -334,118 +327,10 @@ func (l *Lab) Etcd() []*Etcd {
 	return append([]*Etcd(nil), l.etcd...)
 }
 
-// CA is a throwaway certificate authority, for tests of TLS to etcd.
-type CA struct {
-	Cert *x509.Certificate
-	key  crypto.Signer
-}
-
-// NewCA returns a CA with a fresh key, valid from an hour ago for a day.
-func NewCA(name string) (*CA, error) {
-	cert, key, err := newCert(CertSpec{Name: name, CA: true}, nil)
-	if err != nil {
-		return nil, err
-	}
-	return &CA{Cert: cert, key: key}, nil
-}
-
-// CertPEM returns the CA's certificate in PEM.
-func (ca *CA) CertPEM() []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.Cert.Raw})
-}
-
-// CertSpec says what certificate CA.Issue makes.
-type CertSpec struct {
-	Name string
-	// IPs make a server certificate for those addresses; without any, the
-	// certificate is a client's.
-	IPs []netip.Addr
-	// CA makes a CA's certificate instead.
-	CA bool
-	// NotBefore and NotAfter default to an hour ago and a day from now.
-	NotBefore, NotAfter time.Time
-}
-
-// Issue makes a certificate signed by ca and returns it and its key, in
-// PEM.
-func (ca *CA) Issue(spec CertSpec) (certPEM, keyPEM []byte, err error) {
-	cert, key, err := newCert(spec, ca)
-	if err != nil {
-		return nil, nil, err
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
-}
-
-// newCert makes a certificate with a fresh key, signed by ca, or by itself
-// if ca is nil.
-func newCert(spec CertSpec, ca *CA) (*x509.Certificate, *ecdsa.PrivateKey, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, fmt.Errorf("netns: key for %s: %w", spec.Name, err)
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		return nil, nil, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: spec.Name},
-		NotBefore:    cmp.Or(spec.NotBefore, now.Add(-time.Hour)),
-		NotAfter:     cmp.Or(spec.NotAfter, now.Add(24*time.Hour)),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	switch {
-	case spec.CA:
-		tmpl.KeyUsage |= x509.KeyUsageCertSign
-		tmpl.ExtKeyUsage, tmpl.BasicConstraintsValid, tmpl.IsCA = nil, true, true
-	case len(spec.IPs) > 0:
-		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-		for _, a := range spec.IPs {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, a.AsSlice())
-		}
-	}
-	parent, signer := tmpl, crypto.Signer(key)
-	if ca != nil {
-		parent, signer = ca.Cert, ca.key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), signer)
-	if err != nil {
-		return nil, nil, fmt.Errorf("netns: certificate for %s: %w", spec.Name, err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, nil, fmt.Errorf("netns: certificate for %s: %w", spec.Name, err)
-	}
-	return cert, key, nil
-}
-
-// IssueFiles is Issue, writing the certificate and key to certFile and
-// keyFile.
-func (ca *CA) IssueFiles(spec CertSpec, certFile, keyFile string) error {
-	certPEM, keyPEM, err := ca.Issue(spec)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(certFile, certPEM, 0o644); err != nil {
-		return fmt.Errorf("netns: %w", err)
-	}
-	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
-		return fmt.Errorf("netns: %w", err)
-	}
-	return nil
-}
-
 // EtcdPKI is a CA and the certificates of the lab's etcd and of its
 // clients, as PEM files.
 type EtcdPKI struct {
-	CA                    *CA
+	CA                    *testca.CA
 	CAFile                string
 	ServerCert, ServerKey string // for 127.0.0.1 and 198.51.100.1 to .9
 	ClientCert, ClientKey string
@@ -453,7 +338,7 @@ type EtcdPKI struct {
 
 // NewEtcdPKI makes a CA and its certificates in dir.
 func NewEtcdPKI(dir string) (*EtcdPKI, error) {
-	ca, err := NewCA("vtepd lab etcd CA")
+	ca, err := testca.New("vtepd lab etcd CA")
 	if err != nil {
 		return nil, err
 	}
@@ -468,14 +353,14 @@ func NewEtcdPKI(dir string) (*EtcdPKI, error) {
 	if err := os.WriteFile(p.CAFile, ca.CertPEM(), 0o644); err != nil {
 		return nil, fmt.Errorf("netns: %w", err)
 	}
-	server := CertSpec{Name: "lab etcd", IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}
+	server := testca.CertSpec{Name: "lab etcd", IPs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}}
 	for i := 1; i <= 9; i++ {
 		server.IPs = append(server.IPs, netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}))
 	}
 	if err := ca.IssueFiles(server, p.ServerCert, p.ServerKey); err != nil {
 		return nil, err
 	}
-	if err := ca.IssueFiles(CertSpec{Name: "lab client"}, p.ClientCert, p.ClientKey); err != nil {
+	if err := ca.IssueFiles(testca.CertSpec{Name: "lab client"}, p.ClientCert, p.ClientKey); err != nil {
 		return nil, err
 	}
 	return p, nil

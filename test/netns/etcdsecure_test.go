@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vtepd/vtepd/internal/testca"
+
 	"github.com/vtepd/vtepd/test/netns"
 )
 
@@ -34,7 +36,7 @@ func TestEtcdClientCertificates(t *testing.T) {
 	if eps := lab.Endpoints(); len(eps) != 1 || !strings.HasPrefix(eps[0], "https://") {
 		t.Fatalf("lab endpoints %v, want one https endpoint", eps)
 	}
-	other, err := netns.NewCA("another CA")
+	other, err := testca.New("another CA")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +45,7 @@ func TestEtcdClientCertificates(t *testing.T) {
 		t.Fatal(err)
 	}
 	strangerCert, strangerKey := filepath.Join(dir, "stranger.pem"), filepath.Join(dir, "stranger-key.pem")
-	if err := other.IssueFiles(netns.CertSpec{Name: "stranger"}, strangerCert, strangerKey); err != nil {
+	if err := other.IssueFiles(testca.CertSpec{Name: "stranger"}, strangerCert, strangerKey); err != nil {
 		t.Fatal(err)
 	}
 	tlsArgs := func(ca, cert, key string) []string {
@@ -114,7 +116,7 @@ func TestEtcdClientCertificates(t *testing.T) {
 
 	t.Run("expired client certificate: a usage error at start", func(t *testing.T) {
 		cert, key := filepath.Join(dir, "expired.pem"), filepath.Join(dir, "expired-key.pem")
-		spec := netns.CertSpec{Name: "expired", NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)}
+		spec := testca.CertSpec{Name: "expired", NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)}
 		if err := pki.CA.IssueFiles(spec, cert, key); err != nil {
 			t.Fatal(err)
 		}
@@ -130,7 +132,7 @@ func TestEtcdClientCertificates(t *testing.T) {
 		if code := exitCode(err); code != 2 {
 			t.Errorf("vtepd exited with %v, want exit status 2", err)
 		}
-		want := "vtepd run: agent: etcd TLS: --etcd-certfile " + cert + `: certificate "CN=expired" expired at `
+		want := "vtepd run: etcdclient: TLS: --etcd-certfile " + cert + `: certificate "CN=expired" expired at `
 		if !strings.Contains(p.Log(), want) {
 			t.Errorf("output does not say %q:\n%s", want, p.Log())
 		}

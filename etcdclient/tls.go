@@ -1,4 +1,4 @@
-package agent
+package etcdclient
 
 import (
 	"context"
@@ -160,7 +160,7 @@ func (c *clientCert) get(*tls.CertificateRequestInfo) (*tls.Certificate, error) 
 	if err != nil {
 		// etcd will say no to an expired certificate; the old one at least
 		// keeps working until it expires, and the log says what is wrong.
-		c.log.Warn("etcd client certificate cannot be used; offering the one loaded before", zap.Error(fmt.Errorf("agent: etcd TLS: %w", err)))
+		c.log.Warn("etcd client certificate cannot be used; offering the one loaded before", zap.Error(fmt.Errorf("etcdclient: TLS: %w", err)))
 		return c.cert, nil
 	}
 	c.cert = &cert

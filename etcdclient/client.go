@@ -1,4 +1,4 @@
-package agent
+package etcdclient
 
 import (
 	"context"
@@ -19,10 +19,10 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// EtcdConfig says how to reach etcd and how vtepd proves who it is. Errors
+// Config says how to reach etcd and how vtepd proves who it is. Errors
 // about it name each setting by its flag (flannel's names: --etcd-cafile,
 // --etcd-certfile...): that is what the operator wrote.
-type EtcdConfig struct {
+type Config struct {
 	Endpoints []string
 	// CAFile holds the certificates that verify etcd's servers. Without it,
 	// https endpoints are verified against the system's roots, as etcd's
@@ -57,34 +57,34 @@ func (Secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
 // Check validates the configuration without connecting: the endpoints'
 // schemes, the settings that go in pairs, and every TLS file, read and
 // parsed, so that a mistake is reported at start with the file and why.
-func (c EtcdConfig) Check() error {
+func (c Config) Check() error {
 	_, err := c.load(zap.NewNop())
 	return err
 }
 
-// ErrEtcdAuth is etcd refusing vtepd's username and password. Retrying
+// ErrAuth is etcd refusing vtepd's username and password. Retrying
 // cannot fix it: the operator must, so vtepd exits rather than loop.
-var ErrEtcdAuth = errors.New("etcd refused the login")
+var ErrAuth = errors.New("etcd refused the login")
 
-// NewEtcdClient returns a client that reconnects on its own. gRPC's default
+// New returns a client that reconnects on its own. gRPC's default
 // reconnect backoff grows to two minutes; capped at five seconds, an etcd
 // member that comes back is used again within seconds.
 //
 // Without a username it returns at once and connects when first used.
 // With one, etcd's client logs in before it returns, and fails if etcd
-// does not answer within five seconds: DialEtcd waits that out.
-func NewEtcdClient(cfg EtcdConfig, log *zap.Logger) (*clientv3.Client, error) {
+// does not answer within five seconds: Dial waits that out.
+func New(cfg Config, log *zap.Logger) (*clientv3.Client, error) {
 	ccfg, err := cfg.clientConfig(log)
 	if err != nil {
 		return nil, err
 	}
-	return newEtcdClient(cfg, ccfg)
+	return newClient(cfg, ccfg)
 }
 
-// DialEtcd is NewEtcdClient for an etcd that may be away: while etcd does
+// Dial is New for an etcd that may be away: while etcd does
 // not answer the login it retries, logging why, until ctx ends. A rejected
 // password ends it at once: no retry fixes that.
-func DialEtcd(ctx context.Context, cfg EtcdConfig, log *zap.Logger) (*clientv3.Client, error) {
+func Dial(ctx context.Context, cfg Config, log *zap.Logger) (*clientv3.Client, error) {
 	ccfg, err := cfg.clientConfig(log)
 	if err != nil {
 		return nil, err
@@ -97,7 +97,7 @@ func DialEtcd(ctx context.Context, cfg EtcdConfig, log *zap.Logger) (*clientv3.C
 		}
 		done := make(chan result, 1)
 		go func() {
-			c, err := newEtcdClient(cfg, ccfg)
+			c, err := newClient(cfg, ccfg)
 			done <- result{c, err}
 		}()
 		var r result
@@ -140,24 +140,24 @@ func unreachable(err error) bool {
 	return false
 }
 
-func newEtcdClient(cfg EtcdConfig, ccfg clientv3.Config) (*clientv3.Client, error) {
+func newClient(cfg Config, ccfg clientv3.Config) (*clientv3.Client, error) {
 	c, err := clientv3.New(ccfg)
 	switch {
 	case err == nil:
 		return c, nil
 	case cfg.Username != "" && errors.Is(rpctypes.Error(err), rpctypes.ErrAuthFailed):
-		return nil, fmt.Errorf("agent: etcd at %v: authentication failed for --etcd-username %q: wrong password, or no such user: %w: %w",
-			cfg.Endpoints, cfg.Username, ErrEtcdAuth, err)
+		return nil, fmt.Errorf("etcdclient: %v: authentication failed for --etcd-username %q: wrong password, or no such user: %w: %w",
+			cfg.Endpoints, cfg.Username, ErrAuth, err)
 	case cfg.Username != "":
-		return nil, fmt.Errorf("agent: etcd client for %v, logging in as %q: %w", cfg.Endpoints, cfg.Username, err)
+		return nil, fmt.Errorf("etcdclient: client for %v, logging in as %q: %w", cfg.Endpoints, cfg.Username, err)
 	default:
-		return nil, fmt.Errorf("agent: etcd client for %v: %w", cfg.Endpoints, err)
+		return nil, fmt.Errorf("etcdclient: client for %v: %w", cfg.Endpoints, err)
 	}
 }
 
 // clientConfig checks cfg, loads its files and logs what is dubious about
 // it, then gives etcd's client configuration.
-func (cfg EtcdConfig) clientConfig(log *zap.Logger) (clientv3.Config, error) {
+func (cfg Config) clientConfig(log *zap.Logger) (clientv3.Config, error) {
 	l, err := cfg.load(log)
 	if err != nil {
 		return clientv3.Config{}, err
@@ -191,7 +191,7 @@ func (cfg EtcdConfig) clientConfig(log *zap.Logger) (clientv3.Config, error) {
 	}, nil
 }
 
-// loaded is an EtcdConfig with its files read.
+// loaded is an Config with its files read.
 type loaded struct {
 	// tls is nil when there is neither a TLS file nor an https endpoint.
 	tls      *tls.Config
@@ -201,19 +201,19 @@ type loaded struct {
 }
 
 // load checks cfg and reads its files.
-func (cfg EtcdConfig) load(log *zap.Logger) (loaded, error) {
+func (cfg Config) load(log *zap.Logger) (loaded, error) {
 	var l loaded
 	if len(cfg.Endpoints) == 0 {
-		return l, errors.New("agent: etcd: --etcd-endpoints is empty")
+		return l, errors.New("etcdclient: --etcd-endpoints is empty")
 	}
 	password := string(cfg.Password)
 	if cfg.PasswordFile != "" {
 		if password != "" {
-			return l, errors.New("agent: etcd: --etcd-password and --etcd-password-file both given; give one")
+			return l, errors.New("etcdclient: --etcd-password and --etcd-password-file both given; give one")
 		}
 		b, err := readFile("--etcd-password-file", cfg.PasswordFile)
 		if err != nil {
-			return l, fmt.Errorf("agent: etcd: %w", err)
+			return l, fmt.Errorf("etcdclient: %w", err)
 		}
 		// Editors and `echo` end a file with a newline; a password never
 		// does, while other white space may be part of it.
@@ -224,18 +224,18 @@ func (cfg EtcdConfig) load(log *zap.Logger) (loaded, error) {
 			password = strings.TrimSuffix(password, "\n")
 		}
 		if password == "" {
-			return l, fmt.Errorf("agent: etcd: --etcd-password-file %s is empty", cfg.PasswordFile)
+			return l, fmt.Errorf("etcdclient: --etcd-password-file %s is empty", cfg.PasswordFile)
 		}
 	}
 	switch {
 	case cfg.Username != "" && password == "":
-		return l, errors.New("agent: etcd: --etcd-username given without a password (--etcd-password-file or --etcd-password)")
+		return l, errors.New("etcdclient: --etcd-username given without a password (--etcd-password-file or --etcd-password)")
 	case cfg.Username == "" && password != "":
-		return l, errors.New("agent: etcd: a password given without --etcd-username")
+		return l, errors.New("etcdclient: a password given without --etcd-username")
 	case cfg.CertFile != "" && cfg.KeyFile == "":
-		return l, fmt.Errorf("agent: etcd TLS: --etcd-certfile %s given without --etcd-keyfile", cfg.CertFile)
+		return l, fmt.Errorf("etcdclient: TLS: --etcd-certfile %s given without --etcd-keyfile", cfg.CertFile)
 	case cfg.KeyFile != "" && cfg.CertFile == "":
-		return l, fmt.Errorf("agent: etcd TLS: --etcd-keyfile %s given without --etcd-certfile", cfg.KeyFile)
+		return l, fmt.Errorf("etcdclient: TLS: --etcd-keyfile %s given without --etcd-certfile", cfg.KeyFile)
 	}
 	l.password = password
 	var plain, secure []string
@@ -249,7 +249,7 @@ func (cfg EtcdConfig) load(log *zap.Logger) (loaded, error) {
 	if len(plain) > 0 && len(secure) > 0 {
 		// etcd's client takes the first endpoint's scheme for every
 		// connection: half of these would not be what they say.
-		return l, fmt.Errorf("agent: --etcd-endpoints mix http (%s) and https (%s): make them all https",
+		return l, fmt.Errorf("etcdclient: --etcd-endpoints mix http (%s) and https (%s): make them all https",
 			strings.Join(plain, ","), strings.Join(secure, ","))
 	}
 	var files []string
@@ -263,7 +263,7 @@ func (cfg EtcdConfig) load(log *zap.Logger) (loaded, error) {
 		// in clear, with the password if there is one. An operator who
 		// gave a CA or a certificate meant TLS: a refusal to start costs
 		// one edit, a silent downgrade the security they thought they had.
-		return l, fmt.Errorf("agent: etcd TLS: %s given, but endpoint %s is http://, which would ignore it and talk in clear: use https://",
+		return l, fmt.Errorf("etcdclient: TLS: %s given, but endpoint %s is http://, which would ignore it and talk in clear: use https://",
 			strings.Join(files, " and "), plain[0])
 	}
 	if cfg.Username != "" && len(plain) > 0 {
@@ -279,14 +279,14 @@ func (cfg EtcdConfig) load(log *zap.Logger) (loaded, error) {
 	if cfg.CAFile != "" {
 		pool, err := loadCAs(cfg.CAFile)
 		if err != nil {
-			return loaded{}, fmt.Errorf("agent: etcd TLS: %w", err)
+			return loaded{}, fmt.Errorf("etcdclient: TLS: %w", err)
 		}
 		l.tls.RootCAs = pool
 	}
 	if cfg.CertFile != "" {
 		cert, warnings, err := loadKeyPair(cfg.CertFile, cfg.KeyFile)
 		if err != nil {
-			return loaded{}, fmt.Errorf("agent: etcd TLS: %w", err)
+			return loaded{}, fmt.Errorf("etcdclient: TLS: %w", err)
 		}
 		l.warnings = append(l.warnings, warnings...)
 		cc := &clientCert{certFile: cfg.CertFile, keyFile: cfg.KeyFile, log: log, cert: &cert}

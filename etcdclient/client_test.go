@@ -1,4 +1,4 @@
-package agent
+package etcdclient
 
 import (
 	"context"
@@ -20,7 +20,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vtepd/vtepd/test/netns"
+	"github.com/vtepd/vtepd/internal/testca"
+
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -30,7 +31,7 @@ import (
 const testPassword = "s3cret-Pw-81"
 
 func TestSecretNeverPrints(t *testing.T) {
-	cfg := EtcdConfig{Endpoints: []string{"http://e:2379"}, Username: "vtepd", Password: testPassword}
+	cfg := Config{Endpoints: []string{"http://e:2379"}, Username: "vtepd", Password: testPassword}
 	var out []string
 	for _, verb := range []string{"%v", "%+v", "%#v", "%s", "%q", "%x", "%d"} {
 		out = append(out, fmt.Sprintf(verb, cfg), fmt.Sprintf(verb, cfg.Password))
@@ -127,11 +128,11 @@ func TestTLSReportedOncePerError(t *testing.T) {
 }
 
 // TestDialEtcdWaitsForLogin: with a username, etcd's client logs in before
-// it returns; DialEtcd retries while etcd does not answer, saying so, and
+// it returns; Dial retries while etcd does not answer, saying so, and
 // stops when its context ends. The endpoint is a Unix socket nobody
 // listens on: no packet leaves the test.
 func TestDialEtcdWaitsForLogin(t *testing.T) {
-	cfg := EtcdConfig{
+	cfg := Config{
 		Endpoints: []string{"unix://" + filepath.Join(t.TempDir(), "nobody.sock")},
 		Username:  "vtepd",
 		Password:  testPassword,
@@ -143,12 +144,12 @@ func TestDialEtcdWaitsForLogin(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		time.AfterFunc(200*time.Millisecond, cancel)
 		start := time.Now()
-		c, err := DialEtcd(ctx, cfg, log)
+		c, err := Dial(ctx, cfg, log)
 		if c != nil || !errors.Is(err, context.Canceled) {
-			t.Fatalf("DialEtcd = %v, %v; want context.Canceled", c, err)
+			t.Fatalf("Dial = %v, %v; want context.Canceled", c, err)
 		}
 		if took := time.Since(start); took > 2*time.Second {
-			t.Errorf("DialEtcd returned %v after its context was cancelled", took)
+			t.Errorf("Dial returned %v after its context was cancelled", took)
 		}
 	})
 
@@ -158,8 +159,8 @@ func TestDialEtcdWaitsForLogin(t *testing.T) {
 		}
 		ctx, cancel := context.WithTimeout(t.Context(), 7*time.Second)
 		defer cancel()
-		if _, err := DialEtcd(ctx, cfg, log); !errors.Is(err, context.DeadlineExceeded) {
-			t.Fatalf("DialEtcd = %v, want context.DeadlineExceeded", err)
+		if _, err := Dial(ctx, cfg, log); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Dial = %v, want context.DeadlineExceeded", err)
 		}
 		retries := logs.FilterMessage("etcd did not answer the login; retrying").All()
 		if len(retries) == 0 {
@@ -180,7 +181,7 @@ func TestDialEtcdWaitsForLogin(t *testing.T) {
 // each handshake; one that cannot be used leaves the last good one in use,
 // with a warning that says why.
 func TestClientCertificateReload(t *testing.T) {
-	ca, err := netns.NewCA("test CA")
+	ca, err := testca.New("test CA")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,13 +189,13 @@ func TestClientCertificateReload(t *testing.T) {
 	certFile, keyFile := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
 	issue := func(name string) {
 		t.Helper()
-		if err := ca.IssueFiles(netns.CertSpec{Name: name}, certFile, keyFile); err != nil {
+		if err := ca.IssueFiles(testca.CertSpec{Name: name}, certFile, keyFile); err != nil {
 			t.Fatal(err)
 		}
 	}
 	issue("first")
 	core, logs := observer.New(zapcore.DebugLevel)
-	l, err := EtcdConfig{Endpoints: []string{"https://e:2379"}, CertFile: certFile, KeyFile: keyFile}.load(zap.New(core))
+	l, err := Config{Endpoints: []string{"https://e:2379"}, CertFile: certFile, KeyFile: keyFile}.load(zap.New(core))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +239,7 @@ func TestPasswordFile(t *testing.T) {
 		if err := os.WriteFile(path, []byte(tt.content), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		l, err := EtcdConfig{Endpoints: []string{"http://e:2379"}, Username: "u", PasswordFile: path}.load(zap.NewNop())
+		l, err := Config{Endpoints: []string{"http://e:2379"}, Username: "u", PasswordFile: path}.load(zap.NewNop())
 		if err != nil || l.password != tt.want {
 			t.Errorf("password file %q: %q, %v; want %q", tt.content, l.password, err, tt.want)
 		}
