@@ -13,8 +13,18 @@
 // all the same; ignoring it (as early flannel did, flannel#283) lets aged
 // entries fail.
 //
-// Listener reads the socket; Responder turns one Miss into the fewest kernel
-// writes: for an L3 miss the FDB entry VTEP MAC -> public IP first (a packet
+// A miss goes through two files: listener.go reads it off the socket and
+// decodes it (miss.go), answer.go turns it into the fewest kernel writes:
+// for an L3 miss the FDB entry VTEP MAC -> public IP first (a packet
 // released towards a MAC without an FDB entry is dropped, not queued), then
-// the neighbour entry, which releases the packets the kernel queued.
+// the neighbour entry, which releases the packets the kernel queued. The
+// writes themselves are package fabric's.
+//
+// Beside the answer path: invalidate.go follows the lease table (entries of
+// a lease that goes or changes go or are re-pointed), and reconcile.go
+// brings the device's entries in line with the table as a whole, at start
+// and after a socket overflow.
+//
+// miss imports store (leases) and fabric (the kernel's entry types); it must
+// never import the agent.
 package miss

@@ -1,205 +1,16 @@
 package miss
 
+// Bringing the kernel in line with the lease table as a whole rather than
+// miss by miss: at start-up (Reconcile), after a socket overflow or a new
+// lease (Sweep), and after the device lost its routes (RestoreRoutes).
+
 import (
 	"errors"
-	"net"
-	"net/netip"
 
 	"github.com/vtepd/vtepd/fabric"
 	"github.com/vtepd/vtepd/store"
-	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
-
-// ApplyChange brings the kernel in line with one change of the lease table,
-// so that nothing vtepd installed outlives the truth in etcd: when a lease
-// goes, every neighbour and FDB entry pointing at its VTEP goes, and its host
-// route; when its VTEP MAC or public IP changes (a rebuilt host), the
-// entries are re-pointed, the new FDB entry first. When a lease appears, a
-// sweep is asked for: peers that sent to the new host before its lease was
-// known are answered now rather than at the kernel's next probe. Pass it to
-// store.Table.OnChange; it runs on the table's goroutine and is serialised
-// with answering by r.mu.
-func (r *Responder) ApplyChange(c store.Change) {
-	if c.Old == nil {
-		r.mu.Lock()
-		sweep := r.reconciled && r.cfg.Sweep != nil && c.New != nil && c.New.Subnet != r.cfg.Own
-		r.mu.Unlock()
-		if sweep {
-			r.cfg.Sweep()
-		}
-		return
-	}
-	if c.New != nil && c.Old.SameTarget(*c.New) {
-		return // a new revision changes no entry
-	}
-	old := *c.Old
-	if old.Subnet == r.cfg.Own {
-		return // nothing is ever installed for our own subnet
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var next *store.Lease
-	if c.New != nil && c.New.Subnet == old.Subnet {
-		next = c.New
-	}
-	n, err := r.repoint(old, next)
-	if err != nil {
-		r.log.Warn("cleaning up entries of a changed lease failed", zap.Stringer("lease", old.Subnet), zap.Error(err))
-	}
-	if n > 0 || err != nil {
-		what := "removed"
-		if next != nil {
-			what = "re-pointed"
-		}
-		r.log.Info("lease "+what+"; kernel entries updated", zap.Stringer("lease", old.Subnet),
-			zap.Stringer("old_vtep", old.PublicIP), zap.Stringer("old_vtep_mac", old.VtepMAC), zap.Int("entries", n))
-	}
-}
-
-// repoint moves every entry pointing at old's VTEP to next's, or deletes it
-// when next is nil. It returns the number of entries changed. Called with
-// r.mu held.
-func (r *Responder) repoint(old store.Lease, next *store.Lease) (int, error) {
-	neighbours, err := r.kernel.Neighbours()
-	if err != nil {
-		return 0, err
-	}
-	fdb, err := r.kernel.FDB()
-	if err != nil {
-		return 0, err
-	}
-	var errs []error
-	changed := 0
-	oldMAC := net.HardwareAddr(old.VtepMAC[:])
-
-	var stale []fabric.Neighbour
-	for _, n := range neighbours {
-		if old.Subnet.Contains(n.IP) || macIs(n.MAC, old.VtepMAC) {
-			stale = append(stale, n)
-		}
-	}
-	var oldFDB []fabric.FDBEntry
-	for _, f := range fdb {
-		if macIs(f.MAC, old.VtepMAC) {
-			oldFDB = append(oldFDB, f)
-		}
-	}
-	if next != nil && len(stale)+len(oldFDB) > 0 {
-		// FDB first, as when answering: a neighbour pointing at a MAC with
-		// no FDB entry drops the packets sent to it.
-		if wrote, err := r.ensureFDB(*next); err != nil {
-			errs = append(errs, err)
-			next = nil // cannot re-point: delete, so the next packet misses afresh
-		} else if wrote {
-			changed++
-		}
-	}
-	for _, n := range stale {
-		if next != nil && next.Subnet.Contains(n.IP) && len(n.MAC) == 6 {
-			if macIs(n.MAC, next.VtepMAC) {
-				continue // only the public IP moved: the FDB entry did the work
-			}
-			err = r.kernel.SetNeigh(n.IP, next.VtepMAC)
-		} else {
-			err = r.kernel.DelNeigh(n.IP)
-		}
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		changed++
-	}
-	for _, f := range oldFDB {
-		if next != nil && next.VtepMAC == old.VtepMAC && next.PublicIP == f.Dst {
-			continue // the entry ensureFDB just wrote or confirmed
-		}
-		if err := r.kernel.DelFDB(oldMAC, f.Dst); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		changed++
-	}
-	if next == nil {
-		// The host route goes with the lease (the gateway stays the same
-		// for a changed one: the subnet's first address).
-		routes, err := r.kernel.Routes()
-		if err != nil {
-			errs = append(errs, err)
-		}
-		for _, rt := range routes {
-			if rt.Dst == old.Subnet && rt.Via.IsValid() {
-				if err := r.kernel.DelRoute(rt); err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				changed++
-			}
-		}
-		delete(r.hostRoutes, old.Subnet)
-	}
-	if next == nil || next.VtepMAC != old.VtepMAC {
-		delete(r.fdb, old.VtepMAC)
-	}
-	return changed, errors.Join(errs...)
-}
-
-// installHostRoute points l's whole subnet at its first address: the
-// neighbour entry of that address first, then the route. Called with r.mu
-// held, after ensureFDB.
-func (r *Responder) installHostRoute(l store.Lease) error {
-	if err := r.kernel.SetNeigh(l.Gateway(), l.VtepMAC); err != nil {
-		return err
-	}
-	if err := r.kernel.SetRoute(fabric.Route{Dst: l.Subnet, Via: l.Gateway()}, r.cfg.Gateway); err != nil {
-		return err
-	}
-	r.hostRoutes[l.Subnet] = l.Gateway()
-	return nil
-}
-
-// RestoreRoutes puts back the host routes the kernel lost, as it does when
-// the device goes down. Call it when the device's routes were restored.
-func (r *Responder) RestoreRoutes() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.hostRoutes) == 0 {
-		return nil
-	}
-	routes, err := r.kernel.Routes()
-	if err != nil {
-		return err
-	}
-	present := make(map[fabric.Route]bool, len(routes))
-	for _, rt := range routes {
-		present[rt] = true
-	}
-	var errs []error
-	for dst, via := range r.hostRoutes {
-		rt := fabric.Route{Dst: dst, Via: via}
-		if present[rt] {
-			continue
-		}
-		if err := r.kernel.SetRoute(rt, r.cfg.Gateway); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// ensureFDB installs l's FDB entry unless it is known to be there, and
-// says whether it wrote (or tried to write) it.
-func (r *Responder) ensureFDB(l store.Lease) (wrote bool, err error) {
-	if r.fdb[l.VtepMAC] == l.PublicIP {
-		return false, nil
-	}
-	if err := r.kernel.SetFDB(l.VtepMAC, l.PublicIP); err != nil {
-		delete(r.fdb, l.VtepMAC)
-		return true, err
-	}
-	r.fdb[l.VtepMAC] = l.PublicIP
-	return true, nil
-}
 
 // Reconciled counts what Reconcile did.
 type Reconciled struct {
@@ -219,104 +30,180 @@ func (r *Responder) overlayRoute() fabric.Route { return fabric.Route{Dst: r.cfg
 // entries with no lease behind them are deleted (flanneld's per-host routes
 // among them, in address mode), and addresses still being resolved are
 // answered. Call it once the table has synced.
+//
+// Each table is one entryKind: how to list it, what each entry deserves,
+// and how to carry that out. Routes go first, then the FDB, then the
+// neighbours, so that a neighbour kept or answered finds its VTEP's FDB
+// entry already right.
 func (r *Responder) Reconcile() (Reconciled, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var res Reconciled
-	var errs []error
 	clear(r.fdb)
 	clear(r.hostRoutes)
 	r.reconciled = true
-
-	routes, err := r.kernel.Routes()
-	if err != nil {
-		return res, err
-	}
-	for _, rt := range routes {
-		if rt == r.overlayRoute() {
-			res.Kept++
-			continue
-		}
-		if l, ok := r.remoteLease(rt.Via); ok && r.cfg.Mode == AnswerHost && rt.Dst == l.Subnet && rt.Via == l.Gateway() {
-			r.hostRoutes[rt.Dst] = rt.Via
-			res.Kept++
-			continue
-		}
-		if err := r.kernel.DelRoute(rt); err != nil {
+	var res Reconciled
+	var errs []error
+	for _, reconcile := range []func(*Reconciled) (listed bool, err error){
+		entryKind[fabric.Route]{r.kernel.Routes, r.judgeRoute, r.applyRoute, r.kernel.DelRoute}.reconcile,
+		entryKind[fabric.FDBEntry]{r.kernel.FDB, r.judgeFDB, r.applyFDB, func(f fabric.FDBEntry) error { return r.kernel.DelFDB(f.MAC, f.Dst) }}.reconcile,
+		entryKind[fabric.Neighbour]{r.kernel.Neighbours, r.judgeNeighbour, r.applyNeighbour, func(n fabric.Neighbour) error { return r.kernel.DelNeigh(n.IP) }}.reconcile,
+	} {
+		listed, err := reconcile(&res)
+		if err != nil {
 			errs = append(errs, err)
-			continue
 		}
-		res.Removed++
-	}
-
-	fdb, err := r.kernel.FDB()
-	if err != nil {
-		return res, errors.Join(append(errs, err)...)
-	}
-	for _, f := range fdb {
-		l, ok := r.leases.LookupMAC(store.MAC(f.MAC))
-		switch {
-		case ok && l.PublicIP == f.Dst && l.Subnet != r.cfg.Own && f.State&unix.NUD_PERMANENT != 0:
-			r.fdb[l.VtepMAC] = l.PublicIP
-			res.Kept++
-		case ok && l.PublicIP == f.Dst && l.Subnet != r.cfg.Own:
-			// Right place, but ageing (left by flanneld, say): make it
-			// PERMANENT in place rather than delete and re-add it.
-			if _, err := r.ensureFDB(l); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			res.Fixed++
-		default:
-			if err := r.kernel.DelFDB(f.MAC, f.Dst); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			res.Removed++
-		}
-	}
-
-	neighbours, err := r.kernel.Neighbours()
-	if err != nil {
-		return res, errors.Join(append(errs, err)...)
-	}
-	for _, n := range neighbours {
-		if n.State&unix.NUD_NOARP != 0 {
-			continue // multicast and broadcast: the kernel's own entries
-		}
-		l, ok := r.remoteLease(n.IP)
-		resolving := n.State&(unix.NUD_INCOMPLETE|unix.NUD_FAILED) != 0 || len(n.MAC) != 6
-		if !ok {
-			if resolving {
-				continue // the kernel's own business; it will fail and go
-			}
-			if err := r.kernel.DelNeigh(n.IP); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			res.Removed++
-			continue
-		}
-		switch {
-		case resolving:
-			res.Answered++
-		case macIs(n.MAC, l.VtepMAC):
-			// Even a right neighbour needs its FDB entry, which may have
-			// been missing or wrong (and deleted above).
-			if _, err := r.ensureFDB(l); err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			res.Kept++
-			continue
-		default:
-			res.Fixed++
-		}
-		if _, err := r.install(n.IP, l); err != nil {
-			errs = append(errs, err)
+		if !listed {
+			break // what follows depends on this table being right
 		}
 	}
 	return res, errors.Join(errs...)
+}
+
+// verdict is what reconciliation does with one entry the kernel holds.
+type verdict uint8
+
+const (
+	// leave: not vtepd's to judge (the kernel's own entries, or an address
+	// being resolved that no lease holds: it will fail and go).
+	leave verdict = iota
+	// keep: right as it is.
+	keep
+	// fix: rewrite it in place (wrong VTEP, or not PERMANENT).
+	fix
+	// answer: still being resolved, and a lease says where to: answer it,
+	// which releases the packets the kernel queued on it.
+	answer
+	// remove: no lease behind it.
+	remove
+)
+
+// entryKind is one table of the device's entries as Reconcile sees it:
+// list it, judge each entry against the lease table, then apply the
+// verdict (keep, fix, answer) or remove the entry. An address family or a
+// kind of entry is one more entryKind, not one more loop.
+type entryKind[E any] struct {
+	list   func() ([]E, error)
+	judge  func(E) (verdict, store.Lease)
+	apply  func(E, verdict, store.Lease) error
+	remove func(E) error
+}
+
+// reconcile applies the verdicts to every entry the kernel lists, counting
+// them in res. listed says whether the kernel could be asked at all.
+func (k entryKind[E]) reconcile(res *Reconciled) (listed bool, err error) {
+	have, err := k.list()
+	if err != nil {
+		return false, err
+	}
+	var errs []error
+	for _, e := range have {
+		v, l := k.judge(e)
+		switch v {
+		case leave:
+			continue
+		case remove:
+			err = k.remove(e)
+		default:
+			err = k.apply(e, v, l)
+		}
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		res.count(v)
+	}
+	return true, errors.Join(errs...)
+}
+
+func (res *Reconciled) count(v verdict) {
+	switch v {
+	case keep:
+		res.Kept++
+	case fix:
+		res.Fixed++
+	case answer:
+		res.Answered++
+	case remove:
+		res.Removed++
+	}
+}
+
+// judgeRoute keeps the overlay route and, in host mode, the host routes
+// that point at a lease's first address; any other route of the device
+// goes (flanneld's per-host routes among them, in address mode).
+func (r *Responder) judgeRoute(rt fabric.Route) (verdict, store.Lease) {
+	if rt == r.overlayRoute() {
+		return keep, store.Lease{}
+	}
+	if l, ok := r.remoteLease(rt.Via); ok && r.cfg.Mode == AnswerHost && rt.Dst == l.Subnet && rt.Via == l.Gateway() {
+		return keep, l
+	}
+	return remove, store.Lease{}
+}
+
+func (r *Responder) applyRoute(rt fabric.Route, _ verdict, _ store.Lease) error {
+	if rt.Via.IsValid() {
+		r.hostRoutes[rt.Dst] = rt.Via
+	}
+	return nil
+}
+
+// judgeFDB keeps an entry that sends a lease's VTEP MAC to its public IP
+// as a PERMANENT entry, fixes one that does so but ages (left by flanneld,
+// say), and removes every other: a MAC no lease publishes, or one sent to
+// the wrong place.
+func (r *Responder) judgeFDB(f fabric.FDBEntry) (verdict, store.Lease) {
+	l, ok := r.leases.LookupMAC(store.MAC(f.MAC))
+	switch {
+	case !ok || l.PublicIP != f.Dst || l.Subnet == r.cfg.Own:
+		return remove, store.Lease{}
+	case f.State&unix.NUD_PERMANENT == 0:
+		return fix, l
+	}
+	return keep, l
+}
+
+func (r *Responder) applyFDB(_ fabric.FDBEntry, v verdict, l store.Lease) error {
+	if v == keep {
+		r.fdb[l.VtepMAC] = l.PublicIP
+		return nil
+	}
+	// In place, rather than deleted and added again: no moment without it.
+	_, err := r.ensureFDB(l)
+	return err
+}
+
+// judgeNeighbour keeps an entry that resolves an address to its lease's
+// VTEP MAC, re-points one that resolves it to another, answers one the
+// kernel is still resolving, and removes one no lease holds.
+func (r *Responder) judgeNeighbour(n fabric.Neighbour) (verdict, store.Lease) {
+	if n.State&unix.NUD_NOARP != 0 {
+		return leave, store.Lease{} // multicast and broadcast: the kernel's own
+	}
+	l, ok := r.remoteLease(n.IP)
+	resolving := n.State&(unix.NUD_INCOMPLETE|unix.NUD_FAILED) != 0 || len(n.MAC) != 6
+	switch {
+	case !ok && resolving:
+		return leave, store.Lease{}
+	case !ok:
+		return remove, store.Lease{}
+	case resolving:
+		return answer, l
+	case macIs(n.MAC, l.VtepMAC):
+		return keep, l
+	}
+	return fix, l
+}
+
+func (r *Responder) applyNeighbour(n fabric.Neighbour, v verdict, l store.Lease) error {
+	if v == keep {
+		// Even a right neighbour needs its FDB entry, which may have been
+		// missing or wrong (and removed with the FDB's verdicts).
+		_, err := r.ensureFDB(l)
+		return err
+	}
+	_, err := r.install(n.IP, l)
+	return err
 }
 
 // Sweep answers every address the kernel is still resolving on the device
@@ -361,51 +248,31 @@ func (r *Responder) Sweep() (int, error) {
 	return answered + ok, errors.Join(append(errs, err)...)
 }
 
-// prepare makes l's VTEP reachable before a neighbour points at it: the
-// FDB entry first (the neighbour write releases the queued packets at once,
-// and a packet towards a MAC without an FDB entry is dropped), then in host
-// mode the route to l's subnet through its first address, with that
-// address's neighbour: from then on the whole subnet goes there without
-// asking. It returns the kernel writes it made, and whether ip's own
-// neighbour was one of them (ip is the first address). Called with r.mu
-// held.
-func (r *Responder) prepare(ip netip.Addr, l store.Lease) (writes int, done bool, err error) {
-	if wrote, err := r.ensureFDB(l); wrote || err != nil {
-		writes++
-		if err != nil {
-			return writes, false, err
+// RestoreRoutes puts back the host routes the kernel lost, as it does when
+// the device goes down. Call it when the device's routes were restored.
+func (r *Responder) RestoreRoutes() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.hostRoutes) == 0 {
+		return nil
+	}
+	routes, err := r.kernel.Routes()
+	if err != nil {
+		return err
+	}
+	present := make(map[fabric.Route]bool, len(routes))
+	for _, rt := range routes {
+		present[rt] = true
+	}
+	var errs []error
+	for dst, via := range r.hostRoutes {
+		rt := fabric.Route{Dst: dst, Via: via}
+		if present[rt] {
+			continue
+		}
+		if err := r.kernel.SetRoute(rt, r.cfg.Gateway); err != nil {
+			errs = append(errs, err)
 		}
 	}
-	if r.cfg.Mode == AnswerHost && r.hostRoutes[l.Subnet] != l.Gateway() {
-		writes += 2
-		if err := r.installHostRoute(l); err != nil {
-			return writes, false, err
-		}
-		return writes, ip == l.Gateway(), nil
-	}
-	return writes, false, nil
-}
-
-// install points ip at l's VTEP and returns the kernel writes it made.
-// The address's own neighbour is written in either mode: the kernel queued
-// the packet on its entry, and only a write to that entry releases it.
-// Called with r.mu held.
-func (r *Responder) install(ip netip.Addr, l store.Lease) (int, error) {
-	writes, done, err := r.prepare(ip, l)
-	if err != nil || done {
-		return writes, err
-	}
-	return writes + 1, r.kernel.SetNeigh(ip, l.VtepMAC)
-}
-
-// remoteLease returns the lease of another host holding ip.
-func (r *Responder) remoteLease(ip netip.Addr) (store.Lease, bool) {
-	if !ip.Is4() || !r.cfg.Network.Contains(ip) || r.cfg.Own.Contains(ip) {
-		return store.Lease{}, false
-	}
-	return r.leases.LookupIP(ip)
-}
-
-func macIs(hw net.HardwareAddr, m store.MAC) bool {
-	return len(hw) == 6 && store.MAC(hw) == m
+	return errors.Join(errs...)
 }

@@ -168,8 +168,8 @@ func (f *fakeLeases) remove(key string) {
 	f.leases = slices.DeleteFunc(f.leases, func(l store.Lease) bool { return l.Key == key })
 }
 
-// answer drives an L3 miss for ip through the responder.
-func answer(t *testing.T, r *Responder, ip string) {
+// mustAnswer drives an L3 miss for ip through the responder.
+func mustAnswer(t *testing.T, r *Responder, ip string) {
 	t.Helper()
 	res := r.Answer(l3Miss(ip))
 	if res.Outcome != Answered {
@@ -179,9 +179,9 @@ func answer(t *testing.T, r *Responder, ip string) {
 
 func TestApplyChangeRemovedLease(t *testing.T) {
 	r, fl, k := newStateResponder(peerLease, farLease)
-	answer(t, r, "10.5.2.7")
-	answer(t, r, "10.5.2.8")
-	answer(t, r, "10.5.3.3")
+	mustAnswer(t, r, "10.5.2.7")
+	mustAnswer(t, r, "10.5.2.8")
+	mustAnswer(t, r, "10.5.3.3")
 	k.takeOps()
 
 	fl.remove(peerLease.Key)
@@ -198,7 +198,7 @@ func TestApplyChangeRemovedLease(t *testing.T) {
 	// Back with the same VTEP: the FDB entry is written again, not assumed.
 	fl.put(peerLease)
 	r.ApplyChange(store.Change{New: &peerLease})
-	answer(t, r, "10.5.2.7")
+	mustAnswer(t, r, "10.5.2.7")
 	if ops := k.takeOps(); len(ops) != 2 || !strings.HasPrefix(ops[0], "set-fdb") {
 		t.Errorf("after the lease came back: ops %v, want the FDB entry first, then the neighbour", ops)
 	}
@@ -206,8 +206,8 @@ func TestApplyChangeRemovedLease(t *testing.T) {
 
 func TestApplyChangeRebuiltHost(t *testing.T) {
 	r, fl, k := newStateResponder(peerLease)
-	answer(t, r, "10.5.2.7")
-	answer(t, r, "10.5.2.8")
+	mustAnswer(t, r, "10.5.2.7")
+	mustAnswer(t, r, "10.5.2.8")
 	k.takeOps()
 
 	rebuilt := peerLease
@@ -242,7 +242,7 @@ func TestApplyChangeRebuiltHost(t *testing.T) {
 
 func TestApplyChangeNoOps(t *testing.T) {
 	r, _, k := newStateResponder(peerLease)
-	answer(t, r, "10.5.2.7")
+	mustAnswer(t, r, "10.5.2.7")
 	k.takeOps()
 	renewed := peerLease
 	renewed.ModRevision += 10
@@ -298,7 +298,7 @@ func TestReconcile(t *testing.T) {
 		}
 	}
 	// The FDB cache knows what is installed: the next miss writes one entry.
-	answer(t, r, "10.5.2.20")
+	mustAnswer(t, r, "10.5.2.20")
 	if ops := k.takeOps(); len(ops) != 1 {
 		t.Errorf("ops after reconcile %v, want only the neighbour", ops)
 	}
@@ -376,7 +376,7 @@ func newHostResponder(leases ...store.Lease) (*Responder, *fakeLeases, *stateKer
 func TestHostModeAnswers(t *testing.T) {
 	r, fl, k := newHostResponder(peerLease, farLease)
 	peerMAC, farMAC := peerLease.VtepMAC.String(), farLease.VtepMAC.String()
-	answer(t, r, "10.5.2.7")
+	mustAnswer(t, r, "10.5.2.7")
 	want := []string{
 		"set-fdb " + peerMAC + " " + peerLease.PublicIP.String(),
 		"set-neigh 10.5.2.0 " + peerMAC,
@@ -388,12 +388,12 @@ func TestHostModeAnswers(t *testing.T) {
 	}
 	// A packet sent before the route existed misses too: only its own
 	// entry is written.
-	answer(t, r, "10.5.2.8")
+	mustAnswer(t, r, "10.5.2.8")
 	if ops := k.takeOps(); !slices.Equal(ops, []string{"set-neigh 10.5.2.8 " + peerMAC}) {
 		t.Errorf("second miss for the same host: ops %v", ops)
 	}
 	// A miss for a host's first address itself writes it once.
-	answer(t, r, "10.5.3.0")
+	mustAnswer(t, r, "10.5.3.0")
 	if ops := k.takeOps(); len(ops) != 3 || ops[2] != "set-route 10.5.3.0/24 via 10.5.3.0 onlink" {
 		t.Errorf("miss for a gateway: ops %v", ops)
 	}

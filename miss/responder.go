@@ -11,7 +11,6 @@ import (
 	"github.com/vtepd/vtepd/fabric"
 	"github.com/vtepd/vtepd/store"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // Leases is what the responder asks about addresses and MACs; *store.Table
@@ -180,100 +179,4 @@ func (r *Responder) Count(kind Kind, o Outcome) uint64 {
 		return 0
 	}
 	return r.counts[kind][o].Load()
-}
-
-// Handle answers m if it is for our device, and logs it at debug level. It
-// is the function to pass to Listener.Run.
-func (r *Responder) Handle(m *Miss) {
-	if m.Ifindex != r.cfg.Ifindex {
-		return
-	}
-	res := r.Answer(m)
-	if r.cfg.Observe != nil {
-		r.cfg.Observe(m, res)
-	}
-	if ce := r.log.Check(zapcore.DebugLevel, "miss"); ce != nil {
-		ce.Write(missFields(m, res)...)
-	}
-}
-
-// Answer answers one miss for our device with the fewest kernel writes and
-// counts it.
-func (r *Responder) Answer(m *Miss) Result {
-	var res Result
-	switch m.Kind {
-	case L3:
-		res = r.answerL3(m)
-	case L2:
-		res = r.answerL2(m)
-	}
-	res.Latency = time.Since(m.Received)
-	if m.Kind == L2 || m.Kind == L3 {
-		r.counts[m.Kind][res.Outcome].Add(1)
-	}
-	return res
-}
-
-func (r *Responder) answerL3(m *Miss) Result {
-	switch {
-	case !m.IP.Is4() || !r.cfg.Network.Contains(m.IP):
-		return Result{Outcome: OutsideOverlay}
-	case r.cfg.Own.Contains(m.IP):
-		return Result{Outcome: OwnSubnet}
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	l, ok := r.leases.LookupIP(m.IP)
-	if !ok {
-		return Result{Outcome: NoLease}
-	}
-	res := Result{Outcome: Answered, Lease: l}
-	var err error
-	if res.Writes, err = r.install(m.IP, l); err != nil {
-		res.Outcome, res.Err = Failed, err
-	}
-	return res
-}
-
-func (r *Responder) answerL2(m *Miss) Result {
-	if !m.HasMAC {
-		return Result{Outcome: NoLease}
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	l, ok := r.leases.LookupMAC(m.MAC)
-	if !ok {
-		return Result{Outcome: NoLease}
-	}
-	if r.cfg.Own.Contains(l.Subnet.Addr()) {
-		return Result{Outcome: OwnSubnet, Lease: l}
-	}
-	// The kernel says the entry is missing, whatever r.fdb believes (it
-	// may have been deleted behind our back): write it.
-	delete(r.fdb, l.VtepMAC)
-	res := Result{Outcome: Answered, Lease: l, Writes: 1}
-	if _, err := r.ensureFDB(l); err != nil {
-		res.Outcome, res.Err = Failed, err
-	}
-	return res
-}
-
-func missFields(m *Miss, res Result) []zap.Field {
-	f := make([]zap.Field, 0, 9)
-	f = append(f, zap.Stringer("kind", m.Kind))
-	if m.IP.IsValid() {
-		f = append(f, zap.Stringer("ip", m.IP))
-	}
-	if m.HasMAC {
-		f = append(f, zap.Stringer("mac", m.MAC))
-	}
-	f = append(f, zap.String("state", StateString(m.State)), zap.Stringer("outcome", res.Outcome))
-	if res.Lease.Subnet.IsValid() {
-		f = append(f, zap.Stringer("lease", res.Lease.Subnet), zap.Stringer("vtep", res.Lease.PublicIP), zap.Stringer("vtep_mac", res.Lease.VtepMAC))
-	}
-	f = append(f, zap.Int("writes", res.Writes), zap.Duration("latency", res.Latency))
-	if res.Err != nil {
-		f = append(f, zap.Error(res.Err))
-	}
-	return f
 }

@@ -1,0 +1,189 @@
+package miss
+
+import (
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/vtepd/vtepd/fabric"
+	"github.com/vtepd/vtepd/store"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// The answer path: one miss, from the listener's handler to the kernel
+// writes that answer it. Everything a miss goes through is in this file,
+// in the order it goes through it.
+
+// Handle answers m if it is for our device, and logs it at debug level. It
+// is the function to pass to Listener.Run.
+func (r *Responder) Handle(m *Miss) {
+	if m.Ifindex != r.cfg.Ifindex {
+		return
+	}
+	res := r.Answer(m)
+	if r.cfg.Observe != nil {
+		r.cfg.Observe(m, res)
+	}
+	if ce := r.log.Check(zapcore.DebugLevel, "miss"); ce != nil {
+		ce.Write(missFields(m, res)...)
+	}
+}
+
+// Answer answers one miss for our device with the fewest kernel writes and
+// counts it.
+func (r *Responder) Answer(m *Miss) Result {
+	var res Result
+	switch m.Kind {
+	case L3:
+		res = r.answerL3(m)
+	case L2:
+		res = r.answerL2(m)
+	}
+	res.Latency = time.Since(m.Received)
+	if m.Kind == L2 || m.Kind == L3 {
+		r.counts[m.Kind][res.Outcome].Add(1)
+	}
+	return res
+}
+
+func (r *Responder) answerL3(m *Miss) Result {
+	switch {
+	case !r.cfg.Network.Contains(m.IP):
+		return Result{Outcome: OutsideOverlay}
+	case r.cfg.Own.Contains(m.IP):
+		return Result{Outcome: OwnSubnet}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l, ok := r.leases.LookupIP(m.IP)
+	if !ok {
+		return Result{Outcome: NoLease}
+	}
+	res := Result{Outcome: Answered, Lease: l}
+	var err error
+	if res.Writes, err = r.install(m.IP, l); err != nil {
+		res.Outcome, res.Err = Failed, err
+	}
+	return res
+}
+
+func (r *Responder) answerL2(m *Miss) Result {
+	if !m.HasMAC {
+		return Result{Outcome: NoLease}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	l, ok := r.leases.LookupMAC(m.MAC)
+	if !ok {
+		return Result{Outcome: NoLease}
+	}
+	if r.cfg.Own.Contains(l.Subnet.Addr()) {
+		return Result{Outcome: OwnSubnet, Lease: l}
+	}
+	// The kernel says the entry is missing, whatever r.fdb believes (it
+	// may have been deleted behind our back): write it.
+	delete(r.fdb, l.VtepMAC)
+	res := Result{Outcome: Answered, Lease: l, Writes: 1}
+	if _, err := r.ensureFDB(l); err != nil {
+		res.Outcome, res.Err = Failed, err
+	}
+	return res
+}
+
+func missFields(m *Miss, res Result) []zap.Field {
+	f := make([]zap.Field, 0, 9)
+	f = append(f, zap.Stringer("kind", m.Kind))
+	if m.IP.IsValid() {
+		f = append(f, zap.Stringer("ip", m.IP))
+	}
+	if m.HasMAC {
+		f = append(f, zap.Stringer("mac", m.MAC))
+	}
+	f = append(f, zap.String("state", StateString(m.State)), zap.Stringer("outcome", res.Outcome))
+	if res.Lease.Subnet.IsValid() {
+		f = append(f, zap.Stringer("lease", res.Lease.Subnet), zap.Stringer("vtep", res.Lease.PublicIP), zap.Stringer("vtep_mac", res.Lease.VtepMAC))
+	}
+	f = append(f, zap.Int("writes", res.Writes), zap.Duration("latency", res.Latency))
+	if res.Err != nil {
+		f = append(f, zap.Error(res.Err))
+	}
+	return f
+}
+
+// prepare makes l's VTEP reachable before a neighbour points at it: the
+// FDB entry first (the neighbour write releases the queued packets at once,
+// and a packet towards a MAC without an FDB entry is dropped), then in host
+// mode the route to l's subnet through its first address, with that
+// address's neighbour: from then on the whole subnet goes there without
+// asking. It returns the kernel writes it made, and whether ip's own
+// neighbour was one of them (ip is the first address). Called with r.mu
+// held.
+func (r *Responder) prepare(ip netip.Addr, l store.Lease) (writes int, done bool, err error) {
+	if wrote, err := r.ensureFDB(l); wrote || err != nil {
+		writes++
+		if err != nil {
+			return writes, false, err
+		}
+	}
+	if r.cfg.Mode == AnswerHost && r.hostRoutes[l.Subnet] != l.Gateway() {
+		writes += 2
+		if err := r.installHostRoute(l); err != nil {
+			return writes, false, err
+		}
+		return writes, ip == l.Gateway(), nil
+	}
+	return writes, false, nil
+}
+
+// install points ip at l's VTEP and returns the kernel writes it made.
+// The address's own neighbour is written in either mode: the kernel queued
+// the packet on its entry, and only a write to that entry releases it.
+// Called with r.mu held.
+func (r *Responder) install(ip netip.Addr, l store.Lease) (int, error) {
+	writes, done, err := r.prepare(ip, l)
+	if err != nil || done {
+		return writes, err
+	}
+	return writes + 1, r.kernel.SetNeigh(ip, l.VtepMAC)
+}
+
+// ensureFDB installs l's FDB entry unless it is known to be there, and
+// says whether it wrote (or tried to write) it.
+func (r *Responder) ensureFDB(l store.Lease) (wrote bool, err error) {
+	if r.fdb[l.VtepMAC] == l.PublicIP {
+		return false, nil
+	}
+	if err := r.kernel.SetFDB(l.VtepMAC, l.PublicIP); err != nil {
+		delete(r.fdb, l.VtepMAC)
+		return true, err
+	}
+	r.fdb[l.VtepMAC] = l.PublicIP
+	return true, nil
+}
+
+// installHostRoute points l's whole subnet at its first address: the
+// neighbour entry of that address first, then the route. Called with r.mu
+// held, after ensureFDB.
+func (r *Responder) installHostRoute(l store.Lease) error {
+	if err := r.kernel.SetNeigh(l.Gateway(), l.VtepMAC); err != nil {
+		return err
+	}
+	if err := r.kernel.SetRoute(fabric.Route{Dst: l.Subnet, Via: l.Gateway()}, r.cfg.Gateway); err != nil {
+		return err
+	}
+	r.hostRoutes[l.Subnet] = l.Gateway()
+	return nil
+}
+
+// remoteLease returns the lease of another host holding ip.
+func (r *Responder) remoteLease(ip netip.Addr) (store.Lease, bool) {
+	if !r.cfg.Network.Contains(ip) || r.cfg.Own.Contains(ip) {
+		return store.Lease{}, false
+	}
+	return r.leases.LookupIP(ip)
+}
+
+func macIs(hw net.HardwareAddr, m store.MAC) bool {
+	return len(hw) == 6 && store.MAC(hw) == m
+}
