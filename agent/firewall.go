@@ -39,7 +39,7 @@ type filters struct {
 
 // startFilters puts the forward rules in place, or removes them if the flag
 // is off. A failure is logged, not returned: a host whose FORWARD policy
-// accepts does not need the rules, and Keep retries for one that does.
+// accepts does not need the rules, and reassert retries for one that does.
 func startFilters(cfg Config, network netip.Prefix, log *zap.Logger) *filters {
 	f := &filters{log: log, network: network, wantMasq: cfg.IPMasq}
 	fwd, err := firewall.NewForward(log, network)
@@ -84,25 +84,26 @@ func (f *filters) masquerade(subnet netip.Prefix) {
 	}
 }
 
-// keep re-asserts the rules until ctx ends.
-func (f *filters) keep(ctx context.Context) {
+// reassert puts back, until ctx ends, whatever something else removes of the
+// rules (a restarting dockerd flushes DOCKER-USER).
+func (f *filters) reassert(ctx context.Context) {
 	done := make(chan struct{})
 	if f.masq != nil {
 		go func() {
 			defer close(done)
-			f.masq.Keep(ctx, firewallResync)
+			f.masq.Reassert(ctx, firewallResync)
 		}()
 	} else {
 		close(done)
 	}
 	if f.forward != nil {
-		f.forward.Keep(ctx, firewallResync)
+		f.forward.Reassert(ctx, firewallResync)
 	}
 	<-done
 }
 
 // stop releases the rules' sockets, and removes the rules if remove is set.
-// It runs after keep has returned.
+// It runs after reassert has returned.
 func (f *filters) stop(remove bool) {
 	var owners []ruleOwner
 	if f.forward != nil {

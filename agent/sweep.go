@@ -29,6 +29,14 @@ type sweeper struct {
 
 func newSweeper() *sweeper { return &sweeper{signal: make(chan struct{}, 1)} }
 
+// sweepStats counts sweeps and what they answered.
+type sweepStats struct{ sweeps, answered uint64 }
+
+// Stats returns the sweeper's counts.
+func (s *sweeper) Stats() sweepStats {
+	return sweepStats{sweeps: s.sweeps.Load(), answered: s.answered.Load()}
+}
+
 func (s *sweeper) request() {
 	select {
 	case s.signal <- struct{}{}:

@@ -9,16 +9,17 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/vishvananda/netlink"
 	"github.com/vtepd/vtepd/fabric"
 	"github.com/vtepd/vtepd/miss"
 	"github.com/vtepd/vtepd/store"
-	"golang.org/x/sys/unix"
 )
 
 // telemetry is what the agent tells about itself: Prometheus metrics,
-// health, status, and the recent misses. Components are attached as start-up
-// brings them up; until then health says what it is waiting for.
+// health, status, and the recent misses. Start-up phases hand it what they
+// bring up, each through a setter of its own; until then health says what
+// it is waiting for. It reads the components through the narrow interfaces
+// below, never through their concrete types: what a scrape may touch is
+// what these name.
 type telemetry struct {
 	version string
 	started time.Time
@@ -26,32 +27,73 @@ type telemetry struct {
 	// Set it before the first setPhase.
 	onPhase func(phase string)
 
-	mu        sync.Mutex
-	phase     string // what start-up is doing; "" once ready
-	netCfg    *store.Config
-	dev       *fabric.Device
-	own       *store.OwnLease
-	table     *store.Table
-	listener  *miss.Listener
-	responder *miss.Responder
-	entries   *fabric.Entries
-	gateway   netip.Addr
-	routes    []netip.Prefix
+	mu       sync.Mutex
+	phase    string // what start-up is doing; "" once ready
+	network  netip.Prefix
+	device   *deviceState
+	kernel   kernelReader
+	own      ownLease
+	table    leaseTable
+	misses   missCounts
+	listener listenerStats
+	writes   writeCounts
+	sweeps   sweepCounts
+	filters  firewallState
 
-	// inspect reads the device's state for scrapes and health checks on
-	// a socket of its own; the miss path's is never shared.
-	inspectMu sync.Mutex
-	inspect   *netlink.Handle
-	dump      *fabric.Entries
-
-	sweeper *sweeper
-	filters *filters
 	recent  recentMisses
 	latency *prometheus.HistogramVec
 	// byKind are latency's children, resolved once: a label lookup per
 	// miss is a hash and a map read the miss path need not pay.
 	byKind   [3]prometheus.Observer
 	registry *prometheus.Registry
+}
+
+// What telemetry reads of the components.
+type (
+	// kernelReader is *fabric.Reader: the device's state, read on a
+	// socket of its own, never the miss path's.
+	kernelReader interface {
+		CheckDevice(index int, name string, addr netip.Addr, routes []netip.Prefix) ([]string, error)
+		Neighbours(ifindex int) ([]fabric.Neighbour, error)
+		FDB(ifindex int) ([]fabric.FDBEntry, error)
+	}
+	// ownLease is *store.OwnLease.
+	ownLease interface {
+		Lease() store.Lease
+		Expires() time.Time
+	}
+	// leaseTable is *store.Table.
+	leaseTable interface {
+		Synced() <-chan struct{}
+		Stats() store.TableStats
+		Leases() []store.Lease
+		Rejected() []store.RejectedLease
+	}
+	// missCounts is *miss.Responder.
+	missCounts interface {
+		Count(miss.Kind, miss.Outcome) uint64
+	}
+	// listenerStats is *miss.Listener.
+	listenerStats interface{ Stats() miss.ListenerStats }
+	// writeCounts is *fabric.Entries.
+	writeCounts interface {
+		Stats(fabric.Op) fabric.WriteStats
+	}
+	// sweepCounts is the agent's sweeper.
+	sweepCounts interface{ Stats() sweepStats }
+	// firewallState is the agent's filters.
+	firewallState interface{ describe() FirewallStatus }
+)
+
+// deviceState is the VXLAN device as health and status describe it. The
+// address and routes are known, and checked, once the lease is.
+type deviceState struct {
+	name    string
+	index   int
+	mac     string
+	mtu     int
+	gateway netip.Addr
+	routes  []netip.Prefix
 }
 
 func newTelemetry(version string) *telemetry {
@@ -81,10 +123,35 @@ func (t *telemetry) setPhase(p string) {
 	}
 }
 
-// attach records the components once start-up has them.
-func (t *telemetry) attach(fn func(t *telemetry)) {
+// The setters, one per start-up phase that brings something up.
+
+func (t *telemetry) setNetwork(p netip.Prefix)  { t.set(func() { t.network = p }) }
+func (t *telemetry) setFilters(f firewallState) { t.set(func() { t.filters = f }) }
+func (t *telemetry) setTable(l leaseTable)      { t.set(func() { t.table = l }) }
+func (t *telemetry) setOwnLease(o ownLease)     { t.set(func() { t.own = o }) }
+
+func (t *telemetry) setDevice(d deviceState, k kernelReader) {
+	t.set(func() { t.device, t.kernel = &d, k })
+}
+
+// setAddressing makes health check the device's address and routes.
+func (t *telemetry) setAddressing(gateway netip.Addr, routes []netip.Prefix) {
+	t.set(func() {
+		if t.device != nil {
+			d := *t.device
+			d.gateway, d.routes = gateway, routes
+			t.device = &d
+		}
+	})
+}
+
+func (t *telemetry) setMissPath(m missCounts, l listenerStats, w writeCounts, s sweepCounts) {
+	t.set(func() { t.misses, t.listener, t.writes, t.sweeps = m, l, w, s })
+}
+
+func (t *telemetry) set(fn func()) {
 	t.mu.Lock()
-	fn(t)
+	fn()
 	t.mu.Unlock()
 }
 
@@ -96,43 +163,16 @@ func (t *telemetry) observe(m *miss.Miss, res miss.Result) {
 	t.recent.record(m, res)
 }
 
-// openInspector gives telemetry its own netlink socket in the agent's
-// namespace.
-func (t *telemetry) openInspector(dev *fabric.Device) error {
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
-	if err != nil {
-		return fmt.Errorf("agent: open rtnetlink for telemetry: %w", err)
-	}
-	e, err := fabric.OpenEntries(dev.Index, dev.Name)
-	if err != nil {
-		h.Close()
-		return err
-	}
-	t.inspectMu.Lock()
-	t.inspect, t.dump = h, e
-	t.inspectMu.Unlock()
-	return nil
-}
-
-func (t *telemetry) close() {
-	t.inspectMu.Lock()
-	defer t.inspectMu.Unlock()
-	if t.inspect != nil {
-		t.inspect.Close()
-		t.dump.Close()
-		t.inspect, t.dump = nil, nil
-	}
-}
-
 // kernelEntries counts the device's neighbour entries by state and its FDB
 // entries.
 func (t *telemetry) kernelEntries() (neigh map[string]int, fdb int, err error) {
-	t.inspectMu.Lock()
-	defer t.inspectMu.Unlock()
-	if t.dump == nil {
+	t.mu.Lock()
+	dev, kernel := t.device, t.kernel
+	t.mu.Unlock()
+	if dev == nil || kernel == nil {
 		return nil, 0, nil
 	}
-	ns, err := t.dump.Neighbours()
+	ns, err := kernel.Neighbours(dev.index)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -140,7 +180,7 @@ func (t *telemetry) kernelEntries() (neigh map[string]int, fdb int, err error) {
 	for _, n := range ns {
 		neigh[strings.ToLower(miss.StateString(uint16(n.State)))]++
 	}
-	fs, err := t.dump.FDB()
+	fs, err := kernel.FDB(dev.index)
 	return neigh, len(fs), err
 }
 
@@ -159,20 +199,14 @@ type Health struct {
 // stays held until it expires, which a healthy cluster would not let happen.
 func (t *telemetry) health() Health {
 	t.mu.Lock()
-	phase, dev, own, table, gateway, routes := t.phase, t.dev, t.own, t.table, t.gateway, t.routes
+	phase, dev, kernel, own, table := t.phase, t.device, t.kernel, t.own, t.table
 	t.mu.Unlock()
 	var h Health
 	if phase != "" {
 		h.Reasons = append(h.Reasons, phase)
 	}
-	if dev != nil && routes != nil {
-		t.inspectMu.Lock()
-		var missing []string
-		var err error
-		if t.inspect != nil {
-			missing, err = fabric.CheckDevice(t.inspect, dev.Index, dev.Name, gateway, routes)
-		}
-		t.inspectMu.Unlock()
+	if dev != nil && dev.routes != nil && kernel != nil {
+		missing, err := kernel.CheckDevice(dev.index, dev.name, dev.gateway, dev.routes)
 		if err != nil {
 			missing = append(missing, err.Error())
 		}
@@ -264,18 +298,17 @@ func (t *telemetry) status() Status {
 	h := t.health()
 	s := Status{Version: t.version, Started: t.started, Healthy: h.Healthy, Reasons: h.Reasons, Notes: h.Notes}
 	t.mu.Lock()
-	netCfg, dev, own, table, listener, responder, entries, sw := t.netCfg, t.dev, t.own, t.table, t.listener, t.responder, t.entries, t.sweeper
-	fw := t.filters
+	network, dev, own, table, listener, misses, writes, sweeps, fw := t.network, t.device, t.own, t.table, t.listener, t.misses, t.writes, t.sweeps, t.filters
 	t.mu.Unlock()
 	if fw != nil {
 		d := fw.describe()
 		s.Firewall = &d
 	}
-	if netCfg != nil {
-		s.Network = netCfg.Network.String()
+	if network.IsValid() {
+		s.Network = network.String()
 	}
 	if dev != nil {
-		s.Device = &DeviceStatus{Name: dev.Name, Index: dev.Index, MAC: dev.MAC.String(), MTU: dev.MTU}
+		s.Device = &DeviceStatus{Name: dev.name, Index: dev.index, MAC: dev.mac, MTU: dev.mtu}
 	}
 	if own != nil {
 		l, exp := own.Lease(), own.Expires()
@@ -291,24 +324,24 @@ func (t *telemetry) status() Status {
 		s.Entries = neigh
 		s.Entries["fdb"] = fdb
 	}
-	if responder != nil {
+	if misses != nil {
 		s.Misses = map[string]map[string]uint64{}
 		for _, k := range []miss.Kind{miss.L3, miss.L2} {
 			s.Misses[k.String()] = map[string]uint64{}
 			for _, o := range miss.Outcomes() {
-				s.Misses[k.String()][o.String()] = responder.Count(k, o)
+				s.Misses[k.String()][o.String()] = misses.Count(k, o)
 			}
 		}
 	}
-	if listener != nil && sw != nil {
-		ls := listener.Stats()
-		s.Netlink = &NetlinkStatus{Overflows: ls.Overflows, Sweeps: sw.sweeps.Load(), Swept: sw.answered.Load(),
+	if listener != nil && sweeps != nil {
+		ls, ss := listener.Stats(), sweeps.Stats()
+		s.Netlink = &NetlinkStatus{Overflows: ls.Overflows, Sweeps: ss.sweeps, Swept: ss.answered,
 			Malformed: ls.Malformed, Foreign: ls.Foreign}
 	}
-	if entries != nil {
+	if writes != nil {
 		s.Writes = map[string]fabric.WriteStats{}
 		for _, op := range fabric.Ops() {
-			s.Writes[op.String()] = entries.Stats(op)
+			s.Writes[op.String()] = writes.Stats(op)
 		}
 	}
 	return s
@@ -348,7 +381,7 @@ func (t *telemetry) Describe(ch chan<- *prometheus.Desc) {
 // counters at scrape time, so the miss path pays nothing for them.
 func (t *telemetry) Collect(ch chan<- prometheus.Metric) {
 	t.mu.Lock()
-	own, table, listener, responder, entries, sw := t.own, t.table, t.listener, t.responder, t.entries, t.sweeper
+	own, table, listener, misses, writes, sweeps := t.own, t.table, t.listener, t.misses, t.writes, t.sweeps
 	t.mu.Unlock()
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
@@ -361,16 +394,16 @@ func (t *telemetry) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	gauge(descReady, ready)
-	if responder != nil {
+	if misses != nil {
 		for _, k := range []miss.Kind{miss.L3, miss.L2} {
 			for _, o := range miss.Outcomes() {
-				counter(descMisses, responder.Count(k, o), k.String(), o.String())
+				counter(descMisses, misses.Count(k, o), k.String(), o.String())
 			}
 		}
 	}
-	if entries != nil {
+	if writes != nil {
 		for _, op := range fabric.Ops() {
-			st := entries.Stats(op)
+			st := writes.Stats(op)
 			counter(descWrites, st.Writes, op.String())
 			counter(descWriteErrors, st.TableFull, op.String(), "table_full")
 			counter(descWriteErrors, st.Errors-st.TableFull, op.String(), "other")
@@ -401,9 +434,10 @@ func (t *telemetry) Collect(ch chan<- prometheus.Metric) {
 		counter(descOverflows, ls.Overflows)
 		counter(descMalformed, ls.Malformed)
 		counter(descForeign, ls.Foreign)
-		if sw != nil {
-			counter(descSweeps, sw.sweeps.Load())
-			counter(descSwept, sw.answered.Load())
+		if sweeps != nil {
+			ss := sweeps.Stats()
+			counter(descSweeps, ss.sweeps)
+			counter(descSwept, ss.answered)
 		}
 	}
 	if own != nil {

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 )
@@ -42,11 +43,25 @@ type Device struct {
 	log *zap.Logger
 }
 
-// EnsureDevice makes the device match spec. A compatible device is adopted
-// as it is, without being brought down, so that a restart costs no traffic;
-// only its MTU is corrected. An incompatible one is deleted and created
-// again, with a warning that names every difference.
-func EnsureDevice(h *netlink.Handle, spec DeviceSpec, log *zap.Logger) (*Device, error) {
+// EnsureDevice makes the device match spec, in the calling thread's network
+// namespace. A compatible device is adopted as it is, without being brought
+// down, so that a restart costs no traffic; only its MTU is corrected. An
+// incompatible one is deleted and created again, with a warning that names
+// every difference. The Device owns an rtnetlink socket: Close it.
+func EnsureDevice(spec DeviceSpec, log *zap.Logger) (*Device, error) {
+	h, err := openHandle(netns.None())
+	if err != nil {
+		return nil, err
+	}
+	d, err := ensureDevice(h, spec, log)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func ensureDevice(h *netlink.Handle, spec DeviceSpec, log *zap.Logger) (*Device, error) {
 	want := &netlink.Vxlan{
 		LinkAttrs: netlink.LinkAttrs{
 			Name:         spec.Name,
@@ -166,6 +181,12 @@ func incompatibilities(link netlink.Link, want *netlink.Vxlan) []string {
 	// A different MAC is not a reason to recreate: the lease follows the
 	// device's MAC, and flapping the device would cost traffic.
 	return d
+}
+
+// Close releases the device's socket; the device stays.
+func (d *Device) Close() error {
+	d.h.Close()
+	return nil
 }
 
 // Up reports whether the device is administratively up.
@@ -292,10 +313,8 @@ func (d *Device) EnsureRoutes(src netip.Addr, want []Route) (bool, error) {
 	return added, nil
 }
 
-// CheckDevice says what is missing for the device with the given index to
-// carry the overlay: it must exist and be up, hold addr, and have a route
-// for each of routes. It reads through h and changes nothing.
-func CheckDevice(h *netlink.Handle, index int, name string, addr netip.Addr, routes []netip.Prefix) ([]string, error) {
+// checkDevice is Reader.CheckDevice.
+func checkDevice(h *netlink.Handle, index int, name string, addr netip.Addr, routes []netip.Prefix) ([]string, error) {
 	link, err := h.LinkByIndex(index)
 	if err != nil {
 		return []string{fmt.Sprintf("device %s is gone", name)}, nil

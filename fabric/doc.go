@@ -1,9 +1,15 @@
-// Package fabric writes vtepd's kernel state through rtnetlink: the VXLAN
-// device and its sysctls, its address and the one route for the overlay, and
-// the neighbour and FDB entries that answer misses.
+// Package fabric is vtepd's one door to the kernel's link, route, neighbour
+// and FDB tables: it writes them (the VXLAN device and its sysctls, its
+// address and the one route for the overlay, the neighbour and FDB entries
+// that answer misses), reads them, and watches the device. Outside fabric,
+// nothing in vtepd writes or dumps those tables; the one other socket is the
+// miss subscription, package miss's.
 //
-// Everything here works on a vishvananda/netlink Handle, so that tests can aim
-// it at a network namespace. Nothing here decides what should be installed;
+// Writers and readers are apart. Entries owns the sockets the miss path
+// writes through; Reader (a socket of its own, never written through) is for
+// whoever only looks: health checks, metrics, `vtepd monitor`, the lab's
+// assertions. Each can be opened in another network namespace, so that tests
+// aim them at a lab host. Nothing here decides what should be installed;
 // that is the miss package's job.
 //
 // The device is set up the way the kernel's miss path needs it (see

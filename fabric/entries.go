@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
-	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -107,15 +106,9 @@ func OpenEntries(ifindex int, name string) (*Entries, error) {
 
 // OpenEntriesAt opens a writer for a device in network namespace ns.
 func OpenEntriesAt(ns netns.NsHandle, ifindex int, name string) (*Entries, error) {
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	h, err := openHandle(ns)
 	if err != nil {
-		return nil, fmt.Errorf("fabric: open rtnetlink: %w", err)
-	}
-	// A write is acknowledged in microseconds; a kernel that does not
-	// answer within seconds is wedged, and we would rather say so.
-	if err := h.SetSocketTimeout(5 * time.Second); err != nil {
-		h.Close()
-		return nil, fmt.Errorf("fabric: set rtnetlink timeout: %w", err)
+		return nil, err
 	}
 	w, err := newWriter(ns, ifindex)
 	if err != nil {
@@ -234,17 +227,9 @@ func (e *Entries) DelNeigh(ip netip.Addr) error {
 
 // Neighbours lists the device's IPv4 neighbour entries.
 func (e *Entries) Neighbours() ([]Neighbour, error) {
-	list, err := listRetrying(func() ([]netlink.Neigh, error) { return e.h.NeighList(e.ifindex, unix.AF_INET) })
+	out, err := listNeighbours(e.h, e.ifindex)
 	if err != nil {
-		return nil, e.wrap(err, "list neighbours")
-	}
-	out := make([]Neighbour, 0, len(list))
-	for _, n := range list {
-		ip, ok := netip.AddrFromSlice(n.IP.To4())
-		if !ok {
-			continue
-		}
-		out = append(out, Neighbour{IP: ip, MAC: n.HardwareAddr, State: n.State})
+		return nil, e.wrap(err, "dump")
 	}
 	return out, nil
 }
@@ -253,17 +238,9 @@ func (e *Entries) Neighbours() ([]Neighbour, error) {
 // The device's own multicast addresses, which the kernel lists too, are left
 // out.
 func (e *Entries) FDB() ([]FDBEntry, error) {
-	list, err := listRetrying(func() ([]netlink.Neigh, error) { return e.h.NeighList(e.ifindex, unix.AF_BRIDGE) })
+	out, err := listFDB(e.h, e.ifindex)
 	if err != nil {
-		return nil, e.wrap(err, "list fdb")
-	}
-	out := make([]FDBEntry, 0, len(list))
-	for _, n := range list {
-		dst, ok := netip.AddrFromSlice(n.IP.To4())
-		if !ok || len(n.HardwareAddr) != 6 || n.HardwareAddr[0]&1 != 0 {
-			continue
-		}
-		out = append(out, FDBEntry{MAC: n.HardwareAddr, Dst: dst, State: n.State})
+		return nil, e.wrap(err, "dump")
 	}
 	return out, nil
 }

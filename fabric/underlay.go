@@ -38,10 +38,10 @@ type UnderlaySpec struct {
 	PublicIP netip.Addr
 }
 
-// FindUnderlay picks the underlay interface: the first of spec.Ifaces that
-// exists, else the first interface matching spec.IfaceRegexes, else the
-// interface of the default route.
-func FindUnderlay(h *netlink.Handle, spec UnderlaySpec) (Underlay, error) {
+// findUnderlayWith picks the underlay interface: the first of spec.Ifaces
+// that exists, else the first interface matching spec.IfaceRegexes, else
+// the interface of the default route.
+func findUnderlayWith(h *netlink.Handle, spec UnderlaySpec) (Underlay, error) {
 	u, err := findUnderlay(h, spec)
 	if err != nil {
 		return Underlay{}, err

@@ -5,11 +5,11 @@
 // Both have the same life: New… checks its arguments and writes nothing;
 // Ensure installs what is missing and is a no-op when all is in place, so
 // a restarted vtepd finds its rules and leaves them be; Check lists what is
-// missing from listings alone; Keep runs Check every period and restores
+// missing from listings alone; Reassert runs Check every period and restores
 // what something else removed, logging once per restore with what was
 // missing; Remove deletes vtepd's rules and nothing else, and is no error
 // when there are none; Close releases resources and leaves the rules.
-// Keep acts only between Ensure and Remove, so a Keep still running while
+// Reassert acts only between Ensure and Remove, so a Reassert still running while
 // vtepd shuts down cannot undo a Remove.
 //
 // Whether a clean shutdown should Remove is the caller's choice, with a

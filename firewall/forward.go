@@ -146,13 +146,13 @@ func (f *Forward) Ensure() error {
 // seconds: a few iptables listings and nftables dumps.
 func (f *Forward) Check() ([]string, error) { return f.run(f.check) }
 
-// Keep checks the rules every period until ctx ends, and restores them when
+// Reassert checks the rules every period until ctx ends, and restores them when
 // something flushed them (Docker does when it restarts, firewalld on every
 // reload) or when Docker's DOCKER-USER chain appeared and they belong
 // there. It logs once per restore, with what was missing. It acts only
 // between Ensure and Remove. A period of zero or less means 10s.
-func (f *Forward) Keep(ctx context.Context, every time.Duration) {
-	keep(ctx, f.log, "forward", every, f.whileArmed(f.check), f.whileArmed(f.restore))
+func (f *Forward) Reassert(ctx context.Context, every time.Duration) {
+	reassert(ctx, f.log, "forward", every, f.whileArmed(f.check), f.whileArmed(f.restore))
 }
 
 // Remove deletes vtepd's forward rules for this network, found by their

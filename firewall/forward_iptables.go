@@ -18,7 +18,7 @@ const (
 )
 
 // iptablesWait bounds the wait for the xtables lock, in seconds: another
-// program holding it for longer is stuck, and Keep tries again later.
+// program holding it for longer is stuck, and Reassert tries again later.
 const iptablesWait = 10
 
 // iptablesForward writes the forward rules through the iptables command,

@@ -106,13 +106,13 @@ func newTestForward(t *testing.T, ns string, opts ...Option) (*Forward, *observe
 	return f, logs
 }
 
-// keeping runs f.Keep until stop is called (or the test ends), and checks
+// keeping runs f.Reassert until stop is called (or the test ends), and checks
 // that it returns then.
 func keeping(t *testing.T, f *Forward) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		f.Keep(ctx, 20*time.Millisecond)
+		f.Reassert(ctx, 20*time.Millisecond)
 		close(done)
 	}()
 	stop = func() {
@@ -120,7 +120,7 @@ func keeping(t *testing.T, f *Forward) (stop func()) {
 		select {
 		case <-done:
 		case <-time.After(5 * time.Second):
-			t.Error("Keep did not return when its context ended")
+			t.Error("Reassert did not return when its context ended")
 		}
 	}
 	t.Cleanup(stop)
@@ -190,12 +190,12 @@ func TestForwardIPTables(t *testing.T) {
 			x.do(func(ipt *iptables.IPTables) error {
 				return ipt.Insert(filterTable, chainDockerUser, 1, "-d", "10.5.0.0/16", "-m", "comment", "--comment", "admin: mine", "-j", "ACCEPT")
 			})
-			// Remove while Keep still runs, as a shutdown might: Keep must
+			// Remove while Reassert still runs, as a shutdown might: Reassert must
 			// not put the rules back.
 			if err := f.Remove(); err != nil {
 				t.Fatal(err)
 			}
-			time.Sleep(100 * time.Millisecond) // five of Keep's periods
+			time.Sleep(100 * time.Millisecond) // five of Reassert's periods
 			equal(t, "DOCKER-USER after Remove", x.list(chainDockerUser), []string{"-N DOCKER-USER",
 				`-A DOCKER-USER -d 10.5.0.0/16 -m comment --comment "admin: mine" -j ACCEPT`, "-A DOCKER-USER -j RETURN"})
 			equal(t, "FORWARD after Remove", x.list(chainForward), []string{"-P FORWARD DROP", "-A FORWARD -j DOCKER-USER", "-A FORWARD " + adminRule})

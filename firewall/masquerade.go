@@ -160,12 +160,12 @@ func (m *Masquerade) Ensure() error {
 // place.
 func (m *Masquerade) Check() ([]string, error) { return m.run(m.check) }
 
-// Keep checks the rules every period until ctx ends, and puts them back
+// Reassert checks the rules every period until ctx ends, and puts them back
 // when something removed them (`systemctl restart nftables` flushes the
 // whole ruleset, for one). It acts only between Ensure and
 // Remove. A period of zero or less means 10s.
-func (m *Masquerade) Keep(ctx context.Context, every time.Duration) {
-	keep(ctx, m.log, "ip-masq", every, m.whileArmed(m.check), m.whileArmed(m.restore))
+func (m *Masquerade) Reassert(ctx context.Context, every time.Duration) {
+	reassert(ctx, m.log, "ip-masq", every, m.whileArmed(m.check), m.whileArmed(m.restore))
 }
 
 // Remove deletes vtepd's table, and with it every rule in it. Removing what

@@ -201,8 +201,8 @@ func TestMasqueradeRemove(t *testing.T) {
 	}
 }
 
-// Keep puts the table back after a `flush ruleset`, and says so once.
-func TestMasqueradeKeep(t *testing.T) {
+// Reassert puts the table back after a `flush ruleset`, and says so once.
+func TestMasqueradeReassert(t *testing.T) {
 	ns := newNS(t)
 	log, logs := testLogger(t)
 	m, err := NewMasquerade(log, testNetwork, testSubnet, InNetNS(ns))
@@ -217,7 +217,7 @@ func TestMasqueradeKeep(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		m.Keep(ctx, 20*time.Millisecond)
+		m.Reassert(ctx, 20*time.Millisecond)
 		close(done)
 	}()
 	defer func() {
@@ -241,6 +241,6 @@ func TestMasqueradeKeep(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
-		t.Fatal("Keep did not return when its context ended")
+		t.Fatal("Reassert did not return when its context ended")
 	}
 }

@@ -8,16 +8,16 @@ import (
 	"go.uber.org/zap"
 )
 
-// defaultEvery is Keep's period when it is given none.
+// defaultEvery is Reassert's period when it is given none.
 const defaultEvery = 10 * time.Second
 
-// keep is the re-assert loop behind Masquerade.Keep and Forward.Keep: every
+// reassert is the loop behind Masquerade.Reassert and Forward.Reassert: every
 // period, check (cheap: listings only) and, when something is missing,
 // restore. It logs once per restore, with what was missing, and a failure
 // once until things work again, so that a firewall that stays broken does
 // not fill the log. It runs in the caller's goroutine and returns when ctx
 // ends.
-func keep(ctx context.Context, log *zap.Logger, what string, every time.Duration,
+func reassert(ctx context.Context, log *zap.Logger, what string, every time.Duration,
 	check, restore func() ([]string, error)) {
 	if every <= 0 {
 		every = defaultEvery
@@ -62,7 +62,7 @@ func keep(ctx context.Context, log *zap.Logger, what string, every time.Duration
 
 // guard serialises the operations of a rule owner (Masquerade, Forward) and
 // remembers whether its rules are wanted: Ensure arms it, Remove disarms it,
-// and Keep acts only while armed, so that a Keep still running while vtepd
+// and Reassert acts only while armed, so that a Reassert still running while vtepd
 // shuts down cannot put back rules Remove just took away.
 type guard struct {
 	mu     sync.Mutex
@@ -88,7 +88,7 @@ func (g *guard) arm(wanted bool, fn func() ([]string, error)) ([]string, error) 
 	})
 }
 
-// whileArmed is fn for Keep: nothing to do while the rules are not wanted.
+// whileArmed is fn for Reassert: nothing to do while the rules are not wanted.
 func (g *guard) whileArmed(fn func() ([]string, error)) func() ([]string, error) {
 	return func() ([]string, error) {
 		return g.run(func() ([]string, error) {

@@ -147,7 +147,7 @@ func TestIPLayout(t *testing.T) {
 
 // keep logs once per restore and once per run of failures, and returns when
 // its context ends.
-func TestKeepLoop(t *testing.T) {
+func TestReassertLoop(t *testing.T) {
 	log, logs := testLogger(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	// Each check takes its answer from the test, one tick at a time.
@@ -172,7 +172,7 @@ func TestKeepLoop(t *testing.T) {
 	}
 	done := make(chan struct{})
 	go func() {
-		keep(ctx, log, "test", time.Millisecond, check, restore)
+		reassert(ctx, log, "test", time.Millisecond, check, restore)
 		close(done)
 	}()
 	boom := errors.New("boom")

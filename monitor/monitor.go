@@ -1,7 +1,8 @@
 // Package monitor is `vtepd monitor`: a live view of the kernel's VXLAN
 // misses on a host, whether vtepd runs there or not (next to flanneld too).
 // It only listens: it subscribes to the same netlink group as the responder
-// and never writes.
+// and reads the kernel's entries through fabric's read-only Reader; it
+// never writes.
 //
 // For each miss it prints the time, device, kind, address or MAC and state.
 // Given the lease table, it adds the lease that would answer the miss and
@@ -18,11 +19,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"github.com/vtepd/vtepd/fabric"
 	"github.com/vtepd/vtepd/miss"
 	"github.com/vtepd/vtepd/store"
-	"golang.org/x/sys/unix"
 )
 
 // Options choose what is shown and how.
@@ -79,7 +78,7 @@ type Monitor struct {
 	opts     Options
 	w        io.Writer
 	listener *miss.Listener
-	h        *netlink.Handle
+	kernel   *fabric.Reader
 	devices  map[int]device // the listener's goroutine only
 	snap     snapshot       // the printer's goroutine only
 }
@@ -106,17 +105,17 @@ func New(w io.Writer, opts Options) (*Monitor, error) {
 	if err != nil {
 		return nil, err
 	}
-	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+	r, err := fabric.OpenReader()
 	if err != nil {
 		l.Close()
-		return nil, fmt.Errorf("monitor: open rtnetlink: %w", err)
+		return nil, err
 	}
-	return &Monitor{opts: opts, w: w, listener: l, h: h, devices: map[int]device{}}, nil
+	return &Monitor{opts: opts, w: w, listener: l, kernel: r, devices: map[int]device{}}, nil
 }
 
 // Close releases the sockets.
 func (m *Monitor) Close() error {
-	m.h.Close()
+	m.kernel.Close()
 	return m.listener.Close()
 }
 
@@ -194,11 +193,10 @@ func (m *Monitor) device(ifindex int) device {
 		return d
 	}
 	var d device
-	if link, err := m.h.LinkByIndex(ifindex); err == nil {
-		_, d.vxlan = link.(*netlink.Vxlan)
-		d.name = link.Attrs().Name
-		if len(link.Attrs().HardwareAddr) == 6 {
-			d.mac = store.MAC(link.Attrs().HardwareAddr)
+	if link, err := m.kernel.Link(ifindex); err == nil {
+		d.vxlan, d.name = link.VXLAN, link.Name
+		if len(link.MAC) == 6 {
+			d.mac = store.MAC(link.MAC)
 		}
 	} else {
 		d.name = fmt.Sprintf("ifindex %d", ifindex)
@@ -239,7 +237,7 @@ func (m *Monitor) print(ctx context.Context, queue <-chan Event) error {
 func (m *Monitor) judge(ev *Event) {
 	settled := ev.Time.Add(m.opts.Settle)
 	if m.snap.ifindex != ev.ifindex || m.snap.taken.Before(settled) {
-		m.snap = m.take(ev.ifindex, ev.Device)
+		m.snap = m.take(ev.ifindex)
 	}
 	if m.snap.neigh == nil {
 		return
@@ -292,18 +290,13 @@ func (m *Monitor) judge(ev *Event) {
 }
 
 // take reads a device's entries.
-func (m *Monitor) take(ifindex int, name string) snapshot {
+func (m *Monitor) take(ifindex int) snapshot {
 	s := snapshot{ifindex: ifindex, taken: time.Now()}
 	if ifindex == 0 {
 		return s
 	}
-	e, err := fabric.OpenEntries(ifindex, name)
-	if err != nil {
-		return s
-	}
-	defer e.Close()
-	ns, err1 := e.Neighbours()
-	fs, err2 := e.FDB()
+	ns, err1 := m.kernel.Neighbours(ifindex)
+	fs, err2 := m.kernel.FDB(ifindex)
 	if err1 != nil || err2 != nil {
 		return s
 	}

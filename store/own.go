@@ -91,7 +91,7 @@ func (o *OwnLease) Expires() time.Time {
 	return o.expires
 }
 
-// Recheck asks the keeper to verify the lease in etcd now, e.g. because the
+// Recheck asks Hold to verify the lease in etcd now, e.g. because the
 // table saw its key change. It never blocks.
 func (o *OwnLease) Recheck() {
 	select {
@@ -106,12 +106,12 @@ func (o *OwnLease) set(l Lease, ttl time.Duration) {
 	o.mu.Unlock()
 }
 
-// Keep renews the lease margin before it expires, until ctx is done. When
+// Hold renews the lease margin before it expires, until ctx is done. When
 // the key has vanished (deleted by an operator, or expired during a long etcd
-// outage) the same subnet is taken again if it is free. Keep returns an error
+// outage) the same subnet is taken again if it is free. Hold returns an error
 // wrapping ErrSubnetTaken if another host holds the subnet; otherwise it
 // returns ctx.Err().
-func (o *OwnLease) Keep(ctx context.Context, margin time.Duration) error {
+func (o *OwnLease) Hold(ctx context.Context, margin time.Duration) error {
 	margin = min(margin, o.claim.TTL/2)
 	bo := newBackoff(time.Second, time.Minute)
 	var failing bool

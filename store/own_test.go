@@ -433,12 +433,12 @@ func TestAcquireLeaseTakeOverRace(t *testing.T) {
 	}
 }
 
-// runKeep runs o.Keep until the test ends or stop is called.
-func runKeep(t *testing.T, o *OwnLease, margin time.Duration) (done <-chan error, stop func()) {
+// runHold runs o.Hold until the test ends or stop is called.
+func runHold(t *testing.T, o *OwnLease, margin time.Duration) (done <-chan error, stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	ch := make(chan error, 1)
-	go func() { ch <- o.Keep(ctx, margin) }()
+	go func() { ch <- o.Hold(ctx, margin) }()
 	return ch, cancel
 }
 
@@ -448,7 +448,7 @@ func keepResult(t *testing.T, done <-chan error, timeout time.Duration) error {
 	case err := <-done:
 		return err
 	case <-time.After(timeout):
-		t.Fatalf("Keep did not return within %v", timeout)
+		t.Fatalf("Hold did not return within %v", timeout)
 		return nil
 	}
 }
@@ -457,7 +457,7 @@ func expectKeeping(t *testing.T, done <-chan error) {
 	t.Helper()
 	select {
 	case err := <-done:
-		t.Fatalf("Keep returned %v", err)
+		t.Fatalf("Hold returned %v", err)
 	default:
 	}
 }
@@ -472,7 +472,7 @@ func TestKeepRenews(t *testing.T) {
 	o := acquire(t, c, cfg, claim)
 	l := expectOwn(t, c, cfg, o, claim)
 	expires := o.Expires()
-	done, stop := runKeep(t, o, 3*time.Second) // capped at TTL/2
+	done, stop := runHold(t, o, 3*time.Second) // capped at TTL/2
 
 	// Renewed before it expires, by keepalive: the same key and etcd lease.
 	eventually(t, 5*time.Second, func() bool { return o.Expires().After(expires.Add(500 * time.Millisecond)) },
@@ -502,7 +502,7 @@ func TestKeepRenews(t *testing.T) {
 	}
 	stop()
 	if err := keepResult(t, done, 5*time.Second); !errors.Is(err, context.Canceled) {
-		t.Errorf("Keep returned %v after cancel, want context.Canceled", err)
+		t.Errorf("Hold returned %v after cancel, want context.Canceled", err)
 	}
 }
 
@@ -516,7 +516,7 @@ func TestKeepRecreatesDeletedKey(t *testing.T) {
 	l := o.Lease()
 	core, logs := observer.New(zapcore.DebugLevel)
 	o.log = zap.New(core)
-	done, _ := runKeep(t, o, time.Second)
+	done, _ := runHold(t, o, time.Second)
 
 	mustDelete(t, c, l.Key)
 	o.Recheck()
@@ -551,7 +551,7 @@ func TestKeepRepairsOwnKey(t *testing.T) {
 	claim := testClaim(1)
 	o := acquire(t, c, cfg, claim)
 	l := o.Lease()
-	done, _ := runKeep(t, o, time.Second)
+	done, _ := runHold(t, o, time.Second)
 
 	repaired := func(what string) {
 		t.Helper()
@@ -586,7 +586,7 @@ func TestKeepSubnetTaken(t *testing.T) {
 	claim := testClaim(1)
 	o := acquire(t, c, cfg, claim)
 	l := o.Lease()
-	done, _ := runKeep(t, o, time.Second)
+	done, _ := runHold(t, o, time.Second)
 
 	// Another host writes our key.
 	theirs := mkLease(l.Subnet.String(), 77, 0)
@@ -595,12 +595,12 @@ func TestKeepSubnetTaken(t *testing.T) {
 	o.Recheck()
 	err := keepResult(t, done, 10*time.Second)
 	if !errors.Is(err, ErrSubnetTaken) {
-		t.Fatalf("Keep returned %v, want ErrSubnetTaken", err)
+		t.Fatalf("Hold returned %v, want ErrSubnetTaken", err)
 	}
 	if !strings.Contains(err.Error(), l.Key) || !strings.Contains(err.Error(), "198.51.100.77") {
 		t.Errorf("error %q does not name the key and the other host", err)
 	}
-	// Keep did not overwrite it.
+	// Hold did not overwrite it.
 	if got := string(mustGet(t, c, l.Key).Kvs[0].Value); got != string(theirs.Value()) {
 		t.Errorf("the other host's value was overwritten with %s", got)
 	}
@@ -613,7 +613,7 @@ func TestKeepSubnetTakenByOverlap(t *testing.T) {
 	claim := testClaim(1)
 	o := acquire(t, c, cfg, claim)
 	l := o.Lease()
-	done, _ := runKeep(t, o, time.Second)
+	done, _ := runHold(t, o, time.Second)
 
 	// Our key vanishes and another host takes a /23 that holds our subnet.
 	mustDelete(t, c, l.Key)
@@ -622,13 +622,13 @@ func TestKeepSubnetTakenByOverlap(t *testing.T) {
 	o.Recheck()
 	err := keepResult(t, done, 10*time.Second)
 	if !errors.Is(err, ErrSubnetTaken) {
-		t.Fatalf("Keep returned %v, want ErrSubnetTaken", err)
+		t.Fatalf("Hold returned %v, want ErrSubnetTaken", err)
 	}
 	if !strings.Contains(err.Error(), l.Subnet.String()) {
 		t.Errorf("error %q does not name the subnet", err)
 	}
 	if kv := mustGet(t, c, l.Key).Kvs; len(kv) != 0 {
-		t.Errorf("Keep re-created %s inside another host's %s", l.Key, big)
+		t.Errorf("Hold re-created %s inside another host's %s", l.Key, big)
 	}
 }
 

@@ -41,11 +41,11 @@ func TestUnderlayChoice(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ns.Close()
-	nh, err := netlink.NewHandleAt(ns)
+	kernel, err := fabric.OpenReaderAt(ns)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nh.Close()
+	defer kernel.Close()
 
 	res := func(s ...string) []*regexp.Regexp {
 		var out []*regexp.Regexp
@@ -77,7 +77,7 @@ func TestUnderlayChoice(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			u, err := fabric.FindUnderlay(nh, tt.spec)
+			u, err := kernel.FindUnderlay(tt.spec)
 			if tt.wantError != nil {
 				if err == nil {
 					t.Fatalf("chose %s (%s), want an error", u.Name, u.Addr)

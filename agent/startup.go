@@ -1,0 +1,389 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime/debug"
+	"strconv"
+
+	"github.com/vtepd/vtepd/etcdclient"
+	"github.com/vtepd/vtepd/fabric"
+	"github.com/vtepd/vtepd/miss"
+	"github.com/vtepd/vtepd/store"
+	"github.com/vtepd/vtepd/subnetfile"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+)
+
+// agent is one run of vtepd: the components start-up brings up, phase by
+// phase (the methods below, in the order run calls them), and what stops
+// them.
+type agent struct {
+	cfg Config
+	log *zap.Logger
+	ctx context.Context // the caller's: a clean stop
+	tel *telemetry
+	sd  *systemd
+
+	// g runs the components that run until the agent stops; gctx ends when
+	// ctx does or one of them fails.
+	g      *errgroup.Group
+	gctx   context.Context
+	cancel context.CancelFunc
+	// cleanups run in reverse order when the agent is done.
+	cleanups []func()
+
+	kernel    *fabric.Reader
+	underlay  fabric.Underlay
+	etcd      *clientv3.Client
+	netCfg    store.Config
+	filters   *filters
+	table     *store.Table
+	changes   changeRouter
+	dev       *fabric.Device
+	listener  *miss.Listener
+	entries   *fabric.Entries
+	own       *store.OwnLease
+	responder *miss.Responder
+	sweeper   *sweeper
+}
+
+// newAgent serves health from the first moment (while start-up waits on
+// etcd, /healthz says what it is waiting for) and opens the kernel reader
+// the underlay choice and the health checks share.
+func newAgent(ctx context.Context, cfg Config, log *zap.Logger) (*agent, error) {
+	a := &agent{cfg: cfg, log: log, ctx: ctx, tel: newTelemetry(cfg.Version), sd: &systemd{log: log}}
+	a.tel.onPhase = func(phase string) { a.sd.notify("STATUS=" + phase) }
+	stopping := context.AfterFunc(ctx, func() { a.sd.notify("STOPPING=1\nSTATUS=stopping; device, entries and lease stay") })
+	a.onClose(func() { stopping() })
+
+	runCtx, cancel := context.WithCancel(ctx)
+	a.cancel = cancel
+	a.g, a.gctx = errgroup.WithContext(runCtx)
+	a.onClose(cancel)
+
+	httpListener, err := listenHTTP(cfg.HTTPAddr)
+	if err != nil {
+		a.close()
+		return nil, err
+	}
+	if httpListener != nil {
+		hctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := a.tel.serveHTTP(hctx, httpListener, log); err != nil {
+				log.Error("serving metrics and health stopped", zap.Error(err))
+			}
+		}()
+		a.onClose(func() { stop(); <-done })
+		log.Info("serving metrics, health and status", zap.String("http_addr", httpListener.Addr().String()))
+	}
+	if a.kernel, err = fabric.OpenReader(); err != nil {
+		a.close()
+		return nil, err
+	}
+	a.onClose(func() { a.kernel.Close() })
+	return a, nil
+}
+
+// onClose registers fn to run when the agent is done.
+func (a *agent) onClose(fn func()) { a.cleanups = append(a.cleanups, fn) }
+
+func (a *agent) close() {
+	for i := len(a.cleanups) - 1; i >= 0; i-- {
+		a.cleanups[i]()
+	}
+	a.cleanups = nil
+}
+
+// fail stops what start-up started and returns err; when err only says
+// that the agent is stopping (a clean stop, or a component that failed),
+// it returns what wait does.
+func (a *agent) fail(err error) error {
+	if a.gctx.Err() != nil && errors.Is(err, a.gctx.Err()) {
+		return a.wait()
+	}
+	a.cancel()
+	a.g.Wait()
+	return err
+}
+
+// wait waits for the components and turns a clean stop into nil.
+func (a *agent) wait() error {
+	err := a.g.Wait()
+	if a.ctx.Err() != nil && errors.Is(err, a.ctx.Err()) {
+		return nil
+	}
+	return err
+}
+
+// chooseUnderlay finds the interface VXLAN packets leave by. One named by
+// --iface may not be there yet (a NIC that comes up late, a bond being
+// built): it is waited for, saying what was tried, rather than exited on
+// into a restart loop.
+func (a *agent) chooseUnderlay(ctx context.Context) error {
+	err := retry(ctx, a.log, a.tel, "choosing the underlay interface", func(context.Context) (err error) {
+		a.underlay, err = a.kernel.FindUnderlay(a.cfg.Underlay)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	u := a.underlay
+	a.log.Info("underlay chosen", zap.String("iface", u.Name), zap.Stringer("local", u.Addr),
+		zap.Stringer("public_ip", u.PublicIP), zap.Int("mtu", u.MTU))
+	return nil
+}
+
+// connectEtcd makes the etcd client. With a username, making it is a login,
+// which needs etcd: an etcd that is away at start is waited for.
+func (a *agent) connectEtcd(ctx context.Context) error {
+	c, err := etcdclient.Dial(ctx, a.cfg.Etcd, a.log)
+	if err != nil {
+		return err
+	}
+	a.etcd = c
+	a.onClose(func() { c.Close() })
+	return nil
+}
+
+// readNetworkConfig waits for a valid network config, then takes the lock
+// on the device it names: one agent at a time drives a device.
+func (a *agent) readNetworkConfig(ctx context.Context) error {
+	cfg, err := store.WaitConfig(ctx, a.etcd, a.cfg.EtcdPrefix, a.log, a.tel.setPhase)
+	if err != nil {
+		return err
+	}
+	a.netCfg = cfg
+	a.tel.setNetwork(cfg.Network)
+	lock, err := lockDevice(a.deviceName())
+	if err != nil {
+		return err
+	}
+	a.onClose(func() { lock.Close() })
+	return nil
+}
+
+func (a *agent) deviceName() string {
+	if a.cfg.DeviceName != "" {
+		return a.cfg.DeviceName
+	}
+	return "flannel." + strconv.Itoa(a.netCfg.Backend.VNI)
+}
+
+// installForwardRules puts the forward rules in as soon as the network is
+// known: on a host whose FORWARD policy is DROP nothing crosses the overlay
+// without them.
+func (a *agent) installForwardRules(context.Context) error {
+	a.filters = startFilters(a.cfg, a.netCfg.Network, a.log)
+	a.tel.setFilters(a.filters)
+	a.onClose(func() {
+		// Rules go with a clean stop, and stay for a handover or after an
+		// error: systemd restarts a failed vtepd, which finds them there.
+		// The components have stopped by now: nothing re-asserts them.
+		a.filters.stop(a.ctx.Err() != nil && !errors.Is(context.Cause(a.ctx), ErrHandover))
+	})
+	return nil
+}
+
+// syncLeaseTable loads the whole lease table, however big, before anything
+// is published: once this host's lease is, peers may send to it, and
+// everything after publishing must take milliseconds, not the length of a
+// list.
+func (a *agent) syncLeaseTable(ctx context.Context) error {
+	a.table = store.NewTable(a.netCfg)
+	a.table.OnChange(a.changes.apply)
+	a.g.Go(func() error { return a.table.Sync(ctx, a.etcd, a.cfg.EtcdPrefix, a.log) })
+	a.tel.setTable(a.table)
+	select {
+	case <-a.table.Synced():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// ensureDevice creates or adopts the VXLAN device. One that has to be
+// created gets the VTEP MAC this host published before, so that peers'
+// entries stay right.
+func (a *agent) ensureDevice(context.Context) error {
+	var prevMAC net.HardwareAddr
+	if prev, ok := leaseOf(a.table, a.underlay.PublicIP); ok {
+		prevMAC = prev.VtepMAC.HardwareAddr()
+	}
+	dev, err := fabric.EnsureDevice(fabric.DeviceSpec{
+		Name: a.deviceName(), VNI: a.netCfg.Backend.VNI, Port: a.netCfg.Backend.Port, Underlay: a.underlay, MAC: prevMAC,
+	}, a.log)
+	if err != nil {
+		return err
+	}
+	a.dev = dev
+	a.onClose(func() { dev.Close() })
+	if err := dev.EnableAppProbes(); err != nil {
+		return err
+	}
+	if trap, err := dev.ProbeTimersTrap(); err == nil && trap != "" {
+		a.log.Warn("neighbour timers keep idle entries alive", zap.String("why", trap))
+	}
+	a.tel.setDevice(deviceState{name: dev.Name, index: dev.Index, mac: dev.MAC.String(), mtu: dev.MTU}, a.kernel)
+	return nil
+}
+
+// subscribeToMisses opens the miss socket before the overlay route exists:
+// from then on every miss is heard. The writer the answers go through is
+// opened with it.
+func (a *agent) subscribeToMisses(context.Context) error {
+	l, err := miss.Listen(a.cfg.ReadBuffer)
+	if err != nil {
+		return err
+	}
+	a.listener = l
+	a.onClose(func() { l.Close() })
+	e, err := fabric.OpenEntries(a.dev.Index, a.dev.Name)
+	if err != nil {
+		return err
+	}
+	a.entries = e
+	a.onClose(func() { e.Close() })
+	return nil
+}
+
+// overlayRoutes are the device's routes: the one for the whole overlay.
+func (a *agent) overlayRoutes() []fabric.Route { return []fabric.Route{{Dst: a.netCfg.Network}} }
+
+// acquireLease takes this host's subnet and gives the device its address
+// and the overlay route. Once the lease is published, peers may send at
+// once (and do: a peer's sweep answers whoever waited for this host). When
+// the subnet is known in advance, the device gets its address and route
+// before the lease is published; the miss socket is subscribed already, so
+// nothing goes unheard, and an acquisition that ends on another subnet
+// corrects the address right after.
+func (a *agent) acquireLease(ctx context.Context) error {
+	claim := store.Claim{PublicIP: a.underlay.PublicIP, VtepMAC: store.MAC(a.dev.MAC), TTL: a.cfg.LeaseTTL}
+	if env, err := subnetfile.Read(a.cfg.SubnetFile); err == nil && env.Network == a.netCfg.Network {
+		claim.Previous = env.Subnet.Masked()
+	}
+	if expected, ok := expectedSubnet(a.table, a.underlay.PublicIP, claim.Previous); ok {
+		if err := a.addressDevice(expected.Addr()); err != nil {
+			return err
+		}
+	}
+	err := retry(ctx, a.log, a.tel, "acquiring a subnet lease", func(ctx context.Context) (err error) {
+		a.own, err = store.AcquireLease(ctx, a.etcd, a.cfg.EtcdPrefix, a.netCfg, claim, a.log)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	own := a.own.Lease()
+	a.table.SetOwn(own.Key)
+	a.tel.setOwnLease(a.own)
+	if err := a.addressDevice(own.Gateway()); err != nil {
+		return err
+	}
+	a.filters.masquerade(own.Subnet)
+	a.g.Go(func() error {
+		a.filters.reassert(ctx)
+		return nil
+	})
+	return nil
+}
+
+// addressDevice gives the device gateway as its address, and the overlay
+// route.
+func (a *agent) addressDevice(gateway netip.Addr) error {
+	if _, err := a.dev.SetAddress(gateway); err != nil {
+		return err
+	}
+	_, err := a.dev.EnsureRoutes(gateway, a.overlayRoutes())
+	return err
+}
+
+// reconcileEntries makes the responder and brings the device's existing
+// entries in line with the table: right ones kept, wrong ones fixed or
+// deleted, and addresses the kernel asked about while no vtepd listened
+// answered. From here on the table's changes reach the kernel, and the own
+// lease is renewed.
+func (a *agent) reconcileEntries(ctx context.Context) error {
+	own := a.own.Lease()
+	a.sweeper = newSweeper()
+	a.responder = miss.NewResponder(miss.ResponderConfig{
+		Ifindex: a.dev.Index, Network: a.netCfg.Network, Own: own.Subnet, Gateway: own.Gateway(),
+		Mode: a.cfg.Answer, Observe: a.tel.observe, Sweep: a.sweeper.newLease,
+	}, a.table, a.entries, a.log)
+	a.tel.setMissPath(a.responder, a.listener, a.entries, a.sweeper)
+	a.changes.set(func(c store.Change) {
+		a.responder.ApplyChange(c)
+		// Our key deleted, or saying something we did not write: let the
+		// renewal find out whether to publish again or give up the subnet.
+		if c.Old != nil && c.Old.Key == own.Key && c.New == nil ||
+			c.New != nil && c.New.Key == own.Key && !c.New.SameTarget(a.own.Lease()) {
+			a.own.Recheck()
+		}
+	})
+	a.g.Go(func() error { return a.own.Hold(ctx, a.cfg.RenewMargin) })
+
+	rec, err := a.responder.Reconcile()
+	if err != nil {
+		a.log.Warn("reconciling the device's entries with the lease table was incomplete", zap.Error(err))
+	}
+	a.log.Info("device entries reconciled", zap.Int("kept", rec.Kept), zap.Int("fixed", rec.Fixed),
+		zap.Int("removed", rec.Removed), zap.Int("answered", rec.Answered))
+	return nil
+}
+
+// answerMisses starts the miss path and what watches over it: the sweeper,
+// the listener, systemd's watchdog, the report of unusual counts, and the
+// device's repair.
+func (a *agent) answerMisses(ctx context.Context) error {
+	gateway := a.own.Lease().Gateway()
+	a.g.Go(func() error {
+		a.sweeper.run(ctx, a.responder, a.log)
+		return nil
+	})
+	a.g.Go(func() error { return a.listener.Run(ctx, a.responder.Handle, a.sweeper.overflowed) })
+	a.g.Go(func() error { return a.sd.watchdog(ctx, a.listener.Turns) })
+	a.g.Go(func() error {
+		report(ctx, a.cfg.ReportInterval, a.log, a.responder, a.listener, a.table)
+		return nil
+	})
+	a.tel.setAddressing(gateway, []netip.Prefix{a.netCfg.Network})
+	a.g.Go(func() error {
+		repairDevice(ctx, a.dev, gateway, a.overlayRoutes(), a.responder, a.log)
+		return nil
+	})
+	if fwd, err := fabric.IPForwarding(); err == nil && !fwd {
+		a.log.Warn("IPv4 forwarding is off in this namespace: containers behind this host are unreachable through the overlay (sysctl net.ipv4.ip_forward=1)")
+	}
+	return nil
+}
+
+// writeSubnetFile writes the subnet file last: it is what tells Docker the
+// overlay is ready.
+func (a *agent) writeSubnetFile(context.Context) error {
+	return subnetfile.Write(a.cfg.SubnetFile, subnetfile.Env{
+		Network: a.netCfg.Network,
+		Subnet:  subnetfile.BridgeSubnet(a.own.Lease().Subnet),
+		MTU:     a.dev.MTU,
+		IPMasq:  a.cfg.IPMasq,
+	})
+}
+
+// ready says so: in the log, to health, and to systemd.
+func (a *agent) ready() {
+	own := a.own.Lease()
+	a.tel.setPhase("")
+	a.log.Info("vtepd ready", zap.String("device", a.dev.Name), zap.Stringer("subnet", own.Subnet), zap.Stringer("answer", a.cfg.Answer),
+		zap.Stringer("vtep_mac", own.VtepMAC), zap.Int("leases", a.table.Len()), zap.String("subnet_file", a.cfg.SubnetFile))
+	a.sd.notify(fmt.Sprintf("READY=1\nSTATUS=answering misses for %s on %s, %d leases", own.Subnet, a.dev.Name, a.table.Len()))
+	// Loading the table left garbage several times its size, which the
+	// heap would keep mapped until the collector's scavenger got round to
+	// it: hand it back now, once, so a host's memory is the table's and not
+	// the start's (50,000 leases: RSS 92 MiB before this, see BENCHMARKS.md).
+	debug.FreeOSMemory()
+}
