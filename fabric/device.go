@@ -375,6 +375,13 @@ func IPForwarding() (bool, error) {
 	return v == 1, err
 }
 
+// NeighbourTableLimit reads the kernel's neighbour table limit,
+// net.ipv4.neigh.default.gc_thresh3. It exists in the root namespace only:
+// elsewhere the error says the file is missing.
+func NeighbourTableLimit() (int, error) {
+	return readSysctlInt("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+}
+
 // readSysctlInt reads a sysctl that holds one integer.
 func readSysctlInt(path string) (int, error) {
 	b, err := os.ReadFile(path)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync/atomic"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -96,6 +97,11 @@ type FDBEntry struct {
 	MAC   net.HardwareAddr
 	Dst   netip.Addr
 	State int
+	// Unused is how long ago the VXLAN driver last sent a frame through
+	// the entry: its transmit path stamps the entry's "used" time on every
+	// frame, the fast path included (unlike a neighbour entry's, which the
+	// cached hardware header bypasses). It is how vtepd tells an idle peer.
+	Unused time.Duration
 }
 
 // OpenEntries opens a writer for the device with the given index in the
@@ -124,13 +130,15 @@ func (e *Entries) Close() error {
 	return e.w.close()
 }
 
-// NeighWrite is one neighbour entry to set: IP resolves to MAC.
+// NeighWrite is one neighbour entry to set: IP resolves to MAC, PERMANENT
+// or else REACHABLE (see SetNeigh).
 type NeighWrite struct {
-	IP  netip.Addr
-	MAC [6]byte
+	IP        netip.Addr
+	MAC       [6]byte
+	Permanent bool
 }
 
-// SetNeighs sets many neighbour entries, REACHABLE, up to 128 to a
+// SetNeighs sets many neighbour entries, up to 128 to a
 // datagram: answering a storm's worth of misses at once costs a few system
 // calls, not thousands. It returns how many the kernel took, and the errors
 // of the others: one per refused write, one per batch that could not be
@@ -140,7 +148,7 @@ func (e *Entries) SetNeighs(writes []NeighWrite) (ok int, err error) {
 	for start := 0; start < len(writes); start += maxBatch {
 		batch := writes[start:min(start+maxBatch, len(writes))]
 		for _, nw := range batch {
-			e.w.neigh(nw.IP, nw.MAC)
+			e.w.neigh(nw.IP, nw.MAC, nw.Permanent)
 		}
 		err := e.w.flush()
 		e.writes[OpSetNeigh].Add(uint64(len(batch)))
@@ -202,13 +210,20 @@ func (e *Entries) DelFDB(mac net.HardwareAddr, dst netip.Addr) error {
 	return e.count(OpDelFDB, nil)
 }
 
-// SetNeigh makes ip resolve to mac, REACHABLE. Set on an INCOMPLETE entry,
-// this releases the packets the kernel queued on it within this call.
-func (e *Entries) SetNeigh(ip netip.Addr, mac [6]byte) error {
+// SetNeigh makes ip resolve to mac. Set on an INCOMPLETE entry, this
+// releases the packets the kernel queued on it within this call.
+//
+// A PERMANENT entry never ages: traffic through it goes on however long
+// nobody answers the kernel's questions (vtepd stopped, upgraded, stuck),
+// and it does not count against the kernel's neighbour table limit
+// (gc_thresh3), which means the kernel never collects it either: its owner
+// removes it. A REACHABLE one ages to STALE and, used again, is
+// re-confirmed by a PROBE miss; the kernel collects it when idle.
+func (e *Entries) SetNeigh(ip netip.Addr, mac [6]byte, permanent bool) error {
 	if !ip.Is4() {
 		return e.count(OpSetNeigh, fmt.Errorf("fabric: set neighbour %s→%s on %s: not an IPv4 address", ip, macString(mac), e.name))
 	}
-	e.w.neigh(ip, mac)
+	e.w.neigh(ip, mac, permanent)
 	if err := e.flushOne(); err != nil {
 		return e.count(OpSetNeigh, e.wrap(err, "set neighbour %s→%s", ip, macString(mac)))
 	}

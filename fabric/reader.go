@@ -142,7 +142,11 @@ func listFDB(h *netlink.Handle, ifindex int) ([]FDBEntry, error) {
 		if !ok || len(n.HardwareAddr) != 6 || n.HardwareAddr[0]&1 != 0 {
 			continue
 		}
-		out = append(out, FDBEntry{MAC: n.HardwareAddr, Dst: dst, State: n.State})
+		out = append(out, FDBEntry{MAC: n.HardwareAddr, Dst: dst, State: n.State, Unused: clockTicks(n.Used)})
 	}
 	return out, nil
 }
+
+// clockTicks converts the kernel's NDA_CACHEINFO times, in USER_HZ clock
+// ticks (100 a second, whatever the kernel's HZ), to a duration.
+func clockTicks(t uint32) time.Duration { return time.Duration(t) * (time.Second / 100) }

@@ -113,9 +113,14 @@ func socketIn(ns netns.NsHandle) (int, error) {
 
 func (w *writer) close() error { return unix.Close(w.fd) }
 
-// neigh queues "ip lladdr mac nud reachable" on the device.
-func (w *writer) neigh(ip netip.Addr, mac [6]byte) {
-	w.put(unix.AF_INET, unix.NUD_REACHABLE, 0, ip, mac)
+// neigh queues "ip lladdr mac nud permanent" (or "nud reachable") on the
+// device.
+func (w *writer) neigh(ip netip.Addr, mac [6]byte, permanent bool) {
+	state := uint16(unix.NUD_REACHABLE)
+	if permanent {
+		state = unix.NUD_PERMANENT
+	}
+	w.put(unix.AF_INET, state, 0, ip, mac)
 }
 
 // fdb queues "mac dst dst self permanent" on the device.

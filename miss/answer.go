@@ -145,7 +145,28 @@ func (r *Responder) install(ip netip.Addr, l store.Lease) (int, error) {
 	if err != nil || done {
 		return writes, err
 	}
-	return writes + 1, r.kernel.SetNeigh(ip, l.VtepMAC)
+	return writes + 1, r.setNeigh(ip, l.VtepMAC)
+}
+
+// setNeigh writes ip's neighbour entry: PERMANENT while the device holds
+// fewer than the limit, else REACHABLE (ResponderConfig.NeighbourLimit).
+// Called with r.mu held.
+func (r *Responder) setNeigh(ip netip.Addr, mac store.MAC) error {
+	permanent := r.permanent < r.cfg.NeighbourLimit
+	if err := r.kernel.SetNeigh(ip, mac, permanent); err != nil {
+		return err
+	}
+	r.countPermanent(permanent, 1)
+	return nil
+}
+
+// countPermanent records n PERMANENT writes, if permanent. Called with
+// r.mu held.
+func (r *Responder) countPermanent(permanent bool, n int) {
+	if permanent {
+		r.permanent += n
+		r.permanentWrites += n
+	}
 }
 
 // ensureFDB installs l's FDB entry unless it is known to be there, and
@@ -166,7 +187,7 @@ func (r *Responder) ensureFDB(l store.Lease) (wrote bool, err error) {
 // neighbour entry of that address first, then the route. Called with r.mu
 // held, after ensureFDB.
 func (r *Responder) installHostRoute(l store.Lease) error {
-	if err := r.kernel.SetNeigh(l.Gateway(), l.VtepMAC); err != nil {
+	if err := r.setNeigh(l.Gateway(), l.VtepMAC); err != nil {
 		return err
 	}
 	if err := r.kernel.SetRoute(fabric.Route{Dst: l.Subnet, Via: l.Gateway()}, r.cfg.Gateway); err != nil {

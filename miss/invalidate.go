@@ -10,6 +10,7 @@ import (
 	"github.com/vtepd/vtepd/fabric"
 	"github.com/vtepd/vtepd/store"
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // ApplyChange brings the kernel in line with one change of the lease table,
@@ -101,9 +102,10 @@ func (r *Responder) repoint(old store.Lease, next *store.Lease) (int, error) {
 			if macIs(n.MAC, next.VtepMAC) {
 				continue // only the public IP moved: the FDB entry did the work
 			}
-			err = r.kernel.SetNeigh(n.IP, next.VtepMAC)
-		} else {
-			err = r.kernel.DelNeigh(n.IP)
+			// Re-pointed as it was: a PERMANENT entry stays one.
+			err = r.kernel.SetNeigh(n.IP, next.VtepMAC, n.State&unix.NUD_PERMANENT != 0)
+		} else if err = r.kernel.DelNeigh(n.IP); err == nil && n.State&unix.NUD_PERMANENT != 0 {
+			r.permanent--
 		}
 		if err != nil {
 			errs = append(errs, err)

@@ -40,6 +40,7 @@ func (r *Responder) Reconcile() (Reconciled, error) {
 	defer r.mu.Unlock()
 	clear(r.fdb)
 	clear(r.hostRoutes)
+	r.permanent = 0 // counted again below, entry by entry
 	r.reconciled = true
 	var res Reconciled
 	var errs []error
@@ -173,9 +174,10 @@ func (r *Responder) applyFDB(_ fabric.FDBEntry, v verdict, l store.Lease) error 
 	return err
 }
 
-// judgeNeighbour keeps an entry that resolves an address to its lease's
-// VTEP MAC, re-points one that resolves it to another, answers one the
-// kernel is still resolving, and removes one no lease holds.
+// judgeNeighbour keeps a PERMANENT entry that resolves an address to its
+// lease's VTEP MAC, fixes one that resolves it to another or that ages (an
+// older vtepd's, which a long absence of vtepd would let fail), answers
+// one the kernel is still resolving, and removes one no lease holds.
 func (r *Responder) judgeNeighbour(n fabric.Neighbour) (verdict, store.Lease) {
 	if n.State&unix.NUD_NOARP != 0 {
 		return leave, store.Lease{} // multicast and broadcast: the kernel's own
@@ -189,7 +191,7 @@ func (r *Responder) judgeNeighbour(n fabric.Neighbour) (verdict, store.Lease) {
 		return remove, store.Lease{}
 	case resolving:
 		return answer, l
-	case macIs(n.MAC, l.VtepMAC):
+	case macIs(n.MAC, l.VtepMAC) && n.State&unix.NUD_PERMANENT != 0:
 		return keep, l
 	}
 	return fix, l
@@ -197,6 +199,7 @@ func (r *Responder) judgeNeighbour(n fabric.Neighbour) (verdict, store.Lease) {
 
 func (r *Responder) applyNeighbour(n fabric.Neighbour, v verdict, l store.Lease) error {
 	if v == keep {
+		r.permanent++
 		// Even a right neighbour needs its FDB entry, which may have been
 		// missing or wrong (and removed with the FDB's verdicts).
 		_, err := r.ensureFDB(l)
@@ -223,7 +226,7 @@ func (r *Responder) Sweep() (int, error) {
 	defer r.mu.Unlock()
 	var errs []error
 	var writes []fabric.NeighWrite
-	answered := 0
+	answered, permanent := 0, r.permanent
 	for _, n := range neighbours {
 		if n.State&unix.NUD_INCOMPLETE == 0 {
 			continue
@@ -241,10 +244,19 @@ func (r *Responder) Sweep() (int, error) {
 		case done:
 			answered++
 		default:
-			writes = append(writes, fabric.NeighWrite{IP: n.IP, MAC: l.VtepMAC})
+			w := fabric.NeighWrite{IP: n.IP, MAC: l.VtepMAC, Permanent: permanent < r.cfg.NeighbourLimit}
+			if w.Permanent {
+				permanent++
+			}
+			writes = append(writes, w)
 		}
 	}
 	ok, err := r.kernel.SetNeighs(writes)
+	// What the kernel refused is not told apart by permanence: counting
+	// every PERMANENT write of the batch errs on the side of the limit.
+	for _, w := range writes {
+		r.countPermanent(w.Permanent, 1)
+	}
 	return answered + ok, errors.Join(append(errs, err)...)
 }
 

@@ -70,9 +70,13 @@ func (k *stateKernel) DelFDB(mac net.HardwareAddr, dst netip.Addr) error {
 	return nil
 }
 
-func (k *stateKernel) SetNeigh(ip netip.Addr, m [6]byte) error {
+func (k *stateKernel) SetNeigh(ip netip.Addr, m [6]byte, permanent bool) error {
 	mac := net.HardwareAddr(append([]byte(nil), m[:]...))
-	k.neigh[ip] = fabric.Neighbour{IP: ip, MAC: mac, State: unix.NUD_REACHABLE}
+	state := unix.NUD_REACHABLE
+	if permanent {
+		state = unix.NUD_PERMANENT
+	}
+	k.neigh[ip] = fabric.Neighbour{IP: ip, MAC: mac, State: state}
 	k.ops = append(k.ops, "set-neigh "+ip.String()+" "+mac.String())
 	return nil
 }
@@ -82,7 +86,7 @@ func (k *stateKernel) SetNeighs(writes []fabric.NeighWrite) (int, error) {
 		return 0, k.batchErr // one error for the whole batch, as fabric's
 	}
 	for _, w := range writes {
-		k.SetNeigh(w.IP, w.MAC)
+		k.SetNeigh(w.IP, w.MAC, w.Permanent)
 	}
 	return len(writes), nil
 }
@@ -261,9 +265,12 @@ func TestReconcile(t *testing.T) {
 	bogusMAC := store.MAC{0x02, 0xde, 0xad, 0, 0, 1}
 	// Right: kept untouched.
 	k.plantFDB(peerMAC, peerLease.PublicIP.String(), unix.NUD_PERMANENT)
-	k.plantNeigh("10.5.2.7", peerMAC, unix.NUD_STALE)
-	// Right place but ageing (flanneld's): made PERMANENT in place.
+	k.plantNeigh("10.5.2.7", peerMAC, unix.NUD_PERMANENT)
+	// Right place but ageing (flanneld's FDB entry, an older vtepd's
+	// neighbour, which would fail while no vtepd answers its PROBE): made
+	// PERMANENT in place.
 	k.plantFDB(farMAC, farLease.PublicIP.String(), unix.NUD_REACHABLE)
+	k.plantNeigh("10.5.2.8", peerMAC, unix.NUD_STALE)
 	// Wrong VTEP for a known lease: re-pointed.
 	k.plantNeigh("10.5.3.4", bogusMAC, unix.NUD_REACHABLE)
 	// No lease behind them: deleted.
@@ -280,7 +287,7 @@ func TestReconcile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Reconciled{Kept: 2, Fixed: 2, Removed: 3, Answered: 1}
+	want := Reconciled{Kept: 2, Fixed: 3, Removed: 3, Answered: 1}
 	if res != want {
 		t.Errorf("Reconcile = %+v, want %+v", res, want)
 	}
@@ -288,6 +295,7 @@ func TestReconcile(t *testing.T) {
 		"fdb "+peerMAC.String()+" "+peerLease.PublicIP.String(),
 		"fdb "+farMAC.String()+" "+farLease.PublicIP.String(),
 		"neigh 10.5.2.7 "+peerMAC.String(),
+		"neigh 10.5.2.8 "+peerMAC.String(),
 		"neigh 10.5.2.9 "+peerMAC.String(),
 		"neigh 10.5.3.4 "+farMAC.String(),
 		"neigh 10.5.200.2 ",
@@ -296,6 +304,14 @@ func TestReconcile(t *testing.T) {
 		if strings.Contains(op, "10.5.2.7") || op == "del-fdb "+peerMAC.String()+" "+peerLease.PublicIP.String() {
 			t.Errorf("a right entry was touched: %s", op)
 		}
+	}
+	for _, ip := range []string{"10.5.2.7", "10.5.2.8", "10.5.2.9", "10.5.3.4"} {
+		if n := k.neigh[netip.MustParseAddr(ip)]; n.State != unix.NUD_PERMANENT {
+			t.Errorf("neighbour %s is %s after Reconcile, want PERMANENT", ip, StateString(uint16(n.State)))
+		}
+	}
+	if got := r.Permanent(); got != 4 {
+		t.Errorf("Permanent() = %d after Reconcile, want 4", got)
 	}
 	// The FDB cache knows what is installed: the next miss writes one entry.
 	mustAnswer(t, r, "10.5.2.20")

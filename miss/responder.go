@@ -25,7 +25,7 @@ type Leases interface {
 type Kernel interface {
 	SetFDB(mac [6]byte, dst netip.Addr) error
 	DelFDB(mac net.HardwareAddr, dst netip.Addr) error
-	SetNeigh(ip netip.Addr, mac [6]byte) error
+	SetNeigh(ip netip.Addr, mac [6]byte, permanent bool) error
 	// SetNeighs sets many neighbour entries at once, for sweeps, and
 	// returns how many the kernel took.
 	SetNeighs(writes []fabric.NeighWrite) (int, error)
@@ -141,7 +141,18 @@ type ResponderConfig struct {
 	// when a lease appears: a peer may have sent to the new host before its
 	// lease was known, and the kernel asks again only a second later.
 	Sweep func()
+	// NeighbourLimit is how many PERMANENT neighbour entries the responder
+	// keeps on the device (0: DefaultNeighbourLimit). Answers are PERMANENT,
+	// so that established traffic outlives any absence of vtepd; such
+	// entries escape the kernel's table limit (gc_thresh3) and its garbage
+	// collection, so this limit stands in for it. Past it, answers are
+	// REACHABLE: they age, are re-confirmed by PROBE misses while used, and
+	// count against gc_thresh3 like any other entry.
+	NeighbourLimit int
 }
+
+// DefaultNeighbourLimit is the kernel's default gc_thresh3.
+const DefaultNeighbourLimit = 1024
 
 // Responder answers misses for one VXLAN device.
 type Responder struct {
@@ -162,6 +173,11 @@ type Responder struct {
 	// reconciled is set once Reconcile has run: before, the table is
 	// loading and a new lease is no reason to sweep.
 	reconciled bool
+	// permanent is how many PERMANENT neighbour entries the device holds,
+	// as of the last count plus the writes since; permanentWrites counts
+	// every PERMANENT write, so that a count taken outside r.mu can be
+	// brought up to date (see recount).
+	permanent, permanentWrites int
 
 	counts [3][numOutcomes]atomic.Uint64 // by Kind (index 1, 2) and Outcome
 }
@@ -169,6 +185,9 @@ type Responder struct {
 // NewResponder returns a responder that looks leases up in leases and
 // writes through kernel.
 func NewResponder(cfg ResponderConfig, leases Leases, kernel Kernel, log *zap.Logger) *Responder {
+	if cfg.NeighbourLimit <= 0 {
+		cfg.NeighbourLimit = DefaultNeighbourLimit
+	}
 	return &Responder{cfg: cfg, leases: leases, kernel: kernel, log: log,
 		fdb: make(map[store.MAC]netip.Addr), hostRoutes: make(map[netip.Prefix]netip.Addr)}
 }

@@ -66,16 +66,18 @@ type write struct {
 	op  string // "fdb" or "neigh"
 	mac string
 	ip  netip.Addr // the FDB's destination, or the neighbour's address
+	// aging marks a neighbour written REACHABLE rather than PERMANENT.
+	aging bool
 }
 
 func (w write) String() string { return fmt.Sprintf("%s %s %s", w.op, w.mac, w.ip) }
 
 func fdbWrite(mac store.MAC, dst string) write {
-	return write{"fdb", mac.String(), netip.MustParseAddr(dst)}
+	return write{op: "fdb", mac: mac.String(), ip: netip.MustParseAddr(dst)}
 }
 
 func neighWrite(ip string, mac store.MAC) write {
-	return write{"neigh", mac.String(), netip.MustParseAddr(ip)}
+	return write{op: "neigh", mac: mac.String(), ip: netip.MustParseAddr(ip)}
 }
 
 // fakeKernel records writes; fdbErr and neighErr make them fail.
@@ -92,30 +94,30 @@ func (k *fakeKernel) SetFDB(m [6]byte, dst netip.Addr) error {
 	time.Sleep(k.delay)
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.writes = append(k.writes, write{"fdb", mac.String(), dst})
+	k.writes = append(k.writes, write{op: "fdb", mac: mac.String(), ip: dst})
 	return k.fdbErr
 }
 
-func (k *fakeKernel) SetNeigh(ip netip.Addr, m [6]byte) error {
+func (k *fakeKernel) SetNeigh(ip netip.Addr, m [6]byte, permanent bool) error {
 	mac := net.HardwareAddr(m[:])
 	time.Sleep(k.delay)
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.writes = append(k.writes, write{"neigh", mac.String(), ip})
+	k.writes = append(k.writes, write{op: "neigh", mac: mac.String(), ip: ip, aging: !permanent})
 	return k.neighErr
 }
 
 func (k *fakeKernel) DelFDB(mac net.HardwareAddr, dst netip.Addr) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.writes = append(k.writes, write{"del-fdb", mac.String(), dst})
+	k.writes = append(k.writes, write{op: "del-fdb", mac: mac.String(), ip: dst})
 	return nil
 }
 
 func (k *fakeKernel) SetNeighs(writes []fabric.NeighWrite) (int, error) {
 	var errs []error
 	for _, w := range writes {
-		if err := k.SetNeigh(w.IP, w.MAC); err != nil {
+		if err := k.SetNeigh(w.IP, w.MAC, w.Permanent); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -125,21 +127,21 @@ func (k *fakeKernel) SetNeighs(writes []fabric.NeighWrite) (int, error) {
 func (k *fakeKernel) DelNeigh(ip netip.Addr) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.writes = append(k.writes, write{"del-neigh", "", ip})
+	k.writes = append(k.writes, write{op: "del-neigh", mac: "", ip: ip})
 	return nil
 }
 
 func (k *fakeKernel) SetRoute(r fabric.Route, src netip.Addr) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.writes = append(k.writes, write{"route", r.Via.String(), r.Dst.Addr()})
+	k.writes = append(k.writes, write{op: "route", mac: r.Via.String(), ip: r.Dst.Addr()})
 	return nil
 }
 
 func (k *fakeKernel) DelRoute(r fabric.Route) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.writes = append(k.writes, write{"del-route", r.Via.String(), r.Dst.Addr()})
+	k.writes = append(k.writes, write{op: "del-route", mac: r.Via.String(), ip: r.Dst.Addr()})
 	return nil
 }
 
@@ -618,7 +620,7 @@ func TestAnswerConcurrent(t *testing.T) {
 type nopKernel struct{ fakeKernel }
 
 func (*nopKernel) SetFDB([6]byte, netip.Addr) error   { return nil }
-func (*nopKernel) SetNeigh(netip.Addr, [6]byte) error { return nil }
+func (*nopKernel) SetNeigh(netip.Addr, [6]byte, bool) error { return nil }
 
 // BenchmarkHandle is the user-space part of answering a miss: decode,
 // lookup, writes (to a kernel that does nothing), counting and logging at
