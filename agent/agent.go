@@ -71,6 +71,12 @@ type Config struct {
 	// Answer is what an L3 miss installs: one neighbour per address, or a
 	// route per peer host.
 	Answer miss.AnswerMode
+	// IdleTimeout is how long a peer goes without a packet sent to it
+	// before the entries pointing at it are removed (0: never).
+	IdleTimeout time.Duration
+	// NeighbourLimit bounds the PERMANENT neighbour entries (0: the
+	// kernel's gc_thresh3, or 1024 where it cannot be read).
+	NeighbourLimit int
 	// IPMasq masquerades traffic from this host's subnet to outside the
 	// overlay (flannel's --ip-masq).
 	IPMasq bool

@@ -50,6 +50,7 @@ type agent struct {
 	own       *store.OwnLease
 	responder *miss.Responder
 	sweeper   *sweeper
+	expiry    *expiry
 }
 
 // newAgent serves health from the first moment (while start-up waits on
@@ -312,11 +313,13 @@ func (a *agent) addressDevice(gateway netip.Addr) error {
 func (a *agent) reconcileEntries(ctx context.Context) error {
 	own := a.own.Lease()
 	a.sweeper = newSweeper()
+	a.expiry = &expiry{idle: a.cfg.IdleTimeout, log: a.log}
 	a.responder = miss.NewResponder(miss.ResponderConfig{
 		Ifindex: a.dev.Index, Network: a.netCfg.Network, Own: own.Subnet, Gateway: own.Gateway(),
 		Mode: a.cfg.Answer, Observe: a.tel.observe, Sweep: a.sweeper.newLease,
+		NeighbourLimit: neighbourLimit(a.cfg.NeighbourLimit),
 	}, a.table, a.entries, a.log)
-	a.tel.setMissPath(a.responder, a.listener, a.entries, a.sweeper)
+	a.tel.setMissPath(a.responder, a.listener, a.entries, a.sweeper, a.expiry)
 	a.changes.set(func(c store.Change) {
 		a.responder.ApplyChange(c)
 		// Our key deleted, or saying something we did not write: let the
@@ -348,6 +351,12 @@ func (a *agent) answerMisses(ctx context.Context) error {
 	})
 	a.g.Go(func() error { return a.listener.Run(ctx, a.responder.Handle, a.sweeper.overflowed) })
 	a.g.Go(func() error { return a.sd.watchdog(ctx, a.listener.Turns) })
+	if a.cfg.IdleTimeout > 0 {
+		a.g.Go(func() error {
+			a.expiry.run(ctx, a.responder)
+			return nil
+		})
+	}
 	a.g.Go(func() error {
 		report(ctx, a.cfg.ReportInterval, a.log, a.responder, a.listener, a.table)
 		return nil

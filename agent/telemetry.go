@@ -38,6 +38,7 @@ type telemetry struct {
 	listener listenerStats
 	writes   writeCounts
 	sweeps   sweepCounts
+	expiry   expiryCounts
 	filters  firewallState
 
 	recent  recentMisses
@@ -72,6 +73,7 @@ type (
 	// missCounts is *miss.Responder.
 	missCounts interface {
 		Count(miss.Kind, miss.Outcome) uint64
+		Permanent() int
 	}
 	// listenerStats is *miss.Listener.
 	listenerStats interface{ Stats() miss.ListenerStats }
@@ -81,6 +83,8 @@ type (
 	}
 	// sweepCounts is the agent's sweeper.
 	sweepCounts interface{ Stats() sweepStats }
+	// expiryCounts is the agent's expiry of idle peers.
+	expiryCounts interface{ Stats() expiryStats }
 	// firewallState is the agent's filters.
 	firewallState interface{ describe() FirewallStatus }
 )
@@ -145,8 +149,8 @@ func (t *telemetry) setAddressing(gateway netip.Addr, routes []netip.Prefix) {
 	})
 }
 
-func (t *telemetry) setMissPath(m missCounts, l listenerStats, w writeCounts, s sweepCounts) {
-	t.set(func() { t.misses, t.listener, t.writes, t.sweeps = m, l, w, s })
+func (t *telemetry) setMissPath(m missCounts, l listenerStats, w writeCounts, s sweepCounts, e expiryCounts) {
+	t.set(func() { t.misses, t.listener, t.writes, t.sweeps, t.expiry = m, l, w, s, e })
 }
 
 func (t *telemetry) set(fn func()) {
@@ -365,6 +369,9 @@ var (
 	descMalformed     = prometheus.NewDesc("vtepd_netlink_malformed_total", "Neighbour messages that could not be decoded.", nil, nil)
 	descForeign       = prometheus.NewDesc("vtepd_netlink_foreign_total", "Messages on the miss socket not sent by the kernel, dropped.", nil, nil)
 	descExpiry        = prometheus.NewDesc("vtepd_own_lease_expiry_seconds", "Seconds until this host's lease expires unless renewed.", nil, nil)
+	descPermanent     = prometheus.NewDesc("vtepd_permanent_neighbours", "PERMANENT neighbour entries on the device, as last counted: answers that outlive vtepd's absence, bounded by --neighbour-limit.", nil, nil)
+	descIdlePeers     = prometheus.NewDesc("vtepd_idle_peers_removed_total", "Peers whose entries were removed because nothing was sent to them for --idle-timeout.", nil, nil)
+	descIdleEntries   = prometheus.NewDesc("vtepd_idle_entries_removed_total", "Kernel entries (neighbours, FDB entries, host routes) removed with idle peers.", nil, nil)
 	descReady         = prometheus.NewDesc("vtepd_ready", "1 when healthy (device up, own lease held, table synced), else 0.", nil, nil)
 )
 
@@ -372,7 +379,7 @@ var (
 func (t *telemetry) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMisses, descWrites, descWriteErrors, descEntries, descLeases, descInvalid,
 		descConflicts, descWatchRestarts, descRelists, descWatching, descOverflows, descSweeps, descSwept, descMalformed,
-		descForeign, descExpiry, descReady} {
+		descForeign, descExpiry, descPermanent, descIdlePeers, descIdleEntries, descReady} {
 		ch <- d
 	}
 }
@@ -381,7 +388,7 @@ func (t *telemetry) Describe(ch chan<- *prometheus.Desc) {
 // counters at scrape time, so the miss path pays nothing for them.
 func (t *telemetry) Collect(ch chan<- prometheus.Metric) {
 	t.mu.Lock()
-	own, table, listener, misses, writes, sweeps := t.own, t.table, t.listener, t.misses, t.writes, t.sweeps
+	own, table, listener, misses, writes, sweeps, expiry := t.own, t.table, t.listener, t.misses, t.writes, t.sweeps, t.expiry
 	t.mu.Unlock()
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
@@ -400,6 +407,12 @@ func (t *telemetry) Collect(ch chan<- prometheus.Metric) {
 				counter(descMisses, misses.Count(k, o), k.String(), o.String())
 			}
 		}
+		gauge(descPermanent, float64(misses.Permanent()))
+	}
+	if expiry != nil {
+		st := expiry.Stats()
+		counter(descIdlePeers, st.peers)
+		counter(descIdleEntries, st.entries)
 	}
 	if writes != nil {
 		for _, op := range fabric.Ops() {

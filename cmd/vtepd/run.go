@@ -43,6 +43,8 @@ func runCommand(args []string, _, stderr io.Writer) error {
 	readBuffer := fs.Int("netlink-rcvbuf", miss.DefaultReadBuffer, "receive buffer of the miss socket, in bytes: what a miss storm can queue before the kernel drops notifications")
 	reportInterval := fs.Duration("report-interval", agent.DefaultReportInterval, "how often unanswered misses and losses are summarised in the log")
 	answer := fs.String("answer", "address", "what an L3 miss installs: address (a neighbour entry per address) or host (a route and one neighbour entry per peer host, far below the kernel's table limit)")
+	idleTimeout := fs.Duration("idle-timeout", agent.DefaultIdleTimeout, "remove the entries pointing at a peer once nothing has been sent to it for this long (0: never); answers are PERMANENT, so nothing else does")
+	neighbourLimit := fs.Int("neighbour-limit", 0, "most PERMANENT neighbour entries on the device; past it answers are REACHABLE and age (0: the kernel's gc_thresh3, or 1024 where it cannot be read)")
 	httpAddr := fs.String("http-addr", agent.DefaultHTTPAddr, "where to serve /metrics, /healthz, /status and /debug/ (empty: nowhere)")
 	ipMasq := fs.Bool("ip-masq", false, "masquerade traffic from this host's subnet to outside the overlay, in nftables table ip vtepd-nat (then run dockerd with --ip-masq=false)")
 	forwardRules := fs.Bool("forward-rules", true, "accept overlay traffic in FORWARD, or Docker's DOCKER-USER chain, for hosts whose FORWARD policy is DROP")
@@ -65,6 +67,8 @@ func runCommand(args []string, _, stderr io.Writer) error {
 		RenewMargin:    time.Duration(*renewMargin) * time.Minute,
 		ReadBuffer:     *readBuffer,
 		ReportInterval: *reportInterval,
+		IdleTimeout:    *idleTimeout,
+		NeighbourLimit: *neighbourLimit,
 		HTTPAddr:       *httpAddr,
 		IPMasq:         *ipMasq,
 		ForwardRules:   *forwardRules,
@@ -90,6 +94,10 @@ func runCommand(args []string, _, stderr io.Writer) error {
 		return usageError{fmt.Errorf("invalid value %s for --subnet-lease-ttl: want at least 10s", cfg.LeaseTTL)}
 	case cfg.ReadBuffer < 4096:
 		return usageError{fmt.Errorf("invalid value %d for --netlink-rcvbuf: want at least 4096 bytes", cfg.ReadBuffer)}
+	case cfg.IdleTimeout < 0:
+		return usageError{fmt.Errorf("invalid value %s for --idle-timeout: want 0 (never) or more", cfg.IdleTimeout)}
+	case cfg.NeighbourLimit < 0:
+		return usageError{fmt.Errorf("invalid value %d for --neighbour-limit: want 0 (the kernel's gc_thresh3) or more", cfg.NeighbourLimit)}
 	case cfg.ReportInterval < time.Second:
 		return usageError{fmt.Errorf("invalid value %s for --report-interval: want at least 1s", cfg.ReportInterval)}
 	case cfg.RenewMargin <= 0 || cfg.RenewMargin >= 24*time.Hour:

@@ -38,7 +38,7 @@ func BenchmarkKernelWrites(b *testing.B) {
 	b.Run("set_neigh", func(b *testing.B) {
 		b.ReportAllocs()
 		for i := 0; b.Loop(); i++ {
-			if err := e.SetNeigh(ips[i%len(ips)], mac); err != nil {
+			if err := e.SetNeigh(ips[i%len(ips)], mac, true); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -91,7 +91,7 @@ func TestKernelWritesAllocateNothing(t *testing.T) {
 	mac := [6]byte{0x02, 0, 0, 0, 0, 1}
 	ip, dst := netip.MustParseAddr("10.5.9.1"), netip.MustParseAddr("198.51.100.99")
 	allocs := testing.AllocsPerRun(100, func() {
-		if err := e.SetNeigh(ip, mac); err != nil {
+		if err := e.SetNeigh(ip, mac, true); err != nil {
 			t.Fatal(err)
 		}
 		if err := e.SetFDB(mac, dst); err != nil {
@@ -123,7 +123,7 @@ func TestKernelWriteErrors(t *testing.T) {
 	}
 	defer e.Close()
 	mac := store.MAC{0x02, 0, 0, 0, 0, 1}
-	if err := e.SetNeigh(netip.MustParseAddr("10.5.9.1"), mac); err == nil || !strings.Contains(err.Error(), "set neighbour 10.5.9.1") {
+	if err := e.SetNeigh(netip.MustParseAddr("10.5.9.1"), mac, true); err == nil || !strings.Contains(err.Error(), "set neighbour 10.5.9.1") {
 		t.Errorf("SetNeigh on a missing device: %v", err)
 	}
 	if err := e.SetFDB(mac, netip.MustParseAddr("198.51.100.9")); err == nil {
