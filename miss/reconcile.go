@@ -6,6 +6,7 @@ package miss
 
 import (
 	"errors"
+	"net/netip"
 
 	"github.com/vtepd/vtepd/fabric"
 	"github.com/vtepd/vtepd/store"
@@ -226,7 +227,11 @@ func (r *Responder) Sweep() (int, error) {
 	defer r.mu.Unlock()
 	var errs []error
 	var writes []fabric.NeighWrite
-	answered, permanent := 0, r.permanent
+	answered, pending := 0, 0 // pending: PERMANENT writes in the batch
+	// routed holds the subnets whose host route this sweep installed,
+	// with their first address's neighbour: found later in the dump, that
+	// address is answered already.
+	var routed map[netip.Prefix]bool
 	for _, n := range neighbours {
 		if n.State&unix.NUD_INCOMPLETE == 0 {
 			continue
@@ -235,18 +240,29 @@ func (r *Responder) Sweep() (int, error) {
 		if !ok {
 			continue
 		}
+		if n.IP == l.Gateway() && routed[l.Subnet] {
+			answered++
+			continue
+		}
 		// FDB entries and host routes one by one (one per peer, and
 		// mostly there already); the addresses' entries in batches.
+		hadRoute := r.hostRoutes[l.Subnet] == l.Gateway()
 		_, done, err := r.prepare(n.IP, l)
+		if !hadRoute && r.hostRoutes[l.Subnet] == l.Gateway() {
+			if routed == nil {
+				routed = make(map[netip.Prefix]bool)
+			}
+			routed[l.Subnet] = true
+		}
 		switch {
 		case err != nil:
 			errs = append(errs, err)
 		case done:
 			answered++
 		default:
-			w := fabric.NeighWrite{IP: n.IP, MAC: l.VtepMAC, Permanent: permanent < r.cfg.NeighbourLimit}
+			w := fabric.NeighWrite{IP: n.IP, MAC: l.VtepMAC, Permanent: r.permanent+pending < r.cfg.NeighbourLimit}
 			if w.Permanent {
-				permanent++
+				pending++
 			}
 			writes = append(writes, w)
 		}
