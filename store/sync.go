@@ -28,8 +28,14 @@ func ConfigKey(prefix string) string { return strings.TrimSuffix(prefix, "/") + 
 // revision seen, after a backoff. etcd being away is not an error: the table
 // keeps answering from what it holds. Sync returns ctx.Err().
 func (t *Table) Sync(ctx context.Context, c *clientv3.Client, prefix string, log *zap.Logger) error {
-	s := &syncer{t: t, c: c, prefix: SubnetsPrefix(prefix), log: log, warned: make(map[string]int64), pageSize: listPageSize}
-	return s.run(ctx)
+	return newSyncer(t, c, prefix, log).run(ctx)
+}
+
+// newSyncer is what Sync runs, lists read in pages of listPageSize keys.
+// Tests that need small pages set the syncer's pageSize instead: a field,
+// so that they can run in parallel.
+func newSyncer(t *Table, c *clientv3.Client, prefix string, log *zap.Logger) *syncer {
+	return &syncer{t: t, c: c, prefix: SubnetsPrefix(prefix), log: log, warned: make(map[string]int64), pageSize: listPageSize}
 }
 
 // listPageSize is how many keys one request of a list reads: about 1 MB of
@@ -38,8 +44,8 @@ func (t *Table) Sync(ctx context.Context, c *clientv3.Client, prefix string, log
 // outweigh a page) and cost etcd more: it counts the keys left in the range
 // for every page, so a list costs it O(n²/page). With 50,000 leases, pages
 // of 1000 took 460 ms to load, of 5000 290 ms, one Get 270 ms (BenchmarkSync50k).
-// Tests make it small.
-var listPageSize int64 = 5000
+// Tests make the pageSize of their syncer or OwnLease small.
+const listPageSize = 5000
 
 // listAttempts is how many times a list starts over when etcd compacts its
 // revision between two pages, before it fails (and run retries it after a

@@ -55,13 +55,22 @@ func (r *recorder) len() int {
 // since returns the changes after the first n.
 func (r *recorder) since(n int) []Change { return r.all()[n:] }
 
-// startSync runs tb.Sync until the returned stop is called; stop returns what
+// startSync runs what tb.Sync runs until the returned stop is called; stop returns what
 // Sync returned.
 func startSync(t *testing.T, tb *Table, c *clientv3.Client, log *zap.Logger) (stop func() error) {
 	t.Helper()
+	return startSyncPaged(t, tb, c, log, listPageSize)
+}
+
+// startSyncPaged is startSync with lists read pageSize keys a page: what
+// Sync does, with the page size its own.
+func startSyncPaged(t *testing.T, tb *Table, c *clientv3.Client, log *zap.Logger, pageSize int64) (stop func() error) {
+	t.Helper()
+	s := newSyncer(tb, c, testPrefix, log)
+	s.pageSize = pageSize
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- tb.Sync(ctx, c, testPrefix, log) }()
+	go func() { done <- s.run(ctx) }()
 	var once sync.Once
 	var err error
 	stop = func() error {
@@ -584,13 +593,19 @@ func TestSyncWatchingTracksEtcd(t *testing.T) {
 	waitSynced(t, tb)
 	eventually(t, 5*time.Second, func() bool { return tb.Stats().Watching }, "not watching after the sync")
 	// A quiet cluster: etcd answers no progress request for a watch that
-	// starts after its current revision. Still watching.
-	time.Sleep(3 * time.Second)
-	if st := tb.Stats(); !st.Watching {
-		t.Errorf("a quiet watch counted as down: %+v", st)
+	// starts after its current revision. Still watching, at every one of
+	// the three checks (one a second) of a quiet period: the quiet is the
+	// scenario, so this one wait is a duration, sampled throughout.
+	for quiet := time.Now(); time.Since(quiet) < 3*time.Second; time.Sleep(10 * time.Millisecond) {
+		if st := tb.Stats(); !st.Watching {
+			t.Fatalf("a quiet watch counted as down after %v: %+v", time.Since(quiet), st)
+		}
 	}
+	// Stopped in the background: etcd's graceful stop waits up to its
+	// request timeout (5 s) for the open watch, and the point is what the
+	// table says meanwhile, once etcd has stopped serving.
 	stopped := time.Now()
-	stopEtcd()
+	go stopEtcd()
 	eventually(t, 10*time.Second, func() bool { return !tb.Stats().Watching }, "still watching with etcd stopped")
 	if since := tb.Stats().WatchDownSince; since.Before(stopped) || time.Since(since) > 10*time.Second {
 		t.Errorf("WatchDownSince = %v, etcd stopped at %v", since, stopped)
@@ -598,14 +613,6 @@ func TestSyncWatchingTracksEtcd(t *testing.T) {
 	if _, ok := tb.LookupKey(testSubnetsPrefix + "10.5.1.0-24"); !ok {
 		t.Errorf("the table forgot its lease when etcd went away")
 	}
-}
-
-// setListPageSize makes lists read n keys a page until the test ends. Tests
-// that call it must not be parallel: every Sync reads listPageSize.
-func setListPageSize(t *testing.T, n int64) {
-	old := listPageSize
-	listPageSize = n
-	t.Cleanup(func() { listPageSize = old })
 }
 
 func sortedBySubnet(leases []Lease) []Lease {
@@ -618,7 +625,7 @@ func sortedBySubnet(leases []Lease) []Lease {
 // first page's revision. Writes between two pages are not in the list, which
 // is exactly what etcd held at that revision; the watch from it brings them.
 func TestSyncListsInPages(t *testing.T) {
-	setListPageSize(t, 3)
+	t.Parallel()
 	c := startEtcd(t)
 	var leases []Lease
 	for i := 1; i <= 10; i++ {
@@ -663,7 +670,7 @@ func TestSyncListsInPages(t *testing.T) {
 	rec := &recorder{}
 	tb.OnChange(rec.observe)
 	core, logs := observer.New(zapcore.DebugLevel)
-	startSync(t, tb, withKV(c, kv, hw), zap.New(core))
+	startSyncPaged(t, tb, withKV(c, kv, hw), zap.New(core), 3)
 	waitSynced(t, tb)
 	select {
 	case got := <-listed:
@@ -707,7 +714,7 @@ func TestSyncListsInPages(t *testing.T) {
 // current revision; after listAttempts of that, Sync retries after a
 // backoff.
 func TestSyncListStartsOverAfterCompaction(t *testing.T) {
-	setListPageSize(t, 2)
+	t.Parallel()
 	c := startEtcd(t)
 	var leases []Lease
 	for i := 1; i <= 5; i++ {
@@ -743,7 +750,7 @@ func TestSyncListStartsOverAfterCompaction(t *testing.T) {
 		return nil
 	}
 	core, logs := observer.New(zapcore.DebugLevel)
-	startSync(t, tb, withKV(c, kv, hw), zap.New(core))
+	startSyncPaged(t, tb, withKV(c, kv, hw), zap.New(core), 2)
 	waitSynced(t, tb)
 
 	// The list that succeeded came after every write: it has them all.
