@@ -62,6 +62,8 @@ type (
 	ownLease interface {
 		Lease() store.Lease
 		Expires() time.Time
+		Conflict() (error, time.Time)
+		Stats() store.OwnLeaseStats
 	}
 	// leaseTable is *store.Table.
 	leaseTable interface {
@@ -219,6 +221,10 @@ func (t *telemetry) health() Health {
 	if own != nil {
 		if exp := own.Expires(); time.Now().After(exp) {
 			h.Reasons = append(h.Reasons, fmt.Sprintf("own lease %s expired at %s", own.Lease().Subnet, exp.Format(time.RFC3339)))
+		}
+		if err, since := own.Conflict(); err != nil {
+			h.Reasons = append(h.Reasons, fmt.Sprintf("own subnet held by another writer since %s (answering from the table meanwhile): %v",
+				since.Format(time.RFC3339), err))
 		}
 	}
 	if table != nil {

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -37,9 +38,8 @@ type Claim struct {
 // ErrNoFreeSubnet is returned when every subnet of the network is leased.
 var ErrNoFreeSubnet = errors.New("no free subnet")
 
-// ErrSubnetTaken is returned when this host's subnet has been leased by
-// another host: carrying on would answer misses for addresses that are not
-// ours.
+// ErrSubnetTaken says this host's subnet is held by another writer: its
+// key names another host, or another lease overlaps it.
 var ErrSubnetTaken = errors.New("subnet taken by another host")
 
 // OwnLease is this host's lease on its subnet: a key under
@@ -59,6 +59,14 @@ type OwnLease struct {
 	mu      sync.Mutex
 	lease   Lease
 	expires time.Time
+	// conflict, when not nil, is why the subnet is not this host's in etcd
+	// now (ErrSubnetTaken), since conflictSince.
+	conflict      error
+	conflictSince time.Time
+
+	outages      atomic.Uint64 // episodes of failed renewals
+	outageMillis atomic.Uint64 // their total length
+	conflicts    atomic.Uint64 // episodes of conflict
 }
 
 // AcquireLease takes a subnet for this host. A lease that already carries
@@ -91,6 +99,31 @@ func (o *OwnLease) Expires() time.Time {
 	return o.expires
 }
 
+// Conflict returns why this host's subnet is not its own in etcd now (its
+// key rewritten by another writer, or another lease over it), and since
+// when; nil while the lease is held.
+func (o *OwnLease) Conflict() (error, time.Time) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.conflict, o.conflictSince
+}
+
+// OwnLeaseStats counts the own lease's troubles.
+type OwnLeaseStats struct {
+	// Outages counts episodes of renewals failing (etcd unreachable), and
+	// OutageTime their total length.
+	Outages    uint64
+	OutageTime time.Duration
+	// Conflicts counts episodes of the subnet held by another writer.
+	Conflicts uint64
+}
+
+// Stats returns the counts.
+func (o *OwnLease) Stats() OwnLeaseStats {
+	return OwnLeaseStats{Outages: o.outages.Load(), OutageTime: time.Duration(o.outageMillis.Load()) * time.Millisecond,
+		Conflicts: o.conflicts.Load()}
+}
+
 // Recheck asks Hold to verify the lease in etcd now, e.g. because the
 // table saw its key change. It never blocks.
 func (o *OwnLease) Recheck() {
@@ -106,18 +139,34 @@ func (o *OwnLease) set(l Lease, ttl time.Duration) {
 	o.mu.Unlock()
 }
 
-// Hold renews the lease margin before it expires, until ctx is done. When
-// the key has vanished (deleted by an operator, or expired during a long etcd
-// outage) the same subnet is taken again if it is free. Hold returns an error
-// wrapping ErrSubnetTaken if another host holds the subnet; otherwise it
-// returns ctx.Err().
+// Hold renews the lease margin before it expires, until ctx is done, and
+// returns ctx.Err(). When the key has vanished (deleted by an operator, or
+// expired during a long etcd outage) the same subnet is taken again if it
+// is free.
+//
+// When another writer holds the subnet (the key rewritten with another
+// host's public IP, or another lease over the subnet), Hold does not give
+// up, nor overwrite it, nor move to another subnet: it logs the conflict
+// with both values, Conflict reports it (readiness says so), and it takes
+// the subnet back as soon as the key is free again or says this host's
+// own attributes. The data path is not Hold's: it goes on answering from
+// the table meanwhile. Stopping while in conflict revokes this host's etcd
+// lease, which no longer holds its key.
+//
+// Failed renewals are logged once when they start and once when they end,
+// with how long they lasted.
 func (o *OwnLease) Hold(ctx context.Context, margin time.Duration) error {
 	margin = min(margin, o.claim.TTL/2)
 	bo := newBackoff(time.Second, time.Minute)
-	var failing bool
+	var failingSince time.Time
 	for {
 		wait := time.Until(o.Expires().Add(-margin))
-		if failing {
+		switch conflict, _ := o.Conflict(); {
+		case conflict != nil:
+			// The table watches the key and rechecks at once when it
+			// changes: a slow poll is enough.
+			wait = bo.next()
+		case !failingSince.IsZero():
 			// Back off, but never so far that the lease expires between two
 			// attempts: retry at least four times in what is left of it.
 			wait = min(bo.next(), max(time.Until(o.Expires())/4, 200*time.Millisecond))
@@ -129,6 +178,7 @@ func (o *OwnLease) Hold(ctx context.Context, margin time.Duration) error {
 		select {
 		case <-ctx.Done():
 			timer.Stop()
+			o.release()
 			return ctx.Err()
 		case <-timer.C:
 		case <-o.recheck:
@@ -137,15 +187,81 @@ func (o *OwnLease) Hold(ctx context.Context, margin time.Duration) error {
 		rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 		err := o.renew(rctx)
 		cancel()
-		if errors.Is(err, ErrSubnetTaken) || ctx.Err() != nil {
-			return err
+		if ctx.Err() != nil {
+			o.release()
+			return ctx.Err()
 		}
-		failing = err != nil
-		if failing {
-			o.log.Warn("renewing own lease failed; retrying", zap.Error(err), zap.Time("expires", o.Expires()), zap.Duration("backoff", bo.peek()))
-			continue
+		switch {
+		case errors.Is(err, ErrSubnetTaken):
+			o.setConflict(err)
+			failingSince = o.renewalsWork(failingSince) // etcd answered
+		case err != nil:
+			if failingSince.IsZero() {
+				failingSince = time.Now()
+				o.outages.Add(1)
+				o.log.Warn("renewing own lease failed; retrying until it works (the overlay goes on meanwhile)", zap.Error(err),
+					zap.Time("expires", o.Expires()), zap.Duration("backoff", bo.peek()))
+			} else {
+				o.log.Debug("renewing own lease failed again", zap.Error(err), zap.Duration("backoff", bo.peek()))
+			}
+		default:
+			o.setConflict(nil)
+			failingSince = o.renewalsWork(failingSince)
+			bo.reset()
 		}
-		bo.reset()
+	}
+}
+
+// renewalsWork ends an episode of failed renewals, if one began at since,
+// and says so with how long it lasted. It returns the zero time.
+func (o *OwnLease) renewalsWork(since time.Time) time.Time {
+	if !since.IsZero() {
+		d := time.Since(since)
+		o.outageMillis.Add(uint64(d.Milliseconds()))
+		o.log.Info("renewing own lease works again", zap.Duration("failed_for", d.Round(time.Millisecond)), zap.Time("expires", o.Expires()))
+	}
+	return time.Time{}
+}
+
+// setConflict records whether the subnet is held by another writer, and
+// logs when that starts and ends.
+func (o *OwnLease) setConflict(err error) {
+	o.mu.Lock()
+	was, since := o.conflict, o.conflictSince
+	o.conflict = err
+	if err != nil && was == nil {
+		o.conflictSince = time.Now()
+	}
+	l := o.lease
+	o.mu.Unlock()
+	switch {
+	case err != nil && was == nil:
+		o.conflicts.Add(1)
+		o.log.Error("own subnet is held by another writer in etcd; not ready, still answering from the lease table, and taking it back once it is free or ours again",
+			zap.String("key", l.Key), zap.Stringer("ours", l), zap.Error(err))
+	case err == nil && was != nil:
+		o.log.Info("own subnet is ours again in etcd", zap.String("key", l.Key), zap.Stringer("lease", l),
+			zap.Duration("conflict_lasted", time.Since(since).Round(time.Millisecond)))
+	}
+}
+
+// release revokes this host's etcd lease when its key is not this host's
+// any more: the lease holds nothing of ours, and left alone it would live
+// out its TTL. It never revokes a lease another writer's key is bound to.
+func (o *OwnLease) release() {
+	conflict, _ := o.Conflict()
+	l := o.Lease()
+	if conflict == nil || l.EtcdLease == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	resp, err := o.c.Get(ctx, l.Key)
+	if err != nil || len(resp.Kvs) == 1 && resp.Kvs[0].Lease == l.EtcdLease {
+		return
+	}
+	if _, err := o.c.Revoke(ctx, clientv3.LeaseID(l.EtcdLease)); err == nil {
+		o.log.Info("revoked own etcd lease: the key is another writer's", zap.String("key", l.Key), zap.Int64("etcd_lease", l.EtcdLease))
 	}
 }
 
@@ -160,7 +276,7 @@ func (o *OwnLease) renew(ctx context.Context) error {
 		kv := resp.Kvs[0]
 		cur, err := ParseLease(SubnetKey(l.Subnet), kv.Value)
 		if err == nil && cur.PublicIP != o.claim.PublicIP {
-			return fmt.Errorf("store: %s now belongs to %s: %w", l.Key, cur.PublicIP, ErrSubnetTaken)
+			return fmt.Errorf("store: %s now says %s (%s), written at revision %d: %w", l.Key, cur, kv.Value, kv.ModRevision, ErrSubnetTaken)
 		}
 		if err == nil && cur.VtepMAC == o.claim.VtepMAC && cur.VNI == o.cfg.Backend.VNI && kv.Lease != 0 {
 			ka, err := o.c.KeepAliveOnce(ctx, clientv3.LeaseID(kv.Lease))
@@ -185,7 +301,7 @@ func (o *OwnLease) renew(ctx context.Context) error {
 	o.claim.Previous = l.Subnet
 	err = o.acquire(ctx)
 	if errors.Is(err, errPreviousTaken) {
-		return fmt.Errorf("store: own subnet %s: %w", l.Subnet, ErrSubnetTaken)
+		return fmt.Errorf("store: own subnet %s: overlapped by another lease: %w", l.Subnet, ErrSubnetTaken)
 	}
 	return err
 }

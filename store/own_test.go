@@ -452,7 +452,7 @@ func runHold(t *testing.T, o *OwnLease, margin time.Duration) (done <-chan error
 	return ch, cancel
 }
 
-func keepResult(t *testing.T, done <-chan error, timeout time.Duration) error {
+func holdResult(t *testing.T, done <-chan error, timeout time.Duration) error {
 	t.Helper()
 	select {
 	case err := <-done:
@@ -463,7 +463,7 @@ func keepResult(t *testing.T, done <-chan error, timeout time.Duration) error {
 	}
 }
 
-func expectKeeping(t *testing.T, done <-chan error) {
+func expectHolding(t *testing.T, done <-chan error) {
 	t.Helper()
 	select {
 	case err := <-done:
@@ -472,7 +472,7 @@ func expectKeeping(t *testing.T, done <-chan error) {
 	}
 }
 
-func TestKeepRenews(t *testing.T) {
+func TestHoldRenews(t *testing.T) {
 	t.Parallel()
 	c := startEtcd(t)
 	cfg := testConfig()
@@ -502,7 +502,7 @@ func TestKeepRenews(t *testing.T) {
 		if len(kv) != 1 || kv[0].Lease != l.EtcdLease || kv[0].CreateRevision != l.CreateRevision {
 			t.Fatalf("after %v the key is %v, want it kept on etcd lease %x", time.Since(start), kv, l.EtcdLease)
 		}
-		expectKeeping(t, done)
+		expectHolding(t, done)
 		time.Sleep(100 * time.Millisecond)
 	}
 	if now := o.Lease(); now.Key != l.Key || now.EtcdLease != l.EtcdLease {
@@ -512,12 +512,12 @@ func TestKeepRenews(t *testing.T) {
 		t.Errorf("Expires() in %v", d)
 	}
 	stop()
-	if err := keepResult(t, done, 5*time.Second); !errors.Is(err, context.Canceled) {
+	if err := holdResult(t, done, 5*time.Second); !errors.Is(err, context.Canceled) {
 		t.Errorf("Hold returned %v after cancel, want context.Canceled", err)
 	}
 }
 
-func TestKeepRecreatesDeletedKey(t *testing.T) {
+func TestHoldRecreatesDeletedKey(t *testing.T) {
 	t.Parallel()
 	c := startEtcd(t)
 	cfg := testConfig()
@@ -541,7 +541,7 @@ func TestKeepRecreatesDeletedKey(t *testing.T) {
 	if logs.FilterMessageSnippet("own lease vanished").Len() != 1 {
 		t.Errorf("logs: %v", logs.All())
 	}
-	expectKeeping(t, done)
+	expectHolding(t, done)
 
 	// Revoking the etcd lease takes the key with it: the same again.
 	if _, err := c.Revoke(testCtx(t), clientv3.LeaseID(now.EtcdLease)); err != nil {
@@ -552,10 +552,10 @@ func TestKeepRecreatesDeletedKey(t *testing.T) {
 	if again := expectOwn(t, c, cfg, o, claim); again.Subnet != l.Subnet {
 		t.Errorf("re-created as %s, want %s", again.Subnet, l.Subnet)
 	}
-	expectKeeping(t, done)
+	expectHolding(t, done)
 }
 
-func TestKeepRepairsOwnKey(t *testing.T) {
+func TestHoldRepairsOwnKey(t *testing.T) {
 	t.Parallel()
 	c := startEtcd(t)
 	cfg := testConfig()
@@ -578,7 +578,7 @@ func TestKeepRepairsOwnKey(t *testing.T) {
 		if now := expectOwn(t, c, cfg, o, claim); now.Subnet != l.Subnet {
 			t.Errorf("after %s: subnet %s, want %s", what, now.Subnet, l.Subnet)
 		}
-		expectKeeping(t, done)
+		expectHolding(t, done)
 	}
 	mustPut(t, c, l.Key, "garbage")
 	repaired("an unreadable value")
@@ -590,34 +590,95 @@ func TestKeepRepairsOwnKey(t *testing.T) {
 	repaired("our value without an etcd lease")
 }
 
-func TestKeepSubnetTaken(t *testing.T) {
+// TestHoldConflict: another writer rewrites this host's key with another
+// host's value. Hold does not give up, nor overwrite it: it reports the
+// conflict with both values, and takes the subnet back when the key is
+// free again. Stopping while in conflict revokes the etcd lease that no
+// longer holds the key.
+func TestHoldConflict(t *testing.T) {
 	t.Parallel()
 	c := startEtcd(t)
 	cfg := testConfig()
 	claim := testClaim(1)
 	o := acquire(t, c, cfg, claim)
 	l := o.Lease()
-	done, _ := runHold(t, o, time.Second)
+	core, logs := observer.New(zapcore.DebugLevel)
+	o.log = zap.New(core)
+	done, stop := runHold(t, o, time.Second)
 
-	// Another host writes our key.
 	theirs := mkLease(l.Subnet.String(), 77, 0)
 	theirs.PublicIP = netip.MustParseAddr("198.51.100.77")
 	mustPut(t, c, l.Key, string(theirs.Value()))
 	o.Recheck()
-	err := keepResult(t, done, 10*time.Second)
-	if !errors.Is(err, ErrSubnetTaken) {
-		t.Fatalf("Hold returned %v, want ErrSubnetTaken", err)
+	eventually(t, 10*time.Second, func() bool { err, _ := o.Conflict(); return err != nil }, "no conflict reported")
+	err, _ := o.Conflict()
+	if !errors.Is(err, ErrSubnetTaken) || !strings.Contains(err.Error(), l.Key) || !strings.Contains(err.Error(), "198.51.100.77") {
+		t.Errorf("conflict %v does not name the key and the other host", err)
 	}
-	if !strings.Contains(err.Error(), l.Key) || !strings.Contains(err.Error(), "198.51.100.77") {
-		t.Errorf("error %q does not name the key and the other host", err)
+	if n := logs.FilterMessageSnippet("held by another writer").Len(); n != 1 {
+		t.Errorf("%d conflict log lines, want 1: %v", n, logs.All())
 	}
-	// Hold did not overwrite it.
+	o.Recheck()
+	time.Sleep(100 * time.Millisecond) // another check, which must not overwrite
 	if got := string(mustGet(t, c, l.Key).Kvs[0].Value); got != string(theirs.Value()) {
-		t.Errorf("the other host's value was overwritten with %s", got)
+		t.Errorf("the other writer's value was overwritten with %s", got)
+	}
+	expectHolding(t, done)
+
+	// The key becomes free: taken back, the same subnet.
+	mustDelete(t, c, l.Key)
+	o.Recheck()
+	eventually(t, 10*time.Second, func() bool { err, _ := o.Conflict(); return err == nil }, "conflict not cleared")
+	if now := expectOwn(t, c, cfg, o, claim); now.Subnet != l.Subnet {
+		t.Errorf("taken back as %s, want %s", now.Subnet, l.Subnet)
+	}
+	if logs.FilterMessageSnippet("is ours again in etcd").Len() != 1 {
+		t.Errorf("no log line says the subnet is ours again: %v", logs.All())
+	}
+
+	// Rewritten again, and vtepd stops: its etcd lease is revoked.
+	mustPut(t, c, l.Key, string(theirs.Value()))
+	o.Recheck()
+	eventually(t, 10*time.Second, func() bool { err, _ := o.Conflict(); return err != nil }, "second conflict not reported")
+	held := o.Lease().EtcdLease
+	stop()
+	if err := holdResult(t, done, 5*time.Second); !errors.Is(err, context.Canceled) {
+		t.Errorf("Hold returned %v, want context.Canceled", err)
+	}
+	if ttl, err := c.TimeToLive(testCtx(t), clientv3.LeaseID(held)); err != nil || ttl.TTL > 0 {
+		t.Errorf("own etcd lease %x after stopping in conflict: TTL %v (%v), want revoked", held, ttl.TTL, err)
+	}
+	if got := string(mustGet(t, c, l.Key).Kvs[0].Value); got != string(theirs.Value()) {
+		t.Errorf("stopping removed the other writer's key: %s", got)
 	}
 }
 
-func TestKeepSubnetTakenByOverlap(t *testing.T) {
+// TestHoldConflictClearedByOwnValue: the key rewritten back with this
+// host's own attributes ends the conflict, without a write of ours.
+func TestHoldConflictClearedByOwnValue(t *testing.T) {
+	t.Parallel()
+	c := startEtcd(t)
+	cfg := testConfig()
+	claim := testClaim(1)
+	o := acquire(t, c, cfg, claim)
+	l := o.Lease()
+	done, _ := runHold(t, o, time.Second)
+	theirs := mkLease(l.Subnet.String(), 77, 0)
+	theirs.PublicIP = netip.MustParseAddr("198.51.100.77")
+	mustPut(t, c, l.Key, string(theirs.Value()))
+	o.Recheck()
+	eventually(t, 10*time.Second, func() bool { err, _ := o.Conflict(); return err != nil }, "no conflict reported")
+	mustPut(t, c, l.Key, string(l.Value()), clientv3.WithLease(clientv3.LeaseID(l.EtcdLease)))
+	o.Recheck()
+	eventually(t, 10*time.Second, func() bool { err, _ := o.Conflict(); return err == nil }, "conflict not cleared by our own value")
+	expectOwn(t, c, cfg, o, claim)
+	expectHolding(t, done)
+}
+
+// TestHoldConflictByOverlap: the key vanishes and another lease takes a
+// subnet over ours: a conflict, not another subnet; taken back once the
+// other lease goes.
+func TestHoldConflictByOverlap(t *testing.T) {
 	t.Parallel()
 	c := startEtcd(t)
 	cfg := testConfig()
@@ -626,20 +687,23 @@ func TestKeepSubnetTakenByOverlap(t *testing.T) {
 	l := o.Lease()
 	done, _ := runHold(t, o, time.Second)
 
-	// Our key vanishes and another host takes a /23 that holds our subnet.
 	mustDelete(t, c, l.Key)
 	big := netip.PrefixFrom(l.Subnet.Addr(), 23).Masked()
-	otherHost(t, c, big.String(), 88)
+	bigLease := otherHost(t, c, big.String(), 88)
 	o.Recheck()
-	err := keepResult(t, done, 10*time.Second)
-	if !errors.Is(err, ErrSubnetTaken) {
-		t.Fatalf("Hold returned %v, want ErrSubnetTaken", err)
-	}
-	if !strings.Contains(err.Error(), l.Subnet.String()) {
-		t.Errorf("error %q does not name the subnet", err)
+	eventually(t, 10*time.Second, func() bool { err, _ := o.Conflict(); return err != nil }, "no conflict reported")
+	if err, _ := o.Conflict(); !strings.Contains(err.Error(), l.Subnet.String()) {
+		t.Errorf("conflict %q does not name the subnet", err)
 	}
 	if kv := mustGet(t, c, l.Key).Kvs; len(kv) != 0 {
 		t.Errorf("Hold re-created %s inside another host's %s", l.Key, big)
+	}
+	expectHolding(t, done)
+	mustDelete(t, c, bigLease.Key)
+	o.Recheck()
+	eventually(t, 10*time.Second, func() bool { err, _ := o.Conflict(); return err == nil }, "not taken back")
+	if now := expectOwn(t, c, cfg, o, claim); now.Subnet != l.Subnet {
+		t.Errorf("taken back as %s, want %s", now.Subnet, l.Subnet)
 	}
 }
 

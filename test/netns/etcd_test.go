@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vtepd/vtepd/store"
 	"github.com/vtepd/vtepd/test/netns"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -268,16 +269,59 @@ func TestOwnLease(t *testing.T) {
 		}
 	})
 
-	t.Run("taken by another host", func(t *testing.T) {
+	t.Run("rewritten by another writer", func(t *testing.T) {
 		thief := fake{Subnet: subnet, PublicIP: mustAddr("198.51.100.222"), MAC: mine.VtepMAC}
 		thief.MAC[5] ^= 0xff
 		put(t, c, leaseKey(subnet), thief.Value())
-		err := h2.Vtepd.Wait(10 * time.Second)
-		if err == nil || !strings.Contains(err.Error(), "exit status 1") {
-			t.Fatalf("vtepd after its subnet was taken: %v, want exit status 1", err)
+		// A conflict, logged with both values; not ready; not an exit.
+		err := netns.Poll(10*time.Second, func() error {
+			if len(h2.Vtepd.Entries("own subnet is held by another writer in etcd; not ready, still answering from the lease table, and taking it back once it is free or ours again")) == 0 {
+				return errString("no conflict logged yet")
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
-		if log := h2.Vtepd.Tail(5); !strings.Contains(log, "subnet taken by another host") || !strings.Contains(log, "198.51.100.222") {
-			t.Errorf("vtepd did not say who took its subnet:\n%s", log)
+		e := h2.Vtepd.Entries("own subnet is held by another writer in etcd; not ready, still answering from the lease table, and taking it back once it is free or ours again")[0]
+		if !strings.Contains(e.Str("error"), "198.51.100.222") || !strings.Contains(e.Str("ours"), mine.PublicIP.String()) {
+			t.Errorf("conflict log does not give both values: %v", e)
 		}
+		if code, body, err := h2.HTTPGet("/healthz"); err != nil || code != 503 || !strings.Contains(body, "held by another writer") {
+			t.Errorf("readiness during the conflict: %d %q %v, want 503 naming the conflict", code, body, err)
+		}
+		// The data path goes on answering from the table. (A round trip
+		// cannot work: the peers follow etcd, which sends h2's subnet to
+		// the other writer.)
+		h1MAC := leaseOf(t, o, mustSubnet(t, h1)).VtepMAC
+		if err := installedFor(t, h2, h1.Container.Extra[0], h1MAC, 5*time.Second); err != nil {
+			t.Errorf("a miss during the conflict: %v", err)
+		}
+		if done, _ := h2.Vtepd.Exited(); done {
+			t.Fatalf("vtepd stopped on the conflict")
+		}
+		if got := leaseOf(t, o, subnet); got.PublicIP != thief.PublicIP {
+			t.Errorf("the other writer's value was overwritten: %v", got)
+		}
+
+		// The key is freed: taken back at once, the same subnet, ready.
+		del(t, c, leaseKey(subnet))
+		err = netns.Poll(10*time.Second, func() error {
+			resp, err := c.Get(ctxFor(t, 5*time.Second), leaseKey(subnet))
+			if err != nil || len(resp.Kvs) == 0 {
+				return errString("not taken back yet")
+			}
+			if back, err := store.ParseLease(store.SubnetKey(subnet), resp.Kvs[0].Value); err != nil || !back.SameTarget(mine) {
+				return errString("not taken back yet")
+			}
+			if code, _, err := h2.HTTPGet("/healthz"); err != nil || code != 200 {
+				return errString("not ready yet")
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("own lease after the key was freed: %v", err)
+		}
+		firstPing(t, h1, h2.Container.Extra[1])
 	})
 }
