@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"runtime/debug"
 	"strconv"
+	"strings"
 
 	"github.com/vtepd/vtepd/etcdclient"
 	"github.com/vtepd/vtepd/fabric"
@@ -162,12 +163,38 @@ func (a *agent) readNetworkConfig(ctx context.Context) error {
 	}
 	a.netCfg = cfg
 	a.tel.setNetwork(cfg.Network)
+	a.g.Go(func() error {
+		store.FollowConfig(ctx, a.etcd, a.cfg.EtcdPrefix, cfg, a.configChanged)
+		return nil
+	})
 	lock, err := lockDevice(a.deviceName())
 	if err != nil {
 		return err
 	}
 	a.onClose(func() { lock.Close() })
 	return nil
+}
+
+// configChanged says what a change of the network config in etcd means for
+// this vtepd: it runs on with the config it started with, and says whether
+// a restart would apply the new one.
+func (a *agent) configChanged(ch store.ConfigChange) {
+	var note string
+	switch {
+	case ch.Err != nil:
+		a.log.Error("network config in etcd is no longer valid; running on with the config in use", zap.String("key", ch.Key), zap.Error(ch.Err))
+		note = fmt.Sprintf("network config %s in etcd is not valid (%v): running with the config read at start", ch.Key, ch.Err)
+	case len(ch.Differences) == 0:
+		a.log.Info("network config in etcd is the running one again", zap.String("key", ch.Key))
+	case ch.NeedsRestart:
+		a.log.Warn("network config in etcd changed; running on with the config in use: restart vtepd to apply it",
+			zap.String("key", ch.Key), zap.Strings("differences", ch.Differences))
+		note = fmt.Sprintf("network config %s in etcd differs from the running one (%s): restart vtepd to apply it", ch.Key, strings.Join(ch.Differences, "; "))
+	default:
+		a.log.Info("network config in etcd changed; it bounds subnets acquired from now on, and this host keeps its own",
+			zap.String("key", ch.Key), zap.Strings("differences", ch.Differences))
+	}
+	a.tel.setConfigNote(note)
 }
 
 func (a *agent) deviceName() string {

@@ -27,19 +27,22 @@ type telemetry struct {
 	// Set it before the first setPhase.
 	onPhase func(phase string)
 
-	mu       sync.Mutex
-	phase    string // what start-up is doing; "" once ready
-	network  netip.Prefix
-	device   *deviceState
-	kernel   kernelReader
-	own      ownLease
-	table    leaseTable
-	misses   missCounts
-	listener listenerStats
-	writes   writeCounts
-	sweeps   sweepCounts
-	expiry   expiryCounts
-	filters  firewallState
+	mu      sync.Mutex
+	phase   string // what start-up is doing; "" once ready
+	network netip.Prefix
+	// configNote says how the network config in etcd differs from the
+	// running one ("": it does not).
+	configNote string
+	device     *deviceState
+	kernel     kernelReader
+	own        ownLease
+	table      leaseTable
+	misses     missCounts
+	listener   listenerStats
+	writes     writeCounts
+	sweeps     sweepCounts
+	expiry     expiryCounts
+	filters    firewallState
 
 	recent  recentMisses
 	latency *prometheus.HistogramVec
@@ -132,6 +135,7 @@ func (t *telemetry) setPhase(p string) {
 // The setters, one per start-up phase that brings something up.
 
 func (t *telemetry) setNetwork(p netip.Prefix)  { t.set(func() { t.network = p }) }
+func (t *telemetry) setConfigNote(n string)     { t.set(func() { t.configNote = n }) }
 func (t *telemetry) setFilters(f firewallState) { t.set(func() { t.filters = f }) }
 func (t *telemetry) setTable(l leaseTable)      { t.set(func() { t.table = l }) }
 func (t *telemetry) setOwnLease(o ownLease)     { t.set(func() { t.own = o }) }
@@ -205,11 +209,14 @@ type Health struct {
 // stays held until it expires, which a healthy cluster would not let happen.
 func (t *telemetry) health() Health {
 	t.mu.Lock()
-	phase, dev, kernel, own, table := t.phase, t.device, t.kernel, t.own, t.table
+	phase, dev, kernel, own, table, configNote := t.phase, t.device, t.kernel, t.own, t.table, t.configNote
 	t.mu.Unlock()
 	var h Health
 	if phase != "" {
 		h.Reasons = append(h.Reasons, phase)
+	}
+	if configNote != "" {
+		h.Notes = append(h.Notes, configNote)
 	}
 	if dev != nil && dev.routes != nil && kernel != nil {
 		missing, err := kernel.CheckDevice(dev.index, dev.name, dev.gateway, dev.routes)
@@ -375,6 +382,9 @@ var (
 	descMalformed     = prometheus.NewDesc("vtepd_netlink_malformed_total", "Neighbour messages that could not be decoded.", nil, nil)
 	descForeign       = prometheus.NewDesc("vtepd_netlink_foreign_total", "Messages on the miss socket not sent by the kernel, dropped.", nil, nil)
 	descExpiry        = prometheus.NewDesc("vtepd_own_lease_expiry_seconds", "Seconds until this host's lease expires unless renewed.", nil, nil)
+	descOutages       = prometheus.NewDesc("vtepd_etcd_outages_total", "Outages of etcd as vtepd saw them, counted once each is over: the lease watch not delivering (watch), or the own lease's renewals failing (renewal).", []string{"kind"}, nil)
+	descOutageSeconds = prometheus.NewDesc("vtepd_etcd_outage_seconds_total", "Total length of the etcd outages counted in vtepd_etcd_outages_total.", []string{"kind"}, nil)
+	descConflict      = prometheus.NewDesc("vtepd_own_lease_conflict", "1 while this host's subnet is held by another writer in etcd (vtepd waits to take it back), else 0.", nil, nil)
 	descPermanent     = prometheus.NewDesc("vtepd_permanent_neighbours", "PERMANENT neighbour entries on the device, as last counted: answers that outlive vtepd's absence, bounded by --neighbour-limit.", nil, nil)
 	descIdlePeers     = prometheus.NewDesc("vtepd_idle_peers_removed_total", "Peers whose entries were removed because nothing was sent to them for --idle-timeout.", nil, nil)
 	descIdleEntries   = prometheus.NewDesc("vtepd_idle_entries_removed_total", "Kernel entries (neighbours, FDB entries, host routes) removed with idle peers.", nil, nil)
@@ -385,7 +395,7 @@ var (
 func (t *telemetry) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descMisses, descWrites, descWriteErrors, descEntries, descLeases, descInvalid,
 		descConflicts, descWatchRestarts, descRelists, descWatching, descOverflows, descSweeps, descSwept, descMalformed,
-		descForeign, descExpiry, descPermanent, descIdlePeers, descIdleEntries, descReady} {
+		descForeign, descExpiry, descOutages, descOutageSeconds, descConflict, descPermanent, descIdlePeers, descIdleEntries, descReady} {
 		ch <- d
 	}
 }
@@ -398,6 +408,9 @@ func (t *telemetry) Collect(ch chan<- prometheus.Metric) {
 	t.mu.Unlock()
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+	}
+	seconds := func(d *prometheus.Desc, v time.Duration, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v.Seconds(), labels...)
 	}
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
@@ -447,6 +460,8 @@ func (t *telemetry) Collect(ch chan<- prometheus.Metric) {
 			watching = 1
 		}
 		gauge(descWatching, watching)
+		counter(descOutages, st.WatchOutages, "watch")
+		seconds(descOutageSeconds, st.WatchOutageTime, "watch")
 	}
 	if listener != nil {
 		ls := listener.Stats()
@@ -461,6 +476,14 @@ func (t *telemetry) Collect(ch chan<- prometheus.Metric) {
 	}
 	if own != nil {
 		gauge(descExpiry, time.Until(own.Expires()).Seconds())
+		st := own.Stats()
+		counter(descOutages, st.Outages, "renewal")
+		seconds(descOutageSeconds, st.OutageTime, "renewal")
+		conflict := 0.0
+		if err, _ := own.Conflict(); err != nil {
+			conflict = 1
+		}
+		gauge(descConflict, conflict)
 	}
 }
 

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -296,4 +298,109 @@ func WaitConfig(ctx context.Context, c *clientv3.Client, prefix string, log *zap
 			return Config{}, ctx.Err()
 		}
 	}
+}
+
+// Diff lists the fields in which o differs from c, each as
+// "Field old → new", in the order of the config's fields.
+func (c Config) Diff(o Config) []string {
+	var d []string
+	field := func(name string, a, b any) {
+		if a != b {
+			d = append(d, fmt.Sprintf("%s %v → %v", name, a, b))
+		}
+	}
+	field("Network", c.Network, o.Network)
+	field("SubnetLen", c.SubnetLen, o.SubnetLen)
+	field("SubnetMin", c.SubnetMin, o.SubnetMin)
+	field("SubnetMax", c.SubnetMax, o.SubnetMax)
+	field("Backend.Type", c.Backend.Type, o.Backend.Type)
+	field("Backend.VNI", c.Backend.VNI, o.Backend.VNI)
+	field("Backend.Port", c.Backend.Port, o.Backend.Port)
+	return d
+}
+
+// ConfigChange is the network config in etcd no longer being the one vtepd
+// runs with, or being it again.
+type ConfigChange struct {
+	Key string
+	// Err says the config is gone or invalid; otherwise New is valid.
+	Err error
+	New Config
+	// Differences are the fields in which New differs from the running
+	// config (none: the running one again).
+	Differences []string
+	// NeedsRestart says that a field vtepd cannot change while it runs
+	// differs; SubnetMin and SubnetMax only bound subnets acquired from
+	// now on, and a host keeps the one it holds.
+	NeedsRestart bool
+}
+
+// FollowConfig watches the network config at <prefix>/config until ctx is
+// done and calls changed whenever it stops or starts again being running:
+// changed to another valid config, to an invalid one, or deleted. vtepd
+// keeps running with the config it started with; changed says what
+// differs. etcd being away is waited out. It returns ctx.Err().
+func FollowConfig(ctx context.Context, c *clientv3.Client, prefix string, running Config, changed func(ConfigChange)) error {
+	key := ConfigKey(prefix)
+	bo := newBackoff(100*time.Millisecond, 10*time.Second)
+	var last string // what was reported last ("" = the running config)
+	report := func(value []byte, deleted bool) {
+		ch := ConfigChange{Key: key}
+		switch {
+		case deleted:
+			ch.Err = errors.New("deleted")
+		default:
+			ch.New, ch.Err = ParseConfig(key, value)
+		}
+		if ch.Err == nil {
+			ch.Differences = running.Diff(ch.New)
+			for _, d := range ch.Differences {
+				if !strings.HasPrefix(d, "SubnetMin ") && !strings.HasPrefix(d, "SubnetMax ") {
+					ch.NeedsRestart = true
+				}
+			}
+		}
+		var now string
+		if ch.Err != nil || len(ch.Differences) > 0 {
+			now = fmt.Sprint(ch.Err, ch.Differences)
+		}
+		if now != last {
+			last = now
+			changed(ch)
+		}
+	}
+	rev := int64(0)
+	for ctx.Err() == nil {
+		if rev == 0 {
+			resp, err := c.Get(ctx, key)
+			if err != nil {
+				bo.wait(ctx)
+				continue
+			}
+			rev = resp.Header.Revision
+			if len(resp.Kvs) == 0 {
+				report(nil, true)
+			} else {
+				report(resp.Kvs[0].Value, false)
+			}
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		wch := c.Watch(clientv3.WithRequireLeader(wctx), key, clientv3.WithRev(rev+1))
+		for wr := range wch {
+			if wr.Err() != nil {
+				if errors.Is(wr.Err(), rpctypes.ErrCompacted) {
+					rev = 0 // read it afresh
+				}
+				break
+			}
+			bo.reset()
+			for _, ev := range wr.Events {
+				rev = ev.Kv.ModRevision
+				report(ev.Kv.Value, ev.Type == mvccpb.DELETE)
+			}
+		}
+		cancel()
+		bo.wait(ctx)
+	}
+	return ctx.Err()
 }

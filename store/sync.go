@@ -212,7 +212,11 @@ func (s *syncer) watch(ctx context.Context, rev int64) (int64, error) {
 	// watch's start revision is ahead of its own, which is every watch on a
 	// quiet cluster, so silence proves nothing either.
 	created := false
-	defer s.t.setWatching(false)
+	defer func() {
+		if ctx.Err() == nil { // a stop is no outage
+			s.setWatching(false)
+		}
+	}()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -220,7 +224,7 @@ func (s *syncer) watch(ctx context.Context, rev int64) (int64, error) {
 		var ok bool
 		select {
 		case <-tick.C:
-			s.t.setWatching(created && connected(s.c))
+			s.setWatching(created && connected(s.c))
 			continue
 		case wresp, ok = <-wch:
 		}
@@ -231,7 +235,7 @@ func (s *syncer) watch(ctx context.Context, rev int64) (int64, error) {
 			return rev, err
 		}
 		created = true
-		s.t.setWatching(true)
+		s.setWatching(true)
 		for _, ev := range wresp.Events {
 			s.apply(ev)
 		}
@@ -251,6 +255,19 @@ func (s *syncer) watch(ctx context.Context, rev int64) (int64, error) {
 		if r > rev {
 			rev = r
 		}
+	}
+}
+
+// setWatching records whether the watch delivers, and logs the start and
+// the end of an outage, once each.
+func (s *syncer) setWatching(up bool) {
+	switch started, ended := s.t.setWatching(up); {
+	case started:
+		s.log.Warn("lost the etcd watch of the leases; answering misses from the leases held until it is back",
+			zap.String("prefix", s.prefix), zap.Int("leases", s.t.Len()))
+	case ended > 0:
+		s.log.Info("etcd watch of the leases is back; the table catches up from where it stopped",
+			zap.String("prefix", s.prefix), zap.Duration("down_for", ended.Round(time.Millisecond)), zap.Int("leases", s.t.Len()))
 	}
 }
 

@@ -589,7 +589,8 @@ func TestSyncWatchingTracksEtcd(t *testing.T) {
 	if st := tb.Stats(); st.Watching || !st.WatchDownSince.IsZero() {
 		t.Errorf("before Sync: %+v", st)
 	}
-	startSync(t, tb, c, zap.NewNop())
+	core, logs := observer.New(zapcore.InfoLevel)
+	startSync(t, tb, c, zap.New(core))
 	waitSynced(t, tb)
 	eventually(t, 5*time.Second, func() bool { return tb.Stats().Watching }, "not watching after the sync")
 	// A quiet cluster: etcd answers no progress request for a watch that
@@ -612,6 +613,12 @@ func TestSyncWatchingTracksEtcd(t *testing.T) {
 	}
 	if _, ok := tb.LookupKey(testSubnetsPrefix + "10.5.1.0-24"); !ok {
 		t.Errorf("the table forgot its lease when etcd went away")
+	}
+	// Said once, however long it lasts; start-up before the first watch
+	// was no outage.
+	time.Sleep(1500 * time.Millisecond) // at least one more check (one a second) while etcd is down
+	if n := logs.FilterMessageSnippet("lost the etcd watch").Len(); n != 1 {
+		t.Errorf("%d log lines about the lost watch, want 1: %v", n, logs.All())
 	}
 }
 

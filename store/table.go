@@ -67,9 +67,14 @@ type tableStats struct {
 	invalid, conflicts, relists, watchRestarts atomic.Uint64
 	// watching is true while the watch delivers; down is when it last
 	// stopped (unix nanoseconds; 0 before the first outage), meaningful
-	// only while watching is false.
+	// only while watching is false. wasUp says it has delivered once:
+	// before, not watching is start-up, not an outage.
 	watching atomic.Bool
+	wasUp    atomic.Bool
 	down     atomic.Int64
+	// outages counts the watch's outages once over, and outageNanos their
+	// total length.
+	outages, outageNanos atomic.Uint64
 }
 
 // TableStats counts what the table's synchronisation has seen.
@@ -80,6 +85,10 @@ type TableStats struct {
 	Conflicts     uint64 // leases rejected for overlapping another or sharing its MAC
 	Relists       uint64 // full re-lists after the watch fell behind compaction
 	WatchRestarts uint64 // watches re-established after an error
+	// WatchOutages counts the times the watch stopped delivering after it
+	// had, once each is over; WatchOutageTime is their total length.
+	WatchOutages    uint64
+	WatchOutageTime time.Duration
 	// Watching says whether etcd's watch is delivering now. When it is
 	// not, the table answers from what it holds; WatchDownSince says since
 	// when.
@@ -249,6 +258,9 @@ func (t *Table) Stats() TableStats {
 		Relists:       t.stats.relists.Load(),
 		WatchRestarts: t.stats.watchRestarts.Load(),
 		Watching:      t.stats.watching.Load(),
+
+		WatchOutages:    t.stats.outages.Load(),
+		WatchOutageTime: time.Duration(t.stats.outageNanos.Load()),
 	}
 	if d := t.stats.down.Load(); d != 0 && !st.Watching {
 		st.WatchDownSince = time.Unix(0, d)
@@ -257,11 +269,24 @@ func (t *Table) Stats() TableStats {
 }
 
 // setWatching records whether the watch delivers, and since when it has
-// not.
-func (t *Table) setWatching(up bool) {
-	if t.stats.watching.Swap(up) && !up || !up && t.stats.down.Load() == 0 {
-		t.stats.down.Store(time.Now().UnixNano())
+// not. It reports the start of an outage (the watch had delivered, and
+// stops), and the end of one with how long it lasted.
+func (t *Table) setWatching(up bool) (started bool, ended time.Duration) {
+	was := t.stats.watching.Swap(up)
+	now := time.Now()
+	switch {
+	case !up && (was || t.stats.down.Load() == 0):
+		t.stats.down.Store(now.UnixNano())
+		return was, 0
+	case up && !was && t.stats.wasUp.Swap(true):
+		d := now.Sub(time.Unix(0, t.stats.down.Load()))
+		t.stats.outages.Add(1)
+		t.stats.outageNanos.Add(uint64(d))
+		return false, max(d, time.Nanosecond)
+	case up:
+		t.stats.wasUp.Store(true)
 	}
+	return false, 0
 }
 
 // RejectedLease is a valid lease the table does not believe, and why.
