@@ -78,4 +78,4 @@ fuzz:
 			$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -parallel $(FUZZPARALLEL) $$pkg || failed="$$failed $$pkg:$$t"; \
 		done; \
 	done; \
-	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed (a crasher is in the package's testdata/fuzz/)"; exit 1; fi
+	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed (the failing input is above; a new one is saved in the package's testdata/fuzz/)"; exit 1; fi
