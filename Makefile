@@ -2,6 +2,10 @@
 #   make demo   a lab of vtepd hosts on this machine, misses answered live (root)
 #   make test   every test: unit tests, then the netns lab tests (root)
 #   make bench  benchmarks against the targets; writes BENCHMARKS.md (root)
+#   make fuzz   each fuzz target for FUZZTIME (default 30s), one after another;
+#               fails if any finds a crasher, which go saves under the package's
+#               testdata/fuzz/<target>/ (commit it with the fix: `make test` runs
+#               every seed there). E.g. `make fuzz FUZZTIME=5m FUZZ=Lease`.
 
 GO      ?= go
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
@@ -12,6 +16,7 @@ PREFIX  ?= /usr/local
 UNIT_PKGS := ./store/... ./miss/... ./fabric/... ./subnetfile/... ./agent/... ./cmd/... ./contrib/...
 
 .PHONY: all build deps test unit netns demo bench install clean
+.PHONY: fuzz
 
 all: build
 
@@ -57,3 +62,20 @@ install: build
 
 clean:
 	rm -rf bin
+
+# The packages with fuzz targets; each target in them is found by name.
+# FUZZ keeps those whose name matches it (a grep -E pattern). One worker
+# each (FUZZPARALLEL): the machines this runs on are shared.
+FUZZ_PKGS    := ./store ./subnetfile ./miss ./cmd/vtepd
+FUZZTIME     ?= 30s
+FUZZPARALLEL ?= 1
+FUZZ         ?= .
+fuzz:
+	@failed=; for pkg in $(FUZZ_PKGS); do \
+		list=$$($(GO) test -list '^Fuzz' $$pkg) || { failed="$$failed $$pkg(build)"; continue; }; \
+		for t in $$(echo "$$list" | grep '^Fuzz' | grep -E '$(FUZZ)'); do \
+			echo "== $$pkg $$t for $(FUZZTIME)"; \
+			$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -parallel $(FUZZPARALLEL) $$pkg || failed="$$failed $$pkg:$$t"; \
+		done; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: failed:$$failed (the failing input is above; a new one is saved in the package's testdata/fuzz/)"; exit 1; fi

@@ -69,17 +69,17 @@ func ParseConfig(key string, value []byte) (Config, error) {
 		return Config{}, &ConfigError{Key: key, Field: field, Err: fmt.Errorf(format, args...)}
 	}
 
-	// Decode field by field rather than into one struct, so that a value of
-	// the wrong type names its field instead of producing encoding/json's
-	// "cannot unmarshal number into Go struct field".
-	var doc map[string]json.RawMessage
+	// Decode each field on its own, so that a value of the wrong type names
+	// its field instead of producing encoding/json's "cannot unmarshal
+	// number into Go struct field".
+	var doc configDoc
 	if err := json.Unmarshal(value, &doc); err != nil {
 		return fail("", "not a JSON object: %v", err)
 	}
 
 	var cfg Config
 	var network string
-	if err := decodeField(doc, "Network", &network, true); err != nil {
+	if err := decodeField(doc.Network, &network, true); err != nil {
 		return fail("Network", "%v", err)
 	}
 	p, err := netip.ParsePrefix(network)
@@ -91,7 +91,7 @@ func ParseConfig(key string, value []byte) (Config, error) {
 	}
 	cfg.Network = p
 
-	if err := decodeField(doc, "SubnetLen", &cfg.SubnetLen, false); err != nil {
+	if err := decodeField(doc.SubnetLen, &cfg.SubnetLen, false); err != nil {
 		return fail("SubnetLen", "%v", err)
 	}
 	ones := p.Bits()
@@ -115,14 +115,15 @@ func ParseConfig(key string, value []byte) (Config, error) {
 	// would put the network address on its device) but not its last.
 	for _, f := range []struct {
 		name string
+		raw  json.RawMessage
 		dst  *netip.Addr
 		def  uint32
 	}{
-		{"SubnetMin", &cfg.SubnetMin, first + size},
-		{"SubnetMax", &cfg.SubnetMax, last + 1 - size},
+		{"SubnetMin", doc.SubnetMin, &cfg.SubnetMin, first + size},
+		{"SubnetMax", doc.SubnetMax, &cfg.SubnetMax, last + 1 - size},
 	} {
 		var s string
-		if err := decodeField(doc, f.name, &s, false); err != nil {
+		if err := decodeField(f.raw, &s, false); err != nil {
 			return fail(f.name, "%v", err)
 		}
 		if s == "" {
@@ -145,11 +146,11 @@ func ParseConfig(key string, value []byte) (Config, error) {
 		return fail("SubnetMax", "%s is below SubnetMin %s", cfg.SubnetMax, cfg.SubnetMin)
 	}
 
-	backend := map[string]json.RawMessage{}
-	if err := decodeField(doc, "Backend", &backend, true); err != nil {
+	var backend backendDoc
+	if err := decodeField(doc.Backend, &backend, true); err != nil {
 		return fail("Backend", "%v (vtepd needs {\"Type\":\"vxlan\"})", err)
 	}
-	if err := decodeField(backend, "Type", &cfg.Backend.Type, true); err != nil {
+	if err := decodeField(backend.Type, &cfg.Backend.Type, true); err != nil {
 		return fail("Backend.Type", "%v", err)
 	}
 	if cfg.Backend.Type != "vxlan" {
@@ -157,7 +158,7 @@ func ParseConfig(key string, value []byte) (Config, error) {
 	}
 	// flannel's default applies only when the field is absent: an explicit
 	// 0 is VNI 0, which Linux accepts.
-	if present, err := decodeFieldPresent(backend, "VNI", &cfg.Backend.VNI, false); err != nil {
+	if present, err := decodeFieldPresent(backend.VNI, &cfg.Backend.VNI, false); err != nil {
 		return fail("Backend.VNI", "%v", err)
 	} else if !present {
 		cfg.Backend.VNI = DefaultVNI
@@ -165,7 +166,7 @@ func ParseConfig(key string, value []byte) (Config, error) {
 	if cfg.Backend.VNI < 0 || cfg.Backend.VNI >= 1<<24 {
 		return fail("Backend.VNI", "%d is out of range: a VNI has 24 bits", cfg.Backend.VNI)
 	}
-	if err := decodeField(backend, "Port", &cfg.Backend.Port, false); err != nil {
+	if err := decodeField(backend.Port, &cfg.Backend.Port, false); err != nil {
 		return fail("Backend.Port", "%v", err)
 	}
 	if cfg.Backend.Port == 0 {
@@ -182,27 +183,28 @@ func (c Config) SubnetCount() int {
 	return int((u32(c.SubnetMax)-u32(c.SubnetMin))>>(32-c.SubnetLen)) + 1
 }
 
-// decodeField decodes doc[name] into dst. A missing field is an error only
-// when required; JSON null counts as missing. Names match as encoding/json
-// (and so flannel) matches them: exactly if possible, else ignoring case.
-func decodeField(doc map[string]json.RawMessage, name string, dst any, required bool) error {
-	_, err := decodeFieldPresent(doc, name, dst, required)
+// configDoc and backendDoc are the fields vtepd reads, each still JSON.
+// encoding/json matches their names as it does for flanneld's structs:
+// exactly or ignoring case, and of two keys for one field the last wins.
+type configDoc struct {
+	Network, SubnetLen, SubnetMin, SubnetMax, Backend json.RawMessage
+}
+
+type backendDoc struct {
+	Type, VNI, Port json.RawMessage
+}
+
+// decodeField decodes raw, a field of the document, into dst. A missing
+// field is an error only when required; JSON null counts as missing.
+func decodeField(raw json.RawMessage, dst any, required bool) error {
+	_, err := decodeFieldPresent(raw, dst, required)
 	return err
 }
 
 // decodeFieldPresent is decodeField that also reports whether the field was
 // there, for defaults that apply only to an absent field.
-func decodeFieldPresent(doc map[string]json.RawMessage, name string, dst any, required bool) (bool, error) {
-	raw, ok := doc[name]
-	if !ok {
-		for k, v := range doc {
-			if strings.EqualFold(k, name) {
-				raw, ok = v, true
-				break
-			}
-		}
-	}
-	if !ok || strings.TrimSpace(string(raw)) == "null" {
+func decodeFieldPresent(raw json.RawMessage, dst any, required bool) (bool, error) {
+	if len(raw) == 0 || strings.TrimSpace(string(raw)) == "null" {
 		if required {
 			return false, fmt.Errorf("missing")
 		}

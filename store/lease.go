@@ -85,11 +85,12 @@ func ParseSubnetKey(s string) (netip.Prefix, error) {
 	if err != nil || !a.Is4() {
 		return netip.Prefix{}, fmt.Errorf("subnet key %q: %q is not an IPv4 address", s, addr)
 	}
-	n, err := strconv.Atoi(bits)
+	// Digits only, as flannel's \d+: Atoi would take "+24".
+	n, err := strconv.ParseUint(bits, 10, 8)
 	if err != nil || n < 1 || n > 32 {
 		return netip.Prefix{}, fmt.Errorf("subnet key %q: %q is not a prefix length", s, bits)
 	}
-	p := netip.PrefixFrom(a, n)
+	p := netip.PrefixFrom(a, int(n))
 	if p.Masked() != p {
 		return netip.Prefix{}, fmt.Errorf("subnet key %q: host bits set, the subnet starts at %s", s, p.Masked().Addr())
 	}

@@ -1,0 +1,336 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// The fuzz targets of the parsers of what anyone with write access to etcd
+// can store. Their seeds are in testdata/fuzz/<target>/: flannel's own keys
+// and values, the bad inputs of this package's tests, and what fuzzing
+// found. Plain `go test` runs the seeds; `make fuzz` fuzzes each target.
+
+// FuzzParseSubnetKey: an accepted key is flannel's form of the subnet it
+// names, and that subnet's SubnetKey parses back to it; a rejected one gets
+// an error that quotes it.
+func FuzzParseSubnetKey(f *testing.F) {
+	f.Fuzz(func(t *testing.T, key string) {
+		p, err := ParseSubnetKey(key)
+		if err != nil {
+			if p != (netip.Prefix{}) {
+				t.Errorf("ParseSubnetKey(%q) returned %s with its error", key, p)
+			}
+			if !strings.Contains(err.Error(), strconv.Quote(key)) {
+				t.Errorf("ParseSubnetKey(%q) error %q does not quote the key", key, err)
+			}
+			return
+		}
+		checkSubnetFromKey(t, key, p)
+	})
+}
+
+// checkSubnetFromKey checks a subnet that ParseSubnetKey accepted from key.
+func checkSubnetFromKey(t *testing.T, key string, p netip.Prefix) {
+	t.Helper()
+	if !p.IsValid() || p != p.Masked() || p.Bits() == 0 {
+		t.Fatalf("ParseSubnetKey(%q) = %s: not a subnet's own prefix", key, p)
+	}
+	// flannel's MakeSubnetKey writes <address>-<length>, then for a
+	// dual-stack host &<IPv6 part>; its ParseSubnetKey takes the length
+	// with leading zeros, so such a key names the same subnet for both.
+	form := `^` + regexp.QuoteMeta(p.Addr().String()) + `-0*` + strconv.Itoa(p.Bits()) + `(&|$)`
+	if !regexp.MustCompile(form).MatchString(key) {
+		t.Errorf("ParseSubnetKey(%q) = %s, but the key is not %s-%d in flannel's form", key, p, p.Addr(), p.Bits())
+	}
+	if back, err := ParseSubnetKey(SubnetKey(p)); err != nil || back != p {
+		t.Errorf("ParseSubnetKey(%q) = %s, but ParseSubnetKey(SubnetKey(%s) = %q) = %s, %v", key, p, p, SubnetKey(p), back, err)
+	}
+}
+
+// FuzzParseLease: an accepted lease is a reachable VTEP that round-trips
+// through Value and ParseLease unchanged, its subnet the key's; a rejection
+// is the zero Lease with an error that names the key or the field at fault.
+func FuzzParseLease(f *testing.F) {
+	f.Fuzz(func(t *testing.T, key string, value []byte) {
+		l, err := ParseLease(key, value)
+		if err != nil {
+			checkLeaseError(t, key, value, l, err)
+			return
+		}
+		checkLease(t, key, value, l)
+	})
+}
+
+func checkLease(t *testing.T, key string, value []byte, l Lease) {
+	t.Helper()
+	p, err := ParseSubnetKey(key)
+	if err != nil || l.Subnet != p {
+		t.Fatalf("ParseLease(%q, %q).Subnet = %s, but the key parses to %s, %v", key, value, l.Subnet, p, err)
+	}
+	checkSubnetFromKey(t, key, p)
+	if l.Key != "" || l.CreateRevision != 0 || l.ModRevision != 0 || l.EtcdLease != 0 {
+		t.Errorf("ParseLease(%q, %q) set etcd's metadata: %+v", key, value, l)
+	}
+	if !isUnicast(l.PublicIP) || l.PublicIP.Zone() != "" {
+		t.Errorf("ParseLease(%q, %q): PublicIP %s is no VTEP's address", key, value, l.PublicIP)
+	}
+	if !l.VtepMAC.IsUnicast() {
+		t.Errorf("ParseLease(%q, %q): VtepMAC %s is not unicast", key, value, l.VtepMAC)
+	}
+	// What vtepd writes for a lease it read is that lease, under its own
+	// key and under the one it was read from.
+	v := l.Value()
+	for _, k := range []string{SubnetKey(l.Subnet), key} {
+		back, err := ParseLease(k, v)
+		if err != nil || back != l {
+			t.Fatalf("ParseLease(%q, %q) = %+v, but ParseLease(%q, its Value() %s) = %+v, %v", key, value, l, k, v, back, err)
+		}
+		if again := back.Value(); string(again) != string(v) {
+			t.Errorf("Value() of the round-tripped lease is %s, want %s", again, v)
+		}
+	}
+}
+
+// leaseFields are the words one of which every lease error names: the
+// fields of flannel's lease JSON, or the JSON as a whole.
+var leaseFields = []string{"PublicIP", "BackendType", "BackendData", "lease JSON"}
+
+func checkLeaseError(t *testing.T, key string, value []byte, l Lease, err error) {
+	t.Helper()
+	if l != (Lease{}) {
+		t.Errorf("ParseLease(%q, %q) returned %+v with its error", key, value, l)
+	}
+	msg := err.Error()
+	// The key is checked first, and its error is ParseSubnetKey's.
+	if _, kerr := ParseSubnetKey(key); kerr != nil {
+		if msg != kerr.Error() {
+			t.Errorf("ParseLease(%q, %q) error %q, want the key's %q", key, value, msg, kerr)
+		}
+		return
+	}
+	named := false
+	for _, f := range leaseFields {
+		named = named || strings.Contains(msg, f)
+	}
+	if !named {
+		t.Errorf("ParseLease(%q, %q) error %q names none of %q", key, value, msg, leaseFields)
+	}
+	if errors.Is(err, ErrNotVXLAN) && !strings.Contains(msg, "BackendType") {
+		t.Errorf("ParseLease(%q, %q) error %q is ErrNotVXLAN but does not name BackendType", key, value, msg)
+	}
+}
+
+// flannelConfig is how flanneld decodes the fields of the network config
+// that vtepd reads: encoding/json into a struct (pkg/subnet/config.go), so
+// names match ignoring case and of two keys for one field the last wins.
+type flannelConfig struct {
+	Network, SubnetMin, SubnetMax string
+	SubnetLen                     int
+	Backend                       json.RawMessage
+}
+
+// flannelBackend is the vxlan backend's part of it; VNI is a pointer
+// because an absent VNI is 1 and an explicit 0 is 0.
+type flannelBackend struct {
+	Type string
+	VNI  *int
+	Port int
+}
+
+// configFields are the fields a *ConfigError may name ("" for the document).
+var configFields = map[string]bool{"": true, "Network": true, "SubnetLen": true, "SubnetMin": true, "SubnetMax": true,
+	"Backend": true, "Backend.Type": true, "Backend.VNI": true, "Backend.Port": true}
+
+// FuzzParseConfig: an accepted config holds its documented invariants and
+// written out in full parses back the same; a rejection is the zero Config
+// with a *ConfigError that names the key and the field; and either way,
+// ParseConfig reads the fields flanneld reads as flanneld reads them.
+func FuzzParseConfig(f *testing.F) {
+	f.Fuzz(func(t *testing.T, value []byte) {
+		cfg, err := ParseConfig(testConfigKey, value)
+		if err != nil {
+			checkConfigError(t, value, cfg, err)
+		} else {
+			checkConfig(t, value, cfg)
+		}
+		checkReadsAsFlanneld(t, value, cfg, err)
+	})
+}
+
+// checkReadsAsFlanneld checks that ParseConfig, which gave cfg, err for
+// value, reads from it what flanneld reads: the same document rewritten
+// with only the fields as flanneld decodes them parses the same way.
+func checkReadsAsFlanneld(t *testing.T, value []byte, cfg Config, err error) {
+	t.Helper()
+	var fc flannelConfig
+	var fb flannelBackend
+	if ferr := json.Unmarshal(value, &fc); ferr != nil {
+		if err == nil {
+			t.Errorf("ParseConfig(%q) = %+v, but flanneld cannot decode it: %v", value, cfg, ferr)
+		}
+		return
+	}
+	if ferr := json.Unmarshal(fc.Backend, &fb); ferr != nil {
+		if err == nil {
+			t.Errorf("ParseConfig(%q) = %+v, but flanneld cannot decode its Backend: %v", value, cfg, ferr)
+		}
+		return
+	}
+	type backend struct {
+		Type string
+		VNI  *int `json:",omitempty"`
+		Port int
+	}
+	read, merr := json.Marshal(struct {
+		Network              string
+		SubnetLen            int
+		SubnetMin, SubnetMax string
+		Backend              backend
+	}{fc.Network, fc.SubnetLen, fc.SubnetMin, fc.SubnetMax, backend(fb)})
+	if merr != nil {
+		t.Fatal(merr)
+	}
+	back, berr := ParseConfig(testConfigKey, read)
+	if (err == nil) != (berr == nil) || back != cfg {
+		t.Errorf("ParseConfig(%q) = %+v, %v; but flanneld reads it as %s, for which ParseConfig = %+v, %v",
+			value, cfg, err, read, back, berr)
+	}
+}
+
+func checkConfig(t *testing.T, value []byte, cfg Config) {
+	t.Helper()
+	n := cfg.Network
+	if !n.IsValid() || n != n.Masked() {
+		t.Fatalf("ParseConfig(%q): Network %s is not a network's own prefix", value, n)
+	}
+	bitLen := n.Addr().BitLen()
+	// At least four subnets (a device and a bridge address each); flannel
+	// stops at a /30.
+	if cfg.SubnetLen < n.Bits()+2 || cfg.SubnetLen > bitLen-2 {
+		t.Fatalf("ParseConfig(%q): SubnetLen %d for Network %s", value, cfg.SubnetLen, n)
+	}
+	for name, a := range map[string]netip.Addr{"SubnetMin": cfg.SubnetMin, "SubnetMax": cfg.SubnetMax} {
+		if !n.Contains(a) {
+			t.Errorf("ParseConfig(%q): %s %s is not inside Network %s", value, name, a, n)
+		}
+		if sub := netip.PrefixFrom(a, cfg.SubnetLen); sub.Masked() != sub {
+			t.Errorf("ParseConfig(%q): %s %s is not on a /%d boundary", value, name, a, cfg.SubnetLen)
+		}
+	}
+	if cfg.SubnetMax.Less(cfg.SubnetMin) {
+		t.Errorf("ParseConfig(%q): SubnetMax %s < SubnetMin %s", value, cfg.SubnetMax, cfg.SubnetMin)
+	}
+	if c := cfg.SubnetCount(); c < 1 || c > 1<<(cfg.SubnetLen-n.Bits()) {
+		t.Errorf("ParseConfig(%q): SubnetCount() = %d, want 1 to %d", value, c, 1<<(cfg.SubnetLen-n.Bits()))
+	}
+	if cfg.Backend.Type != "vxlan" || cfg.Backend.VNI < 0 || cfg.Backend.VNI >= 1<<24 ||
+		cfg.Backend.Port < 1 || cfg.Backend.Port > 65535 {
+		t.Errorf("ParseConfig(%q): Backend %+v: want vxlan, a 24-bit VNI, a UDP port", value, cfg.Backend)
+	}
+
+	// The config with every default written out is the same config.
+	full := fmt.Sprintf(`{"Network":%q,"SubnetLen":%d,"SubnetMin":%q,"SubnetMax":%q,"Backend":{"Type":%q,"VNI":%d,"Port":%d}}`,
+		cfg.Network, cfg.SubnetLen, cfg.SubnetMin, cfg.SubnetMax, cfg.Backend.Type, cfg.Backend.VNI, cfg.Backend.Port)
+	if back, err := ParseConfig(testConfigKey, []byte(full)); err != nil || back != cfg {
+		t.Errorf("ParseConfig(%q) = %+v, but ParseConfig(%s) = %+v, %v", value, cfg, full, back, err)
+	}
+}
+
+func checkConfigError(t *testing.T, value []byte, cfg Config, err error) {
+	t.Helper()
+	if cfg != (Config{}) {
+		t.Errorf("ParseConfig(%q) returned %+v with its error", value, cfg)
+	}
+	var ce *ConfigError
+	if !errors.As(err, &ce) {
+		t.Fatalf("ParseConfig(%q) error %v is a %T, not a *ConfigError", value, err, err)
+	}
+	if ce.Key != testConfigKey || ce.Err == nil || ce.Err.Error() == "" || !configFields[ce.Field] {
+		t.Errorf("ParseConfig(%q) error %#v: want Key %q, a known field, a cause", value, ce, testConfigKey)
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, testConfigKey) || ce.Field != "" && !strings.Contains(msg, strconv.Quote(ce.Field)) {
+		t.Errorf("ParseConfig(%q) error %q does not name key %s and field %q", value, msg, testConfigKey, ce.Field)
+	}
+}
+
+// FuzzSyncParseKV is the syncer's reading of a key-value from etcd: it takes
+// exactly the leases ParseLease takes under the subnets prefix (one element
+// below it) that belong to the network, keeps etcd's metadata, and warns
+// about anything else once per key and revision, naming the key.
+func FuzzSyncParseKV(f *testing.F) {
+	cfg := testConfig()
+	f.Fuzz(func(t *testing.T, key string, value []byte) {
+		core, logs := observer.New(zapcore.WarnLevel)
+		s := &syncer{t: NewTable(cfg), prefix: testSubnetsPrefix, log: zap.New(core), warned: make(map[string]int64)}
+		kv := &mvccpb.KeyValue{Key: []byte(key), Value: value, CreateRevision: 3, ModRevision: 7, Lease: 0x1234}
+
+		l, err := s.parseKV(kv)
+		subnetKey, under := strings.CutPrefix(key, testSubnetsPrefix)
+		under = under && !strings.Contains(subnetKey, "/")
+		want, werr := ParseLease(subnetKey, value)
+		belongs := werr == nil && want.VNI == cfg.Backend.VNI &&
+			cfg.Network.Contains(want.Subnet.Addr()) && want.Subnet.Bits() >= cfg.Network.Bits()
+		if err != nil {
+			if l != (Lease{}) {
+				t.Errorf("parseKV(%q, %q) returned %+v with its error", key, value, l)
+			}
+			switch msg := err.Error(); {
+			case !under && !strings.Contains(msg, "not a lease key under "+testSubnetsPrefix):
+				t.Errorf("parseKV(%q, %q) error %q, want it to say the key is not under %s", key, value, msg, testSubnetsPrefix)
+			case under && werr != nil && msg != werr.Error():
+				t.Errorf("parseKV(%q, %q) error %q, want ParseLease's %q", key, value, msg, werr)
+			case under && werr == nil && belongs:
+				t.Errorf("parseKV(%q, %q) rejected a lease of the network: %v", key, value, err)
+			case under && werr == nil && !strings.Contains(msg, "subnet") && !strings.Contains(msg, "BackendData.VNI"):
+				t.Errorf("parseKV(%q, %q) error %q names neither the subnet nor BackendData.VNI", key, value, msg)
+			}
+		} else {
+			switch {
+			case !under:
+				t.Errorf("parseKV(%q, %q) accepted a key that is not one element under %s", key, value, testSubnetsPrefix)
+			case !belongs:
+				t.Errorf("parseKV(%q, %q) = %+v, but ParseLease says %+v, %v and the network is %s VNI %d",
+					key, value, l, want, werr, cfg.Network, cfg.Backend.VNI)
+			default:
+				want.Key, want.CreateRevision, want.ModRevision, want.EtcdLease = key, kv.CreateRevision, kv.ModRevision, kv.Lease
+				if l != want {
+					t.Errorf("parseKV(%q, %q) = %+v, want %+v", key, value, l, want)
+				}
+			}
+		}
+
+		// parse warns about a bad key-value once per revision, and only
+		// about a bad one.
+		for i, rev := range []int64{7, 7, 8} {
+			kv.ModRevision = rev
+			if _, ok := s.parse(kv); ok != (err == nil) {
+				t.Fatalf("parse(%q, %q) ok = %v, parseKV's error %v", key, value, ok, err)
+			}
+			wantWarnings := 0
+			if err != nil {
+				wantWarnings = []int{1, 1, 2}[i]
+			}
+			if n := logs.Len(); n != wantWarnings || s.t.Stats().Invalid != uint64(wantWarnings) {
+				t.Fatalf("after %d parses (revisions 7, 7, 8) of (%q, %q): %d warnings, %d counted, want %d",
+					i+1, key, value, n, s.t.Stats().Invalid, wantWarnings)
+			}
+		}
+		for _, e := range logs.All() {
+			if got := e.ContextMap()["key"]; got != key {
+				t.Errorf("warning %q names key %v, want %q", e.Message, got, key)
+			}
+		}
+	})
+}
