@@ -83,6 +83,10 @@ type Config struct {
 	// ForwardRules accepts overlay traffic in FORWARD (or Docker's
 	// DOCKER-USER), for hosts whose FORWARD policy is DROP.
 	ForwardRules bool
+	// FirewallResync is how often the firewall rules are checked and put
+	// back where something removed them (flannel's --iptables-resync);
+	// 0 means DefaultFirewallResync.
+	FirewallResync time.Duration
 	// Version is reported in /status.
 	Version string
 }

@@ -17,10 +17,11 @@ import (
 // forwarding and masquerading go on without a gap.
 var ErrHandover = errors.New("agent: handing over to a new vtepd")
 
-// firewallResync is how often the rules are checked and, where something
-// removed them (a restarting dockerd flushes DOCKER-USER), restored:
-// flannel's --iptables-resync default.
-const firewallResync = 5 * time.Second
+// DefaultFirewallResync is how often the rules are checked and, where
+// something removed them (a restarting dockerd flushes DOCKER-USER),
+// restored, unless Config.FirewallResync says otherwise: flannel's
+// --iptables-resync default.
+const DefaultFirewallResync = 5 * time.Second
 
 // filters are the agent's packet-filter rules: the forward rules that let
 // overlay traffic through a FORWARD policy of DROP, and the ip-masq rules.
@@ -32,6 +33,7 @@ type filters struct {
 	network  netip.Prefix
 	forward  *firewall.Forward // nil when --forward-rules is off
 	wantMasq bool
+	resync   time.Duration
 
 	mu   sync.Mutex           // for /status, which reads masq while start-up sets it
 	masq *firewall.Masquerade // nil until the subnet is known, or when --ip-masq is off
@@ -41,7 +43,10 @@ type filters struct {
 // is off. A failure is logged, not returned: a host whose FORWARD policy
 // accepts does not need the rules, and reassert retries for one that does.
 func startFilters(cfg Config, network netip.Prefix, log *zap.Logger) *filters {
-	f := &filters{log: log, network: network, wantMasq: cfg.IPMasq}
+	f := &filters{log: log, network: network, wantMasq: cfg.IPMasq, resync: cfg.FirewallResync}
+	if f.resync <= 0 {
+		f.resync = DefaultFirewallResync
+	}
 	fwd, err := firewall.NewForward(log, network)
 	if err != nil {
 		log.Error("forward rules unavailable", zap.Error(err))
@@ -56,7 +61,7 @@ func startFilters(cfg Config, network netip.Prefix, log *zap.Logger) *filters {
 	}
 	f.forward = fwd
 	if err := fwd.Ensure(); err != nil {
-		log.Error("forward rules not in place yet; retrying", zap.Error(err), zap.Duration("every", firewallResync))
+		log.Error("forward rules not in place yet; retrying", zap.Error(err), zap.Duration("every", f.resync))
 	}
 	return f
 }
@@ -80,7 +85,7 @@ func (f *filters) masquerade(subnet netip.Prefix) {
 	f.masq = m
 	f.mu.Unlock()
 	if err := m.Ensure(); err != nil {
-		f.log.Error("ip-masq rules not in place yet; retrying", zap.Error(err), zap.Duration("every", firewallResync))
+		f.log.Error("ip-masq rules not in place yet; retrying", zap.Error(err), zap.Duration("every", f.resync))
 	}
 }
 
@@ -91,13 +96,13 @@ func (f *filters) reassert(ctx context.Context) {
 	if f.masq != nil {
 		go func() {
 			defer close(done)
-			f.masq.Reassert(ctx, firewallResync)
+			f.masq.Reassert(ctx, f.resync)
 		}()
 	} else {
 		close(done)
 	}
 	if f.forward != nil {
-		f.forward.Reassert(ctx, firewallResync)
+		f.forward.Reassert(ctx, f.resync)
 	}
 	<-done
 }

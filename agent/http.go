@@ -21,38 +21,75 @@ import (
 // DefaultHTTPAddr is where metrics, health and status are served.
 const DefaultHTTPAddr = "127.0.0.1:9742"
 
-// handler serves the agent's HTTP API:
+// handler serves the agent's HTTP API, with flannel's meaning of the
+// probes:
 //
 //	/metrics        Prometheus exposition
-//	/healthz        200 "ok", or 503 with the reasons
+//	/healthz        liveness: 200 "ok" while the miss path comes round, else 503 and why
+//	/readyz         readiness: 200 "ok" once device, lease and table are ready, else 503 and the reasons
 //	/status         the agent's state as JSON (vtepd status)
 //	/debug/leases   the lease table as JSON, rejected leases included
 //	/debug/misses   the last misses, newest first (?n= limits them)
 //	/debug/pprof/   Go's profiler
+//
+// Everything under /debug/ answers loopback clients only (see
+// loopbackOnly); the rest answers whoever reaches --http-addr.
 func (t *telemetry) handler() http.Handler {
+	debug := http.NewServeMux()
+	debug.HandleFunc("/debug/leases", t.serveLeases)
+	debug.HandleFunc("/debug/misses", t.serveMisses)
+	debug.HandleFunc("/debug/pprof/", pprof.Index)
+	debug.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	debug.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	debug.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	debug.HandleFunc("/debug/pprof/trace", pprof.Trace)
+
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(t.registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", t.serveHealth)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeHealth(w, t.liveness(), "unhealthy") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) { writeHealth(w, t.readiness(), "not ready") })
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, t.status()) })
-	mux.HandleFunc("/debug/leases", t.serveLeases)
-	mux.HandleFunc("/debug/misses", t.serveMisses)
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/debug/", loopbackOnly(debug))
 	return mux
 }
 
-func (t *telemetry) serveHealth(w http.ResponseWriter, _ *http.Request) {
-	h := t.health()
+// loopbackOnly serves h to clients whose source address is a loopback
+// address, and 403 to everyone else. --http-addr may expose metrics and
+// probes to a scraper on another host, but the debug endpoints are for the
+// operator on this one: pprof's cmdline shows the command line (an
+// --etcd-password with it), a CPU profile or trace costs the miss path
+// while it runs, and the lease table is a map of the cluster. 403 rather
+// than 404: the paths are documented, hiding them protects nothing, and
+// "forbidden, from here" tells the operator what to change where a 404
+// would send them looking for a typo.
+func loopbackOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !fromLoopback(r) {
+			http.Error(w, "vtepd: /debug/ answers loopback clients only: ask from this host, on 127.0.0.1 or ::1", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// fromLoopback says whether r came from a loopback address. A request from
+// this host to one of its other addresses comes from that address, not
+// from loopback, and is refused: only the source address counts.
+func fromLoopback(r *http.Request) bool {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	return err == nil && ap.Addr().Unmap().IsLoopback()
+}
+
+// writeHealth writes a probe's answer: "ok", or 503 with no and the
+// reasons, and any notes either way.
+func writeHealth(w http.ResponseWriter, h Health, no string) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	var b strings.Builder
 	if h.Healthy {
 		b.WriteString("ok\n")
 	} else {
 		w.WriteHeader(http.StatusServiceUnavailable)
-		b.WriteString("unhealthy\n")
+		b.WriteString(no + "\n")
 		for _, r := range h.Reasons {
 			fmt.Fprintf(&b, "- %s\n", r)
 		}

@@ -44,6 +44,12 @@ type telemetry struct {
 	expiry     expiryCounts
 	filters    firewallState
 
+	// Liveness: the listener's round count as last seen, when it last
+	// moved, and how long it may stand still (missPathStall).
+	turnsSeen  uint64
+	turnsMoved time.Time
+	stallAfter time.Duration
+
 	recent  recentMisses
 	latency *prometheus.HistogramVec
 	// byKind are latency's children, resolved once: a label lookup per
@@ -80,8 +86,12 @@ type (
 		Count(miss.Kind, miss.Outcome) uint64
 		Permanent() int
 	}
-	// listenerStats is *miss.Listener.
-	listenerStats interface{ Stats() miss.ListenerStats }
+	// listenerStats is *miss.Listener. Turns is what liveness watches, as
+	// systemd's watchdog does.
+	listenerStats interface {
+		Stats() miss.ListenerStats
+		Turns() uint64
+	}
 	// writeCounts is *fabric.Entries.
 	writeCounts interface {
 		Stats(fabric.Op) fabric.WriteStats
@@ -106,7 +116,7 @@ type deviceState struct {
 }
 
 func newTelemetry(version string) *telemetry {
-	t := &telemetry{version: version, started: time.Now(), phase: "starting"}
+	t := &telemetry{version: version, started: time.Now(), phase: "starting", stallAfter: missPathStall}
 	t.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "vtepd_miss_response_seconds",
 		Help: "Time from receiving a miss from the kernel to the kernel's ack of the last write answering it.",
@@ -194,20 +204,56 @@ func (t *telemetry) kernelEntries() (neigh map[string]int, fdb int, err error) {
 	return neigh, len(fs), err
 }
 
-// Health is the answer of /healthz.
+// Health is the answer of /healthz (liveness) or /readyz (readiness).
 type Health struct {
 	Healthy bool
 	// Reasons say why not, when not.
 	Reasons []string
-	// Notes are worth knowing but do not make the agent unhealthy.
+	// Notes are worth knowing but do not make the answer a no.
 	Notes []string
 }
 
-// health is healthy when the device is up, this host's lease is held and
-// the lease table has synced. etcd being unreachable is only a note: the
-// table keeps answering misses for every lease it holds, and the own lease
-// stays held until it expires, which a healthy cluster would not let happen.
-func (t *telemetry) health() Health {
+// missPathStall is how long the miss listener's round count may stand
+// still before liveness fails. The loop comes round at least five times a
+// second when idle, so this is a miss handler or a kernel write that does
+// not return, not a slow one; it is a third of the unit's WatchdogSec=30s,
+// which watches the same count.
+const missPathStall = 10 * time.Second
+
+// liveness is flannel's /healthz: is this process worth keeping? It is
+// while it serves and, once the miss path has come round at all, while it
+// still comes round (the count systemd's watchdog follows). What a restart
+// does not fix (etcd away, no lease yet, a device someone took down) is
+// readiness's business: a liveness probe failing on it would restart vtepd
+// in a loop and fix nothing. The count is sampled when asked: a stall is
+// seen once it has lasted stallAfter since the count was first seen at
+// that value.
+func (t *telemetry) liveness() Health {
+	var h Health
+	t.mu.Lock()
+	if t.listener != nil {
+		now, n := time.Now(), t.listener.Turns()
+		switch {
+		case n == 0:
+			// Not answering misses yet: start-up, which readiness covers.
+		case n != t.turnsSeen:
+			t.turnsSeen, t.turnsMoved = n, now
+		case now.Sub(t.turnsMoved) >= t.stallAfter:
+			h.Reasons = append(h.Reasons, fmt.Sprintf("the miss path has not come round for %s (stuck at round %d): a miss handler or a kernel write does not return",
+				now.Sub(t.turnsMoved).Round(time.Millisecond), n))
+		}
+	}
+	t.mu.Unlock()
+	h.Healthy = len(h.Reasons) == 0
+	return h
+}
+
+// readiness is /readyz: ready when the device is up, this host's lease is
+// held and the lease table has synced. etcd being unreachable is only a
+// note: the table keeps answering misses for every lease it holds, and the
+// own lease stays held until it expires, which a healthy cluster would not
+// let happen.
+func (t *telemetry) readiness() Health {
 	t.mu.Lock()
 	phase, dev, kernel, own, table, configNote := t.phase, t.device, t.kernel, t.own, t.table, t.configNote
 	t.mu.Unlock()
@@ -311,9 +357,13 @@ type NetlinkStatus struct {
 	Foreign   uint64 `json:"foreign"`
 }
 
+// status is healthy when both probes are: `vtepd status` is the one
+// command an operator runs, and a stuck miss path is as much its business
+// as a missing lease.
 func (t *telemetry) status() Status {
-	h := t.health()
-	s := Status{Version: t.version, Started: t.started, Healthy: h.Healthy, Reasons: h.Reasons, Notes: h.Notes}
+	ready, live := t.readiness(), t.liveness()
+	s := Status{Version: t.version, Started: t.started, Healthy: ready.Healthy && live.Healthy,
+		Reasons: append(live.Reasons, ready.Reasons...), Notes: ready.Notes}
 	t.mu.Lock()
 	network, dev, own, table, listener, misses, writes, sweeps, fw := t.network, t.device, t.own, t.table, t.listener, t.misses, t.writes, t.sweeps, t.filters
 	t.mu.Unlock()
@@ -388,7 +438,7 @@ var (
 	descPermanent     = prometheus.NewDesc("vtepd_permanent_neighbours", "PERMANENT neighbour entries on the device, as last counted: answers that outlive vtepd's absence, bounded by --neighbour-limit.", nil, nil)
 	descIdlePeers     = prometheus.NewDesc("vtepd_idle_peers_removed_total", "Peers whose entries were removed because nothing was sent to them for --idle-timeout.", nil, nil)
 	descIdleEntries   = prometheus.NewDesc("vtepd_idle_entries_removed_total", "Kernel entries (neighbours, FDB entries, host routes) removed with idle peers.", nil, nil)
-	descReady         = prometheus.NewDesc("vtepd_ready", "1 when healthy (device up, own lease held, table synced), else 0.", nil, nil)
+	descReady         = prometheus.NewDesc("vtepd_ready", "1 when ready, as /readyz answers 200 (device up, own lease held, table synced), else 0.", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
@@ -416,7 +466,7 @@ func (t *telemetry) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
 	ready := 0.0
-	if t.health().Healthy {
+	if t.readiness().Healthy {
 		ready = 1
 	}
 	gauge(descReady, ready)

@@ -18,6 +18,8 @@ type etcdFlags struct {
 	username     string
 	password     string
 	passwordFile string
+	// origins, if set, say where the values came from, for errors.
+	origins map[string]origin
 }
 
 func (e *etcdFlags) register(fs *flag.FlagSet) {
@@ -39,8 +41,7 @@ func (e *etcdFlags) config() (etcdclient.Config, error) {
 	if e.password != "" && e.passwordFile != "" {
 		// Either may come from the environment, where it is easy to
 		// forget; which one would win is anybody's guess.
-		return etcdclient.Config{}, usageError{fmt.Errorf("--etcd-password (or %s) and --etcd-password-file (or %s) both given: give one",
-			envName("etcd-password"), envName("etcd-password-file"))}
+		return etcdclient.Config{}, usageError{fmt.Errorf("%s and %s both given: give one", e.where("etcd-password"), e.where("etcd-password-file"))}
 	}
 	cfg := etcdclient.Config{
 		Endpoints:    e.endpoints.values,
@@ -55,4 +56,13 @@ func (e *etcdFlags) config() (etcdclient.Config, error) {
 		return etcdclient.Config{}, usageError{err}
 	}
 	return cfg, nil
+}
+
+// where names a flag for an error: as its value was given when known, else
+// with its VTEPD_* variable, the other place it may have come from.
+func (e *etcdFlags) where(name string) string {
+	if o, ok := e.origins[name]; ok {
+		return o.String()
+	}
+	return fmt.Sprintf("--%s (or %s)", name, envName(name))
 }

@@ -103,9 +103,11 @@ func TestEtcdFlagErrors(t *testing.T) {
 		want []string // in stderr
 	}{
 		{"password twice", []string{"--etcd-username", "u", "--etcd-password", secret, "--etcd-password-file", pwFile}, nil,
-			[]string{"--etcd-password (or VTEPD_ETCD_PASSWORD) and --etcd-password-file (or VTEPD_ETCD_PASSWORD_FILE) both given: give one"}},
+			[]string{"--etcd-password and --etcd-password-file both given: give one"}},
 		{"password from the environment and a file", []string{"--etcd-username", "u", "--etcd-password-file", pwFile}, map[string]string{"VTEPD_ETCD_PASSWORD": secret},
-			[]string{"--etcd-password (or VTEPD_ETCD_PASSWORD) and --etcd-password-file (or VTEPD_ETCD_PASSWORD_FILE) both given"}},
+			[]string{"VTEPD_ETCD_PASSWORD (--etcd-password) and --etcd-password-file both given"}},
+		{"password from flanneld's environment and a file", []string{"--etcd-username", "u", "--etcd-password-file", pwFile}, map[string]string{"FLANNELD_ETCD_PASSWORD": secret},
+			[]string{"FLANNELD_ETCD_PASSWORD (--etcd-password) and --etcd-password-file both given"}},
 		{"username without password", []string{"--etcd-username", "u"}, nil,
 			[]string{"--etcd-username given without a password (--etcd-password-file or --etcd-password)"}},
 		{"password without username", nil, map[string]string{"VTEPD_ETCD_PASSWORD": secret},

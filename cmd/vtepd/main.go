@@ -2,6 +2,7 @@
 // overlays that share flannel's schema.
 //
 //	vtepd run [flags]      run the agent on this host
+//	vtepd [flags]          the same: flanneld's command line, binary renamed
 //	vtepd monitor [flags]  show the kernel's VXLAN misses live
 //	vtepd leases [flags]   print the lease table from etcd
 //	vtepd status [flags]   ask the running vtepd how it is
@@ -9,8 +10,10 @@
 //	vtepd version          print the version
 //
 // Every flag of a subcommand can also be given as an environment variable:
-// --etcd-endpoints as VTEPD_ETCD_ENDPOINTS, and so on. A flag on the command
-// line wins over the environment.
+// --etcd-endpoints as VTEPD_ETCD_ENDPOINTS, and so on. The agent also reads
+// flanneld's flags from flanneld's FLANNELD_* variables when the VTEPD_*
+// one is unset. A flag on the command line wins over the environment; an
+// empty variable counts as unset.
 package main
 
 import (
@@ -19,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -56,28 +60,18 @@ func main() {
 }
 
 func realMain(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+	switch {
+	case len(args) == 0, strings.HasPrefix(args[0], "-") && !isHelp(args[0]):
+		// No command: run the agent, as flanneld does with its flags
+		// (or none: all from the environment, or the defaults).
+		return exit(stderr, "vtepd", runCommand(args, stdout, stderr))
+	case args[0] == "help" || isHelp(args[0]):
 		usage(stderr)
-		if len(args) == 0 {
-			return 2
-		}
 		return 0
 	}
 	for _, c := range commands() {
-		if c.name != args[0] {
-			continue
-		}
-		err := c.run(args[1:], stdout, stderr)
-		var ue usageError
-		switch {
-		case err == nil, errors.Is(err, flag.ErrHelp):
-			return 0
-		case errors.As(err, &ue):
-			fmt.Fprintf(stderr, "vtepd %s: %v\n", c.name, err)
-			return 2
-		default:
-			fmt.Fprintf(stderr, "vtepd %s: %v\n", c.name, err)
-			return 1
+		if c.name == args[0] {
+			return exit(stderr, "vtepd "+c.name, c.run(args[1:], stdout, stderr))
 		}
 	}
 	fmt.Fprintf(stderr, "vtepd: unknown command %q\n\n", args[0])
@@ -85,13 +79,33 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	return 2
 }
 
+func isHelp(arg string) bool { return arg == "-h" || arg == "-help" || arg == "--help" }
+
+// exit reports a command's error and returns the exit status: 2 for a
+// usage error, which a service manager should not restart on.
+func exit(stderr io.Writer, who string, err error) int {
+	var ue usageError
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "%s: %v\n", who, err)
+		return 2
+	default:
+		fmt.Fprintf(stderr, "%s: %v\n", who, err)
+		return 1
+	}
+}
+
 func usage(w io.Writer) {
 	fmt.Fprintln(w, "usage: vtepd <command> [flags]")
+	fmt.Fprintln(w, "       vtepd [flags of run]   (no command runs the agent, as flanneld does)")
 	fmt.Fprintln(w)
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "Run 'vtepd <command> -h' for a command's flags. Every flag can also be set")
-	fmt.Fprintln(w, "through the environment: --etcd-endpoints as VTEPD_ETCD_ENDPOINTS.")
+	fmt.Fprintln(w, "through the environment: --etcd-endpoints as VTEPD_ETCD_ENDPOINTS; the agent")
+	fmt.Fprintln(w, "reads flanneld's flags from FLANNELD_ETCD_ENDPOINTS and so on too.")
 }

@@ -20,11 +20,11 @@ import (
 // step, binding that socket, instead of touching the host.
 var agentGuard = []string{"--http-addr=198.51.100.254:9742"}
 
-// clearEnv unsets every VTEPD_* variable for the test, so that the
-// environment the tests run in cannot change their outcome.
+// clearEnv unsets every VTEPD_* and FLANNELD_* variable for the test, so
+// that the environment the tests run in cannot change their outcome.
 func clearEnv(t *testing.T) {
 	for _, kv := range os.Environ() {
-		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "VTEPD_") {
+		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "VTEPD_") || strings.HasPrefix(k, "FLANNELD_") {
 			t.Setenv(k, "") // restores the old value after the test
 			os.Unsetenv(k)
 		}
@@ -46,25 +46,56 @@ func runCmd(t *testing.T, args ...string) (code int, stdout, stderr string) {
 
 func TestVersion(t *testing.T) {
 	clearEnv(t)
-	code, stdout, stderr := vtepd(t, "version")
-	if code != 0 || stdout != "vtepd dev\n" || stderr != "" {
-		t.Errorf("vtepd version = %d, stdout %q, stderr %q; want 0, %q, nothing", code, stdout, stderr, "vtepd dev\n")
+	// Should --version fail to stop it, the agent stops at this address.
+	t.Setenv("VTEPD_HTTP_ADDR", "198.51.100.254:9742")
+	// flanneld's -version and --version, on vtepd with no command too.
+	for _, args := range [][]string{{"version"}, {"--version"}, {"-version"}, {"run", "--version"}, {"--version", "--iface", "eth0"}} {
+		code, stdout, stderr := vtepd(t, args...)
+		if code != 0 || stdout != "vtepd dev\n" || stderr != "" {
+			t.Errorf("vtepd %q = %d, stdout %q, stderr %q; want 0, %q, nothing", args, code, stdout, stderr, "vtepd dev\n")
+		}
+	}
+	// As in flanneld, --version is read before the environment, so a bad
+	// variable does not stop it.
+	t.Setenv("FLANNELD_IPTABLES_RESYNC", "soon")
+	if code, stdout, _ := vtepd(t, "--version"); code != 0 || stdout != "vtepd dev\n" {
+		t.Errorf("vtepd --version with a bad FLANNELD_IPTABLES_RESYNC = %d, %q", code, stdout)
 	}
 }
 
 func TestUsage(t *testing.T) {
 	clearEnv(t)
-	code, stdout, stderr := vtepd(t)
-	if code != 2 {
-		t.Errorf("vtepd without arguments exits %d, want 2", code)
+	for _, arg := range []string{"help", "-h", "-help", "--help"} {
+		code, stdout, stderr := vtepd(t, arg)
+		if code != 0 || stdout != "" || !strings.Contains(stderr, "usage: vtepd <command>") ||
+			!strings.Contains(stderr, "no command runs the agent") || !strings.Contains(stderr, "version") {
+			t.Errorf("vtepd %s = %d, stdout %q, stderr %q; want 0 and the usage on stderr", arg, code, stdout, stderr)
+		}
 	}
-	if stdout != "" || !strings.Contains(stderr, "usage: vtepd <command>") || !strings.Contains(stderr, "run") || !strings.Contains(stderr, "version") {
-		t.Errorf("vtepd without arguments: stdout %q, stderr %q; want the usage on stderr", stdout, stderr)
-	}
-	for _, arg := range []string{"help", "-h", "--help"} {
-		code, _, stderr := vtepd(t, arg)
-		if code != 0 || !strings.Contains(stderr, "usage: vtepd <command>") {
-			t.Errorf("vtepd %s = %d, stderr %q; want 0 and the usage", arg, code, stderr)
+}
+
+// TestBareCommandRunsTheAgent: vtepd with no command, with flanneld's flags
+// in either dash style or none at all, runs the agent, as flanneld does.
+// The agent is stopped in its first step by the guard address (given on
+// the command line, or from the environment for the bare vtepd), which
+// this machine does not have: that the bind was tried, after "vtepd
+// starting", is what says the agent ran.
+func TestBareCommandRunsTheAgent(t *testing.T) {
+	for _, args := range [][]string{
+		nil,
+		{"-etcd-endpoints=http://127.0.0.1:2379", "-iface", "eth0", "-ip-masq"},
+		{"--etcd-endpoints", "http://127.0.0.1:2379", "--iface=eth0", "--ip-masq"},
+	} {
+		clearEnv(t)
+		t.Setenv("VTEPD_HTTP_ADDR", "198.51.100.254:9742")
+		code, stdout, stderr := vtepd(t, args...)
+		if code != 1 || stdout != "" {
+			t.Errorf("vtepd %q = %d, stdout %q; want 1 (the guard address cannot be bound)\n%s", args, code, stdout, stderr)
+		}
+		for _, want := range []string{"vtepd starting", `"etcd_endpoints": ["http://127.0.0.1:2379"]`, "198.51.100.254:9742", "\nvtepd: agent: listen on --http-addr"} {
+			if !strings.Contains(stderr, want) {
+				t.Errorf("vtepd %q: stderr does not say %q:\n%s", args, want, stderr)
+			}
 		}
 	}
 }
@@ -251,14 +282,15 @@ func TestParseFlagsDefaults(t *testing.T) {
 		!slices.Equal(f.endpoints.values, []string{"http://127.0.0.1:2379"}) {
 		t.Errorf("defaults changed: prefix %q, public ip %q, margin %d, endpoints %q", *f.prefix, f.publicIP.String(), *f.margin, f.endpoints.values)
 	}
-	// An empty variable is a value, as on the command line.
+	// An empty variable counts as unset, as in flanneld: the default stays.
 	t.Setenv("VTEPD_ETCD_PREFIX", "")
+	t.Setenv("VTEPD_SUBNET_LEASE_RENEW_MARGIN", "")
 	f = newTestFlags()
 	if err := parseFlags(f.fs, nil); err != nil {
 		t.Fatal(err)
 	}
-	if *f.prefix != "" {
-		t.Errorf("VTEPD_ETCD_PREFIX= gave prefix %q, want empty", *f.prefix)
+	if *f.prefix != "/coreos.com/network" || *f.margin != 60 {
+		t.Errorf("VTEPD_ETCD_PREFIX= and VTEPD_SUBNET_LEASE_RENEW_MARGIN= gave prefix %q, margin %d; want the defaults", *f.prefix, *f.margin)
 	}
 }
 

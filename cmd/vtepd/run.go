@@ -26,89 +26,33 @@ import (
 	"go.uber.org/zap"
 )
 
-func runCommand(args []string, _, stderr io.Writer) error {
-	fs := newFlagSet("run", stderr)
-	var etcd etcdFlags
-	etcd.register(fs)
-	ifaces := &listFlag{}
-	fs.Var(ifaces, "iface", "underlay interface, by name or address (repeatable; first match wins; default: the interface of the default route)")
-	ifaceRegexes := &listFlag{}
-	fs.Var(ifaceRegexes, "iface-regex", "regular expression matching the underlay interface's name or address (repeatable; tried after --iface)")
-	var publicIP addrFlag
-	fs.Var(&publicIP, "public-ip", "address published to other hosts (default: the underlay interface's address)")
-	device := fs.String("device", "", "VXLAN device name (default flannel.<VNI>)")
-	subnetFile := fs.String("subnet-file", subnetfile.DefaultPath, "where to write the subnet file for Docker")
-	leaseTTL := fs.Duration("subnet-lease-ttl", store.DefaultLeaseTTL, "TTL of this host's subnet lease in etcd")
-	renewMargin := fs.Int("subnet-lease-renew-margin", int(store.DefaultRenewMargin/time.Minute), "renew the subnet lease this many minutes before it expires (flannel's flag)")
-	readBuffer := fs.Int("netlink-rcvbuf", miss.DefaultReadBuffer, "receive buffer of the miss socket, in bytes: what a miss storm can queue before the kernel drops notifications")
-	reportInterval := fs.Duration("report-interval", agent.DefaultReportInterval, "how often unanswered misses and losses are summarised in the log")
-	answer := fs.String("answer", "address", "what an L3 miss installs: address (a neighbour entry per address) or host (a route and one neighbour entry per peer host, far below the kernel's table limit)")
-	idleTimeout := fs.Duration("idle-timeout", agent.DefaultIdleTimeout, "remove the entries pointing at a peer once nothing has been sent to it for this long (0: never); answers are PERMANENT, so nothing else does")
-	neighbourLimit := fs.Int("neighbour-limit", 0, "most PERMANENT neighbour entries on the device; past it answers are REACHABLE and age (0: the kernel's gc_thresh3, or 1024 where it cannot be read)")
-	httpAddr := fs.String("http-addr", agent.DefaultHTTPAddr, "where to serve /metrics, /healthz, /status and /debug/ (empty: nowhere)")
-	ipMasq := fs.Bool("ip-masq", false, "masquerade traffic from this host's subnet to outside the overlay, in nftables table ip vtepd-nat (then run dockerd with --ip-masq=false)")
-	forwardRules := fs.Bool("forward-rules", true, "accept overlay traffic in FORWARD, or Docker's DOCKER-USER chain, for hosts whose FORWARD policy is DROP")
-	var logs logFlags
-	logs.register(fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
+// runSetup is what `vtepd run` was told, checked.
+type runSetup struct {
+	cfg     agent.Config
+	logs    logFlags
+	version bool // --version: print it and exit
+	// warnings are logged once the logger exists.
+	warnings []string
+}
 
-	etcdCfg, err := etcd.config()
+func runCommand(args []string, stdout, stderr io.Writer) error {
+	s, err := parseRun(args, stderr)
 	if err != nil {
 		return err
 	}
-	cfg := agent.Config{
-		Etcd:           etcdCfg,
-		EtcdPrefix:     etcd.prefix,
-		DeviceName:     *device,
-		SubnetFile:     *subnetFile,
-		LeaseTTL:       *leaseTTL,
-		RenewMargin:    time.Duration(*renewMargin) * time.Minute,
-		ReadBuffer:     *readBuffer,
-		ReportInterval: *reportInterval,
-		IdleTimeout:    *idleTimeout,
-		NeighbourLimit: *neighbourLimit,
-		HTTPAddr:       *httpAddr,
-		IPMasq:         *ipMasq,
-		ForwardRules:   *forwardRules,
-		Version:        version,
+	if s.version {
+		fmt.Fprintln(stdout, "vtepd", version)
+		return nil
 	}
-	if cfg.Answer, err = miss.ParseAnswerMode(*answer); err != nil {
-		return usageError{fmt.Errorf("invalid value for --answer: %v", err)}
-	}
-	cfg.Underlay.Ifaces = ifaces.values
-	cfg.Underlay.PublicIP = publicIP.addr
-	for _, s := range ifaceRegexes.values {
-		re, err := regexp.Compile(s)
-		if err != nil {
-			return usageError{fmt.Errorf("invalid value %q for --iface-regex: %v", s, err)}
-		}
-		cfg.Underlay.IfaceRegexes = append(cfg.Underlay.IfaceRegexes, re)
-	}
-	if err := checkHostPort(cfg.HTTPAddr); err != nil {
-		return usageError{fmt.Errorf("invalid value %q for --http-addr: %v", cfg.HTTPAddr, err)}
-	}
-	switch {
-	case cfg.LeaseTTL < 10*time.Second:
-		return usageError{fmt.Errorf("invalid value %s for --subnet-lease-ttl: want at least 10s", cfg.LeaseTTL)}
-	case cfg.ReadBuffer < 4096:
-		return usageError{fmt.Errorf("invalid value %d for --netlink-rcvbuf: want at least 4096 bytes", cfg.ReadBuffer)}
-	case cfg.IdleTimeout < 0:
-		return usageError{fmt.Errorf("invalid value %s for --idle-timeout: want 0 (never) or more", cfg.IdleTimeout)}
-	case cfg.NeighbourLimit < 0:
-		return usageError{fmt.Errorf("invalid value %d for --neighbour-limit: want 0 (the kernel's gc_thresh3) or more", cfg.NeighbourLimit)}
-	case cfg.ReportInterval < time.Second:
-		return usageError{fmt.Errorf("invalid value %s for --report-interval: want at least 1s", cfg.ReportInterval)}
-	case cfg.RenewMargin <= 0 || cfg.RenewMargin >= 24*time.Hour:
-		return usageError{fmt.Errorf("invalid value %d for --subnet-lease-renew-margin: want more than 0 and less than 1440 minutes (24h)", *renewMargin)}
-	}
-
-	log, err := logs.logger(stderr)
+	cfg := s.cfg
+	log, err := s.logs.logger(stderr)
 	if err != nil {
 		return err
 	}
 	defer log.Sync()
+	for _, w := range s.warnings {
+		log.Warn(w)
+	}
 
 	ctx, stop := signalContext()
 	defer stop()
@@ -127,6 +71,112 @@ func runCommand(args []string, _, stderr io.Writer) error {
 	}
 	log.Info("vtepd stopped; device, entries and lease left in place for the next start")
 	return nil
+}
+
+// parseRun parses and checks the flags of `vtepd run`, which are also
+// vtepd's with no command: vtepd's own, and flanneld's (flanneld.go). It
+// touches nothing but the TLS and password files it checks.
+func parseRun(args []string, stderr io.Writer) (runSetup, error) {
+	fs := newFlagSet("run", stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: vtepd run [flags]\n   or: vtepd [flags]   (no command runs the agent, as flanneld does)\n\n"+
+			"Flags (each also from VTEPD_<FLAG>, e.g. VTEPD_ETCD_ENDPOINTS; flanneld's also from FLANNELD_<FLAG>,\n"+
+			"read when VTEPD_<FLAG> is unset or empty; a flag on the command line wins over both):\n")
+		fs.PrintDefaults()
+	}
+	var etcd etcdFlags
+	etcd.register(fs)
+	ifaces := &listFlag{}
+	fs.Var(ifaces, "iface", "underlay interface, by name or address (repeatable; first match wins; default: the interface of the default route)")
+	ifaceRegexes := &listFlag{whole: true}
+	fs.Var(ifaceRegexes, "iface-regex", "regular expression matching the underlay interface's name or address (repeatable; tried after --iface)")
+	var publicIP addrFlag
+	fs.Var(&publicIP, "public-ip", "address published to other hosts (default: the underlay interface's address)")
+	device := fs.String("device", "", "VXLAN device name (default flannel.<VNI>)")
+	subnetFile := fs.String("subnet-file", subnetfile.DefaultPath, "where to write the subnet file for Docker")
+	leaseTTL := fs.Duration("subnet-lease-ttl", store.DefaultLeaseTTL, "TTL of this host's subnet lease in etcd")
+	renewMargin := fs.Int("subnet-lease-renew-margin", int(store.DefaultRenewMargin/time.Minute), "renew the subnet lease this many minutes before it expires (flannel's flag)")
+	readBuffer := fs.Int("netlink-rcvbuf", miss.DefaultReadBuffer, "receive buffer of the miss socket, in bytes: what a miss storm can queue before the kernel drops notifications")
+	reportInterval := fs.Duration("report-interval", agent.DefaultReportInterval, "how often unanswered misses and losses are summarised in the log")
+	idleTimeout := fs.Duration("idle-timeout", agent.DefaultIdleTimeout, "remove the entries pointing at a peer once nothing has been sent to it for this long (0: never); answers are PERMANENT, so nothing else does")
+	neighbourLimit := fs.Int("neighbour-limit", 0, "most PERMANENT neighbour entries on the device; past it answers are REACHABLE and age (0: the kernel's gc_thresh3, or 1024 where it cannot be read)")
+	answer := fs.String("answer", "address", "what an L3 miss installs: address (a neighbour entry per address) or host (a route and one neighbour entry per peer host, far below the kernel's table limit)")
+	httpAddr := fs.String("http-addr", agent.DefaultHTTPAddr, "where to serve /metrics, /healthz, /readyz, /status and /debug/ (loopback clients only) (empty: nowhere)")
+	ipMasq := fs.Bool("ip-masq", false, "masquerade traffic from this host's subnet to outside the overlay, in nftables table ip vtepd-nat (then run dockerd with --ip-masq=false)")
+	forwardRules := fs.Bool("forward-rules", true, "accept overlay traffic in FORWARD, or Docker's DOCKER-USER chain, for hosts whose FORWARD policy is DROP")
+	var logs logFlags
+	logs.register(fs)
+	var fl flanneldFlags
+	fl.register(fs)
+	p, err := parseFlagsEnv(fs, args, fl.envSpec())
+	if err != nil {
+		return runSetup{}, err
+	}
+	if *fl.version {
+		return runSetup{version: true}, nil
+	}
+
+	etcd.origins = p.origins
+	etcdCfg, err := etcd.config()
+	if err != nil {
+		return runSetup{}, err
+	}
+	cfg := agent.Config{
+		Etcd:           etcdCfg,
+		EtcdPrefix:     etcd.prefix,
+		DeviceName:     *device,
+		SubnetFile:     *subnetFile,
+		LeaseTTL:       *leaseTTL,
+		RenewMargin:    time.Duration(*renewMargin) * time.Minute,
+		ReadBuffer:     *readBuffer,
+		ReportInterval: *reportInterval,
+		IdleTimeout:    *idleTimeout,
+		NeighbourLimit: *neighbourLimit,
+		IPMasq:         *ipMasq,
+		FirewallResync: time.Duration(*fl.iptablesResync) * time.Second,
+		Version:        version,
+	}
+	if cfg.ForwardRules, err = fl.forwardRules(p, forwardRules); err != nil {
+		return runSetup{}, err
+	}
+	if logs.level, err = fl.logLevel(p, logs.level); err != nil {
+		return runSetup{}, err
+	}
+	if cfg.HTTPAddr, err = fl.httpAddr(p, *httpAddr); err != nil {
+		return runSetup{}, err
+	}
+	if cfg.Answer, err = miss.ParseAnswerMode(*answer); err != nil {
+		return runSetup{}, usageError{fmt.Errorf("invalid value for %s: %v", p.where("answer"), err)}
+	}
+	cfg.Underlay.Ifaces = ifaces.values
+	cfg.Underlay.PublicIP = publicIP.addr
+	for _, s := range ifaceRegexes.values {
+		re, err := regexp.Compile(s)
+		if err != nil {
+			return runSetup{}, usageError{fmt.Errorf("invalid value %q for %s: %v", s, p.where("iface-regex"), err)}
+		}
+		cfg.Underlay.IfaceRegexes = append(cfg.Underlay.IfaceRegexes, re)
+	}
+	if err := checkHostPort(cfg.HTTPAddr); err != nil {
+		return runSetup{}, usageError{fmt.Errorf("invalid value %q for %s: %v", cfg.HTTPAddr, p.where("http-addr"), err)}
+	}
+	switch {
+	case cfg.LeaseTTL < 10*time.Second:
+		return runSetup{}, usageError{fmt.Errorf("invalid value %s for %s: want at least 10s", cfg.LeaseTTL, p.where("subnet-lease-ttl"))}
+	case cfg.ReadBuffer < 4096:
+		return runSetup{}, usageError{fmt.Errorf("invalid value %d for %s: want at least 4096 bytes", cfg.ReadBuffer, p.where("netlink-rcvbuf"))}
+	case cfg.ReportInterval < time.Second:
+		return runSetup{}, usageError{fmt.Errorf("invalid value %s for %s: want at least 1s", cfg.ReportInterval, p.where("report-interval"))}
+	case cfg.IdleTimeout < 0:
+		return runSetup{}, usageError{fmt.Errorf("invalid value %s for %s: want 0 (never) or more", cfg.IdleTimeout, p.where("idle-timeout"))}
+	case cfg.NeighbourLimit < 0:
+		return runSetup{}, usageError{fmt.Errorf("invalid value %d for %s: want 0 (the kernel's gc_thresh3) or more", cfg.NeighbourLimit, p.where("neighbour-limit"))}
+	case cfg.RenewMargin <= 0 || cfg.RenewMargin >= 24*time.Hour:
+		return runSetup{}, usageError{fmt.Errorf("invalid value %d for %s: want more than 0 and less than 1440 minutes (24h)", *renewMargin, p.where("subnet-lease-renew-margin"))}
+	case *fl.iptablesResync < 1:
+		return runSetup{}, usageError{fmt.Errorf("invalid value %d for %s: want at least 1 second", *fl.iptablesResync, p.where("iptables-resync"))}
+	}
+	return runSetup{cfg: cfg, logs: logs, warnings: p.warnings}, nil
 }
 
 // signalContext is cancelled by SIGTERM or SIGINT (a stop), or by SIGHUP
