@@ -104,7 +104,7 @@ func Run(ctx context.Context, cfg Config, log *zap.Logger) error {
 
 // run starts the agent phase by phase, in the order the package doc gives,
 // then waits until ctx ends or a component fails. Each phase is a method of
-// agent (startup.go), named for what it does; /healthz and systemd's STATUS=
+// agent (startup.go), named for what it does; /readyz and systemd's STATUS=
 // say which one start-up is in.
 func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 	a, err := newAgent(ctx, cfg, log)

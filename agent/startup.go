@@ -55,7 +55,7 @@ type agent struct {
 }
 
 // newAgent serves health from the first moment (while start-up waits on
-// etcd, /healthz says what it is waiting for) and opens the kernel reader
+// etcd, /readyz says what it is waiting for) and opens the kernel reader
 // the underlay choice and the health checks share.
 func newAgent(ctx context.Context, cfg Config, log *zap.Logger) (*agent, error) {
 	a := &agent{cfg: cfg, log: log, ctx: ctx, tel: newTelemetry(cfg.Version), sd: &systemd{log: log}}

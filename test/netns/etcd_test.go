@@ -287,7 +287,7 @@ func TestOwnLease(t *testing.T) {
 		if !strings.Contains(e.Str("error"), "198.51.100.222") || !strings.Contains(e.Str("ours"), mine.PublicIP.String()) {
 			t.Errorf("conflict log does not give both values: %v", e)
 		}
-		if code, body, err := h2.HTTPGet("/healthz"); err != nil || code != 503 || !strings.Contains(body, "held by another writer") {
+		if code, body, err := h2.HTTPGet("/readyz"); err != nil || code != 503 || !strings.Contains(body, "held by another writer") {
 			t.Errorf("readiness during the conflict: %d %q %v, want 503 naming the conflict", code, body, err)
 		}
 		// The data path goes on answering from the table. (A round trip
@@ -314,7 +314,7 @@ func TestOwnLease(t *testing.T) {
 			if back, err := store.ParseLease(store.SubnetKey(subnet), resp.Kvs[0].Value); err != nil || !back.SameTarget(mine) {
 				return errString("not taken back yet")
 			}
-			if code, _, err := h2.HTTPGet("/healthz"); err != nil || code != 200 {
+			if code, _, err := h2.HTTPGet("/readyz"); err != nil || code != 200 {
 				return errString("not ready yet")
 			}
 			return nil

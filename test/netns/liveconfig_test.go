@@ -48,7 +48,7 @@ func TestLiveConfigChange(t *testing.T) {
 	if d := differences(e); !strings.Contains(d, "Network 10.5.0.0/16 → 10.6.0.0/16") || !strings.Contains(d, "Backend.VNI 1 → 2") {
 		t.Errorf("differences %q, want the Network and the VNI", d)
 	}
-	if _, body, err := h1.HTTPGet("/healthz"); err != nil || !strings.Contains(body, "restart vtepd to apply it") {
+	if _, body, err := h1.HTTPGet("/readyz"); err != nil || !strings.Contains(body, "restart vtepd to apply it") {
 		t.Errorf("health notes during the difference: %q %v", body, err)
 	}
 	firstPing(t, h1, h2.Container.Extra[0])
@@ -62,7 +62,7 @@ func TestLiveConfigChange(t *testing.T) {
 
 	put(t, c, key, overlayConfig)
 	waitLog("network config in etcd is the running one again", func(netns.LogEntry) bool { return true })
-	if _, body, err := h1.HTTPGet("/healthz"); err != nil || strings.Contains(body, "differs from the running one") {
+	if _, body, err := h1.HTTPGet("/readyz"); err != nil || strings.Contains(body, "differs from the running one") {
 		t.Errorf("health notes once the config is back: %q %v", body, err)
 	}
 	if done, _ := h1.Vtepd.Exited(); done {

@@ -325,8 +325,8 @@ func TestObservability(t *testing.T) {
 			}
 		}
 		if err := netns.Poll(30*time.Second, func() error {
-			if code, body, err := h1.HTTPGet("/healthz"); err != nil || code != 200 || body != "ok\n" {
-				return fmt.Errorf("/healthz: %d %q %v", code, body, err)
+			if code, body, err := h1.HTTPGet("/readyz"); err != nil || code != 200 || body != "ok\n" {
+				return fmt.Errorf("/readyz: %d %q %v", code, body, err)
 			}
 			return nil
 		}); err != nil {
@@ -361,7 +361,7 @@ func expectHealth(t *testing.T, h *netns.Host, code int, says string) {
 	var body string
 	err := netns.Poll(15*time.Second, func() error {
 		var err error
-		got, body, err = h.HTTPGet("/healthz")
+		got, body, err = h.HTTPGet("/readyz")
 		if err != nil {
 			return err
 		}
