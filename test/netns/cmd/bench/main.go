@@ -72,6 +72,7 @@ func scenarios() []scenario {
 		{"economy", (*bench).economy},
 		{"scale", (*bench).scale},
 		{"dataplane", (*bench).dataPlane},
+		{"outage", (*bench).outage},
 	}
 }
 
