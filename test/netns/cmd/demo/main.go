@@ -1,5 +1,7 @@
 // Command demo is `make demo`: a lab of three vtepd hosts on one machine,
 // with an embedded etcd, showing misses answered live and traffic crossing.
+// With -docker (`make demo DOCKER=1`) every host also runs a real dockerd
+// started from vtepd's subnet file, and the containers are `docker run`'s.
 // Everything runs in network namespaces it creates and deletes; run as root.
 package main
 
@@ -29,7 +31,12 @@ const network = `{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"vxla
 func main() {
 	hosts := flag.Int("hosts", 3, "number of hosts")
 	keep := flag.Bool("keep", false, "keep the lab running until Ctrl-C, to explore it with `ip netns exec vtdemo-h1 ...`")
+	docker := flag.Bool("docker", false, "run a real dockerd on every host (Debian's docker.io) and `docker run` the containers")
 	flag.Parse()
+	run := run
+	if *docker {
+		run = runDocker
+	}
 	if err := run(*hosts, *keep); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
