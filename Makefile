@@ -1,5 +1,6 @@
 # vtepd. The two commands that matter:
-#   make demo   a lab of vtepd hosts on this machine, misses answered live (root)
+#   make demo   a lab of vtepd hosts on this machine, misses answered live (root);
+#               DOCKER=1: each host with a real dockerd, containers by docker run
 #   make test   every test: unit tests, then the netns lab tests (root)
 #   make bench  benchmarks against the targets; writes BENCHMARKS.md (root)
 #   make fuzz   each fuzz target for FUZZTIME (default 30s), one after another;
@@ -40,7 +41,7 @@ netns: deps
 	$(GO) test -count=1 -timeout 14m -v -run '$(RUN)' ./test/netns/... 2>&1 | ./scripts/test-summary.sh
 
 demo: deps
-	$(GO) run ./test/netns/cmd/demo
+	$(GO) run ./test/netns/cmd/demo $(if $(DOCKER),-docker)
 
 # Every scenario, or some: `make bench ONLY=storm,economy`.
 bench: deps

@@ -78,7 +78,11 @@ func TestDockerOptsErrors(t *testing.T) {
 		{"no subnet", "FLANNEL_MTU=1450\n", nil, 1, []string{"FLANNEL_SUBNET is missing"}},
 		{"no MTU", "FLANNEL_SUBNET=10.5.48.1/24\n", nil, 1, []string{"FLANNEL_MTU is missing"}},
 		{"bad MTU", "FLANNEL_SUBNET=10.5.48.1/24\nFLANNEL_MTU=big\n", nil, 1, []string{"FLANNEL_MTU", `"big"`}},
-		{"json and env", subnetEnv, []string{"--json", "--env", "X"}, 2, []string{"--json and --env"}},
+		{"json and env", subnetEnv, []string{"--json", "--env", "X"}, 2, []string{"--json excludes --env"}},
+		{"json and flannel", subnetEnv, []string{"--json", "--flannel"}, 2, []string{"--json excludes", "--flannel"}},
+		{"flannel's -i without --flannel", subnetEnv, []string{"--individual"}, 2, []string{"need --flannel"}},
+		{"flannel's -m without --flannel", subnetEnv, []string{"--no-ip-masq"}, 2, []string{"need --flannel"}},
+		{"output in a missing directory", subnetEnv, []string{"--out", "/nonexistent-vtepd-dir/docker.env"}, 1, []string{"/nonexistent-vtepd-dir/docker.env"}},
 		{"bad env name", subnetEnv, []string{"--env", "DOCKER OPTS"}, 2, []string{"--env", `"DOCKER OPTS"`}},
 	}
 	for _, tt := range tests {
@@ -98,5 +102,72 @@ func TestDockerOptsErrors(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDockerOptsFlannel: --flannel writes what flannel's mk-docker-opts.sh
+// writes. The first case is the script's own test vector (flannel's
+// dist/mk_docker_opts_test.go): same names, order, quoting and the leading
+// space of the combined value.
+func TestDockerOptsFlannel(t *testing.T) {
+	const flannelVector = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.74.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=false\n"
+	tests := []struct {
+		name, content string
+		flags         []string
+		want          string
+	}{
+		{"flannel's test vector: both, vtepd not masquerading", flannelVector, nil,
+			"DOCKER_OPT_BIP=\"--bip=10.1.74.1/24\"\nDOCKER_OPT_IPMASQ=\"--ip-masq=true\"\nDOCKER_OPT_MTU=\"--mtu=1472\"\n" +
+				"DOCKER_OPTS=\" --bip=10.1.74.1/24 --ip-masq=true --mtu=1472\"\n"},
+		{"vtepd masquerades: Docker must not", subnetEnv + "FLANNEL_IPMASQ=true\n", nil,
+			"DOCKER_OPT_BIP=\"--bip=10.5.48.1/24\"\nDOCKER_OPT_IPMASQ=\"--ip-masq=false\"\nDOCKER_OPT_MTU=\"--mtu=1450\"\n" +
+				"DOCKER_OPTS=\" --bip=10.5.48.1/24 --ip-masq=false --mtu=1450\"\n"},
+		{"-i: the variables only", subnetEnv + "FLANNEL_IPMASQ=true\n", []string{"--individual"},
+			"DOCKER_OPT_BIP=\"--bip=10.5.48.1/24\"\nDOCKER_OPT_IPMASQ=\"--ip-masq=false\"\nDOCKER_OPT_MTU=\"--mtu=1450\"\n"},
+		{"-c -k: the combined one only, under another name", subnetEnv + "FLANNEL_IPMASQ=true\n", []string{"--combined", "--env", "DOCKER_NETWORK_OPTIONS"},
+			"DOCKER_NETWORK_OPTIONS=\" --bip=10.5.48.1/24 --ip-masq=false --mtu=1450\"\n"},
+		{"-i -c: both", subnetEnv + "FLANNEL_IPMASQ=false\n", []string{"--individual", "--combined"},
+			"DOCKER_OPT_BIP=\"--bip=10.5.48.1/24\"\nDOCKER_OPT_IPMASQ=\"--ip-masq=true\"\nDOCKER_OPT_MTU=\"--mtu=1450\"\n" +
+				"DOCKER_OPTS=\" --bip=10.5.48.1/24 --ip-masq=true --mtu=1450\"\n"},
+		{"-m: no ip-masq option at all", subnetEnv + "FLANNEL_IPMASQ=true\n", []string{"--no-ip-masq"},
+			"DOCKER_OPT_BIP=\"--bip=10.5.48.1/24\"\nDOCKER_OPT_MTU=\"--mtu=1450\"\nDOCKER_OPTS=\" --bip=10.5.48.1/24 --mtu=1450\"\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clearEnv(t)
+			path := writeSubnetFile(t, tt.content)
+			code, stdout, stderr := vtepd(t, append([]string{"docker-opts", "--flannel", "--subnet-file", path}, tt.flags...)...)
+			if code != 0 || stdout != tt.want {
+				t.Errorf("exit %d, stdout\n%s\nwant\n%s\nstderr %s", code, stdout, tt.want, stderr)
+			}
+		})
+	}
+}
+
+// TestDockerOptsOut: --out writes the file (replacing what was there, as
+// mk-docker-opts.sh truncates it) and prints nothing, in every format.
+func TestDockerOptsOut(t *testing.T) {
+	clearEnv(t)
+	path := writeSubnetFile(t, subnetEnv+"FLANNEL_IPMASQ=true\n")
+	for _, tt := range []struct {
+		flags []string
+		want  string
+	}{
+		{nil, "--bip=10.5.48.1/24 --mtu=1450 --ip-masq=false\n"},
+		{[]string{"--env", "DOCKER_OPTS"}, "DOCKER_OPTS=\"--bip=10.5.48.1/24 --mtu=1450 --ip-masq=false\"\n"},
+		{[]string{"--flannel", "--combined"}, "DOCKER_OPTS=\" --bip=10.5.48.1/24 --ip-masq=false --mtu=1450\"\n"},
+	} {
+		out := filepath.Join(t.TempDir(), "docker.env")
+		if err := os.WriteFile(out, []byte("OLD=\"a longer line that must not survive\"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		code, stdout, stderr := vtepd(t, append([]string{"docker-opts", "--subnet-file", path, "--out", out}, tt.flags...)...)
+		if code != 0 || stdout != "" {
+			t.Errorf("%v: exit %d, stdout %q, stderr %s", tt.flags, code, stdout, stderr)
+		}
+		got, err := os.ReadFile(out)
+		if err != nil || string(got) != tt.want {
+			t.Errorf("%v: the file holds %q (%v), want %q", tt.flags, got, err, tt.want)
+		}
 	}
 }

@@ -9,6 +9,10 @@
 //	<lab>-cN   host N's container: eth0 on cbr0 with the subnet's .2 and
 //	           as many more addresses as the test asks for
 //
+// A host can run a real dockerd instead of cbr0 (Docker, in docker.go):
+// Docker's containers are then named <lab>-hN-<container> for the lab's
+// tools, and the engines' files live under /run/vtepd-lab/docker.
+//
 // Everything lives in namespaces the lab creates: no address, route or link
 // is added to the root namespace, and no packet is sent from it. The one
 // root setting a test may change is the kernel-wide neighbour table limit

@@ -1,5 +1,7 @@
 // Command demo is `make demo`: a lab of three vtepd hosts on one machine,
 // with an embedded etcd, showing misses answered live and traffic crossing.
+// With -docker (`make demo DOCKER=1`) every host also runs a real dockerd
+// started from vtepd's subnet file, and the containers are `docker run`'s.
 // Everything runs in network namespaces it creates and deletes; run as root.
 package main
 
@@ -29,14 +31,15 @@ const network = `{"Network":"10.5.0.0/16","SubnetLen":24,"Backend":{"Type":"vxla
 func main() {
 	hosts := flag.Int("hosts", 3, "number of hosts")
 	keep := flag.Bool("keep", false, "keep the lab running until Ctrl-C, to explore it with `ip netns exec vtdemo-h1 ...`")
+	docker := flag.Bool("docker", false, "run a real dockerd on every host (Debian's docker.io) and `docker run` the containers")
 	flag.Parse()
-	if err := run(*hosts, *keep); err != nil {
+	if err := run(*hosts, *keep, *docker); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(nhosts int, keep bool) error {
+func run(nhosts int, keep, withDocker bool) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("the lab needs root (network namespaces): run `sudo make demo`")
 	}
@@ -48,16 +51,39 @@ func run(nhosts int, keep bool) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	step("building vtepd and the lab's embedded etcd")
+	var image string
+	if withDocker {
+		step("building vtepd, the lab's embedded etcd and a container image (busybox-static: nothing is pulled)")
+	} else {
+		step("building vtepd and the lab's embedded etcd")
+	}
 	bins, err := netns.Build(dir, netns.BuildOptions{})
 	if err != nil {
 		return err
+	}
+	if withDocker {
+		if image, err = netns.BuildDockerImage(dir); err != nil {
+			return err
+		}
 	}
 	lab, err := netns.New(netns.Options{Name: "vtdemo", Dir: dir, Bin: bins})
 	if err != nil {
 		return err
 	}
+	var docker *netns.Docker
+	if withDocker {
+		if docker, err = netns.NewDocker(lab, image); err != nil {
+			lab.Close()
+			return err
+		}
+	}
 	defer func() {
+		if docker != nil {
+			step("cleaning up: containers, dockerds and what they made")
+			if err := docker.Close(); err != nil {
+				fmt.Fprintln(os.Stderr, "demo:", err)
+			}
+		}
 		step("cleaning up: stopping processes, deleting namespaces vtdemo-*")
 		if err := lab.Close(); err != nil {
 			fmt.Fprintln(os.Stderr, "demo:", err)
@@ -73,25 +99,38 @@ func run(nhosts int, keep bool) error {
 		return err
 	}
 
-	step("starting vtepd on %d hosts (one namespace each, underlay 198.51.100.11 and up)", nhosts)
+	if withDocker {
+		step("on %d hosts: vtepd --ip-masq, then dockerd with what vtepd's docker.service drop-in makes of the subnet file", nhosts)
+	} else {
+		step("starting vtepd on %d hosts (one namespace each, underlay 198.51.100.11 and up)", nhosts)
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	tailCtx, stopTail := context.WithCancel(ctx)
 	defer stopTail()
+	var containers []*netns.DockerContainer
 	for i := 0; i < nhosts; i++ {
 		h, err := lab.AddHost()
 		if err != nil {
 			return err
 		}
-		if _, err := h.StartVtepd(); err != nil {
-			return err
+		if docker != nil {
+			c, err := dockerHost(docker, h)
+			if err != nil {
+				return err
+			}
+			containers = append(containers, c)
+		} else {
+			if _, err := h.StartVtepd(); err != nil {
+				return err
+			}
+			if _, err := h.AddContainer(2); err != nil {
+				return err
+			}
+			env, _ := h.Subnet()
+			fmt.Printf("  %s: vtepd ready, subnet file FLANNEL_SUBNET=%s FLANNEL_MTU=%d; container %s at %s\n",
+				h.Name, env.Subnet, env.MTU, h.Container.NS, h.Container.Addr)
 		}
-		if _, err := h.AddContainer(2); err != nil {
-			return err
-		}
-		env, _ := h.Subnet()
-		fmt.Printf("  %s: vtepd ready, subnet file FLANNEL_SUBNET=%s FLANNEL_MTU=%d; container %s at %s\n",
-			h.Name, env.Subnet, env.MTU, h.Container.NS, h.Container.Addr)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -102,6 +141,13 @@ func run(nhosts int, keep bool) error {
 	step("the lease table in etcd (what every vtepd holds in memory)")
 	if err := printLeases(ctx, lab); err != nil {
 		return err
+	}
+
+	h1 := lab.Hosts()[0]
+	if docker != nil {
+		dockerPings(ctx, containers)
+		showFirewall(h1)
+		return waitIfKept(ctx, keep, stopTail)
 	}
 
 	step("every container pings every other one; each first packet goes through a miss on both hosts")
@@ -122,7 +168,6 @@ func run(nhosts int, keep bool) error {
 		}
 	}
 
-	h1 := lab.Hosts()[0]
 	step("what %s's kernel holds now: only the entries its traffic needed", h1.Name)
 	k, err := h1.Kernel("flannel.1")
 	if err != nil {
@@ -138,6 +183,12 @@ func run(nhosts int, keep bool) error {
 		fmt.Printf("  route %s dev flannel.1 scope link\n", r.Dst)
 	}
 
+	return waitIfKept(ctx, keep, stopTail)
+}
+
+// waitIfKept leaves the lab up until Ctrl-C if asked to, then stops the
+// log tails.
+func waitIfKept(ctx context.Context, keep bool, stopTail func()) error {
 	if keep {
 		step("lab left running; try `ip netns exec vtdemo-c1 ping 10.5.x.y`. Ctrl-C to clean up")
 		<-ctx.Done()
