@@ -393,9 +393,10 @@ func (a *agent) answerMisses(ctx context.Context) error {
 		repairDevice(ctx, a.dev, gateway, a.overlayRoutes(), a.responder, a.log)
 		return nil
 	})
-	if fwd, err := fabric.IPForwarding(); err == nil && !fwd {
-		a.log.Warn("IPv4 forwarding is off in this namespace: containers behind this host are unreachable through the overlay (sysctl net.ipv4.ip_forward=1)")
-	}
+	a.g.Go(func() error {
+		watchForwarding(ctx, a.log, fabric.IPForwarding, forwardingGrace, forwardingCheck)
+		return nil
+	})
 	return nil
 }
 

@@ -41,7 +41,7 @@ func install(t *testing.T, src, dst string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := strings.NewReplacer("/usr/local/bin/vtepd", self, "/usr/bin/dockerd", self).Replace(string(b))
+	s := strings.NewReplacer("/usr/local/bin/vtepd", self, "ExecStart=dockerd ", "ExecStart="+self+" ").Replace(string(b))
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -333,6 +333,19 @@ func TestDockerOverlay(t *testing.T) {
 		t.Logf("first packets between Docker containers: %d of 6 answered; RTTs %v (median %v)", len(rtts), rtts, median(rtts))
 	})
 
+	t.Run("no false alarm about forwarding", func(t *testing.T) {
+		// vtepd started with forwarding off, and dockerd turned it on a
+		// moment later: a warning then would have been false at once.
+		for _, h := range []*engineHost{h1, h3} {
+			if fwd := strings.TrimSpace(mustExec(t, h.Host, "sysctl", "-n", "net.ipv4.ip_forward")); fwd != "1" {
+				t.Fatalf("%s: forwarding %s after dockerd started, the test proves nothing", h.Name, fwd)
+			}
+			if strings.Contains(h.Vtepd.Log(), "forwarding is off") {
+				t.Errorf("%s: vtepd warned that forwarding is off though dockerd turned it on:\n%s", h.Name, h.Vtepd.Tail(20))
+			}
+		}
+	})
+
 	t.Run("Docker's firewall", func(t *testing.T) {
 		for _, h := range hosts {
 			if fwd := mustExec(t, h.Host, "iptables", "-S", "FORWARD"); !strings.HasPrefix(fwd, "-P FORWARD DROP\n") {
