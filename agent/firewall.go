@@ -30,6 +30,7 @@ const DefaultFirewallResync = 5 * time.Second
 // who stops vtepd expects of its rules; a handover keeps them.
 type filters struct {
 	log      *zap.Logger
+	device   string // the VXLAN device: whose ip-masq table it is
 	network  netip.Prefix
 	forward  *firewall.Forward // nil when --forward-rules is off
 	wantMasq bool
@@ -42,8 +43,11 @@ type filters struct {
 // startFilters puts the forward rules in place, or removes them if the flag
 // is off. A failure is logged, not returned: a host whose FORWARD policy
 // accepts does not need the rules, and reassert retries for one that does.
-func startFilters(cfg Config, network netip.Prefix, log *zap.Logger) *filters {
-	f := &filters{log: log, network: network, wantMasq: cfg.IPMasq, resync: cfg.FirewallResync}
+// device is the VXLAN device this vtepd drives: the ip-masq rules are in a
+// table of its own, so that a second vtepd on the host, for a second
+// overlay, keeps its own.
+func startFilters(cfg Config, device string, network netip.Prefix, log *zap.Logger) *filters {
+	f := &filters{log: log, device: device, network: network, wantMasq: cfg.IPMasq, resync: cfg.FirewallResync}
 	if f.resync <= 0 {
 		f.resync = DefaultFirewallResync
 	}
@@ -69,7 +73,7 @@ func startFilters(cfg Config, network netip.Prefix, log *zap.Logger) *filters {
 // masquerade puts the ip-masq rules for this host's subnet in place, or
 // removes any an earlier vtepd left if --ip-masq is off.
 func (f *filters) masquerade(subnet netip.Prefix) {
-	m, err := firewall.NewMasquerade(f.log, f.network, subnet)
+	m, err := firewall.NewMasquerade(f.log, f.device, f.network, subnet)
 	if err != nil {
 		f.log.Error("ip-masq rules unavailable", zap.Error(err))
 		return
@@ -140,6 +144,9 @@ func (f *filters) describe() FirewallStatus {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	s := FirewallStatus{IPMasq: f.masq != nil, Forward: "off"}
+	if f.masq != nil {
+		s.MasqTable = f.masq.Table()
+	}
 	if f.forward != nil {
 		s.Forward = f.forward.Backend()
 	}
@@ -151,4 +158,7 @@ type FirewallStatus struct {
 	// Forward names the forward rules' backend ("off" when disabled).
 	Forward string `json:"forward_rules"`
 	IPMasq  bool   `json:"ip_masq"`
+	// MasqTable is the nftables table of the ip-masq rules, as nft names
+	// it ("ip vtepd-nat-flannel.1"), when IPMasq.
+	MasqTable string `json:"ip_masq_table,omitempty"`
 }

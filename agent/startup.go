@@ -208,7 +208,7 @@ func (a *agent) deviceName() string {
 // known: on a host whose FORWARD policy is DROP nothing crosses the overlay
 // without them.
 func (a *agent) installForwardRules(context.Context) error {
-	a.filters = startFilters(a.cfg, a.netCfg.Network, a.log)
+	a.filters = startFilters(a.cfg, a.deviceName(), a.netCfg.Network, a.log)
 	a.tel.setFilters(a.filters)
 	a.onClose(func() {
 		// Rules go with a clean stop, and stay for a handover or after an

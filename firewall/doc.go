@@ -22,11 +22,13 @@
 //
 // Traffic from this host's subnet to outside the overlay is masqueraded;
 // traffic inside the overlay is not. The rules are flannel's MasqRules,
-// written with google/nftables into a table of vtepd's own, ip vtepd-nat,
-// chain postrouting (type nat, priority srcnat - 10). masqRules says which rules
+// written with google/nftables into a table of vtepd's own, named after
+// the VXLAN device it drives (MasqTable: ip vtepd-nat-flannel.1), chain
+// postrouting (type nat, priority srcnat - 10). masqRules says which rules
 // and why, including the two flannel rules for traffic from outside the
-// overlay, which are kept. With the overlay 10.5.0.0/16 and the subnet
-// 10.5.48.0/24, `nft list table ip vtepd-nat` shows:
+// overlay, which are kept. With the device flannel.1, the overlay
+// 10.5.0.0/16 and the subnet 10.5.48.0/24, `nft list table ip
+// vtepd-nat-flannel.1` shows:
 //
 //	ip saddr 10.5.48.0/24 ip daddr 10.5.0.0/16 counter snat to ip saddr comment "vtepd: subnet to overlay, source kept"
 //	ip saddr 10.5.48.0/24 ip daddr != 224.0.0.0/4 counter masquerade fully-random comment "vtepd: subnet to outside, masquerade"
@@ -35,6 +37,16 @@
 //
 // Whenever the rules are not exactly these, the table is replaced whole in
 // one transaction, so there is never a moment without rules.
+//
+// Two vtepds for two overlays on one host (flannel's way: each its own
+// etcd prefix, subnet file and VNI, hence its own device) have a table each,
+// so neither ever rewrites or removes the other's. Their chains share the
+// hook and priority, and neither matches the other's traffic inside its
+// overlay: each rule names its own network or subnet on one side at least.
+// vtepd before this change had one table, ip vtepd-nat, for whichever
+// vtepd wrote it last; the vtepd whose network it holds removes it, in the
+// transaction that writes its own table (Masquerade.legacyOwned says why
+// that rule).
 //
 // The first rule is an identity SNAT, not flannel's RETURN: the kernel
 // consults every nat chain on the hook until one of them translates, so a

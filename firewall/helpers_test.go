@@ -169,3 +169,32 @@ func equal(t *testing.T, what string, got, want []string) {
 		t.Fatalf("%s:\ngot:\n  %s\nwant:\n  %s", what, strings.Join(got, "\n  "), strings.Join(want, "\n  "))
 	}
 }
+
+// watchGenerations watches the namespace's nftables transactions until the
+// returned function is called, which returns them, one per generation.
+func watchGenerations(t *testing.T, path string) func() []*nftables.MonitorEvents {
+	t.Helper()
+	mon := nftables.NewMonitor()
+	events, err := nftIn(t, path).AddGenerationalMonitor(mon)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gens []*nftables.MonitorEvents
+	got := make(chan struct{})
+	go func() {
+		defer close(got)
+		for e := range events {
+			gens = append(gens, e)
+		}
+	}()
+	t.Cleanup(func() { mon.Close() })
+	return func() []*nftables.MonitorEvents {
+		// The kernel sends the events before it acknowledges a batch, so
+		// those of every batch sent so far are queued on the monitor's
+		// socket by now; the pause lets the reader take them.
+		time.Sleep(100 * time.Millisecond)
+		mon.Close()
+		<-got
+		return gens
+	}
+}

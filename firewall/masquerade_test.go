@@ -12,17 +12,17 @@ import (
 
 func newTestMasquerade(t *testing.T, ns string, subnet netip.Prefix) (*Masquerade, *nftables.Conn) {
 	t.Helper()
-	log, _ := testLogger(t)
-	m, err := NewMasquerade(log, testNetwork, subnet, InNetNS(ns))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Close() })
-	return m, nftIn(t, ns)
+	return newMasqOwner(t, ns, testDevice, testNetwork, subnet).m, nftIn(t, ns)
 }
 
-// masqState reads vtepd's table back: its chains' headers and rules.
+// masqState reads the test's vtepd's table back: its chains' headers and
+// rules.
 func masqState(t *testing.T, c *nftables.Conn) (header string, rules []string) {
+	return masqStateOf(t, c, MasqTable(testDevice))
+}
+
+// masqStateOf reads a table back: its chains' headers and rules.
+func masqStateOf(t *testing.T, c *nftables.Conn, table string) (header string, rules []string) {
 	t.Helper()
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
 	if err != nil {
@@ -30,22 +30,25 @@ func masqState(t *testing.T, c *nftables.Conn) (header string, rules []string) {
 	}
 	n := 0
 	for _, ch := range chains {
-		if ch.Table.Name != masqTable {
+		if ch.Table.Name != table {
 			continue
 		}
 		n++
 		header = ch.Name + ": " + hookOf(ch)
-		rules = chainTexts(t, c, nftables.TableFamilyIPv4, masqTable, ch.Name)
+		rules = chainTexts(t, c, nftables.TableFamilyIPv4, table, ch.Name)
 	}
 	if n > 1 {
-		t.Fatalf("%d chains in table %s, want 1", n, masqTable)
+		t.Fatalf("%d chains in table %s, want 1", n, table)
 	}
 	return header, rules
 }
 
-func handles(t *testing.T, c *nftables.Conn) []uint64 {
+func handles(t *testing.T, c *nftables.Conn) []uint64 { return handlesOf(t, c, MasqTable(testDevice)) }
+
+// handlesOf lists the handles of a table's rules: a rewrite changes them.
+func handlesOf(t *testing.T, c *nftables.Conn, table string) []uint64 {
 	t.Helper()
-	rules, err := c.GetRules(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: masqTable}, &nftables.Chain{Name: masqChain})
+	rules, err := c.GetRules(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: table}, &nftables.Chain{Name: masqChain})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,7 +95,7 @@ func TestMasqueradeRepairsTampering(t *testing.T) {
 	if err := m.Ensure(); err != nil {
 		t.Fatal(err)
 	}
-	ch := masqChainSpec()
+	ch := masqChainSpec(MasqTable(testDevice))
 	c.AddRule(nftRule{"someone else", cat(one(counter), one(accept))}.in(ch))
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)
@@ -118,35 +121,19 @@ func TestMasqueradeRepairIsOneTransaction(t *testing.T) {
 	if err := m.Ensure(); err != nil {
 		t.Fatal(err)
 	}
-	c.AddRule(nftRule{"someone else", cat(one(counter), one(accept))}.in(masqChainSpec()))
+	c.AddRule(nftRule{"someone else", cat(one(counter), one(accept))}.in(masqChainSpec(MasqTable(testDevice))))
 	if err := c.Flush(); err != nil {
 		t.Fatal(err)
 	}
 
-	mon := nftables.NewMonitor()
-	events, err := nftIn(t, ns).AddGenerationalMonitor(mon)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var gens []*nftables.MonitorEvents
-	got := make(chan struct{})
-	go func() {
-		defer close(got)
-		for e := range events {
-			gens = append(gens, e)
-		}
-	}()
+	generations := watchGenerations(t, ns)
 	if err := m.Ensure(); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Ensure(); err != nil { // all in place: no write
 		t.Fatal(err)
 	}
-	// The kernel sends the events before it acknowledges the batch, so
-	// they are queued on the monitor's socket by now.
-	time.Sleep(100 * time.Millisecond)
-	mon.Close()
-	<-got
+	gens := generations()
 	if len(gens) != 1 {
 		t.Fatalf("%d generations, want 1 transaction", len(gens))
 	}
@@ -184,15 +171,7 @@ func TestMasqueradeRemove(t *testing.T) {
 	if err := m.Remove(); err != nil {
 		t.Fatal(err)
 	}
-	tables, err := c.ListTables()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, tb := range tables {
-		names = append(names, family(tb.Family)+" "+tb.Name)
-	}
-	equal(t, "tables after Remove", names, []string{"ip nat"})
+	equal(t, "tables after Remove", tableNames(t, c), []string{"ip nat"})
 	if err := m.Remove(); err != nil {
 		t.Fatalf("second Remove: %v", err)
 	}
@@ -205,7 +184,7 @@ func TestMasqueradeRemove(t *testing.T) {
 func TestMasqueradeReassert(t *testing.T) {
 	ns := newNS(t)
 	log, logs := testLogger(t)
-	m, err := NewMasquerade(log, testNetwork, testSubnet, InNetNS(ns))
+	m, err := NewMasquerade(log, testDevice, testNetwork, testSubnet, InNetNS(ns))
 	if err != nil {
 		t.Fatal(err)
 	}

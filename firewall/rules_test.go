@@ -13,6 +13,7 @@ import (
 )
 
 var (
+	testDevice  = "flannel.1"
 	testNetwork = netip.MustParsePrefix("10.5.0.0/16")
 	testSubnet  = netip.MustParsePrefix("10.5.48.0/24")
 )
@@ -66,7 +67,7 @@ func TestPrefixes(t *testing.T) {
 		{"fd00::/64", "fd00::/80", "IPv4"},
 		{"0.0.0.0/0", "10.5.48.0/24", "IPv4"},
 	} {
-		m, err := NewMasquerade(log, netip.MustParsePrefix(c.network), netip.MustParsePrefix(c.subnet))
+		m, err := NewMasquerade(log, testDevice, netip.MustParsePrefix(c.network), netip.MustParsePrefix(c.subnet))
 		if c.err == "" {
 			if err != nil {
 				t.Errorf("%s in %s: %v", c.subnet, c.network, err)
