@@ -102,7 +102,7 @@ func parseRun(args []string, stderr io.Writer) (runSetup, error) {
 	neighbourLimit := fs.Int("neighbour-limit", 0, "most PERMANENT neighbour entries on the device; past it answers are REACHABLE and age (0: the kernel's gc_thresh3, or 1024 where it cannot be read)")
 	answer := fs.String("answer", "address", "what an L3 miss installs: address (a neighbour entry per address) or host (a route and one neighbour entry per peer host, far below the kernel's table limit)")
 	httpAddr := fs.String("http-addr", agent.DefaultHTTPAddr, "where to serve /metrics, /healthz, /readyz, /status and /debug/ (loopback clients only) (empty: nowhere)")
-	ipMasq := fs.Bool("ip-masq", false, "masquerade traffic from this host's subnet to outside the overlay, in nftables table ip vtepd-nat (then run dockerd with --ip-masq=false)")
+	ipMasq := fs.Bool("ip-masq", false, "masquerade traffic from this host's subnet to outside the overlay, in an nftables table of its own, ip vtepd-nat-<device> (then run dockerd with --ip-masq=false)")
 	forwardRules := fs.Bool("forward-rules", true, "accept overlay traffic in FORWARD, or Docker's DOCKER-USER chain, for hosts whose FORWARD policy is DROP")
 	var logs logFlags
 	logs.register(fs)

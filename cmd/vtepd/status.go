@@ -101,7 +101,7 @@ func printStatus(w io.Writer, s agent.Status) {
 	if f := s.Firewall; f != nil {
 		masq := "off"
 		if f.IPMasq {
-			masq = "on (nftables table ip vtepd-nat)"
+			masq = "on (nftables table ip " + f.MasqTable + ")"
 		}
 		fmt.Fprintf(w, "firewall    forward rules %s; ip-masq %s\n", f.Forward, masq)
 	}

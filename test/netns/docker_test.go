@@ -228,7 +228,7 @@ func TestIPMasq(t *testing.T) {
 	check(t, "with Docker's MASQUERADE")
 
 	masqRules := func(h *netns.Host) int {
-		out, err := h.Exec("nft", "list", "table", "ip", "vtepd-nat")
+		out, err := h.Exec("nft", "list", "table", "ip", "vtepd-nat-flannel.1")
 		if err != nil {
 			return 0
 		}

@@ -164,12 +164,12 @@ func TestFlanneldUnit(t *testing.T) {
 	// FLANNELD_IPTABLES_RESYNC=1: the ip-masq table, deleted right after a
 	// restore, is back one period later, not flannel's default five.
 	masqTable := func() bool {
-		_, err := h1.Exec("nft", "list", "table", "ip", "vtepd-nat")
+		_, err := h1.Exec("nft", "list", "table", "ip", "vtepd-nat-flannel.1")
 		return err == nil
 	}
 	restored := func() time.Time {
 		t.Helper()
-		if _, err := h1.Exec("nft", "delete", "table", "ip", "vtepd-nat"); err != nil {
+		if _, err := h1.Exec("nft", "delete", "table", "ip", "vtepd-nat-flannel.1"); err != nil {
 			t.Fatalf("deleting the ip-masq table: %v", err)
 		}
 		if err := netns.Poll(10*time.Second, func() error {
