@@ -129,9 +129,11 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		{"writing the subnet file", a.writeSubnetFile},
 	} {
 		a.tel.setPhase(p.name)
+		t0 := time.Now()
 		if err := p.run(a.gctx); err != nil {
 			return a.fail(err)
 		}
+		log.Debug("start-up phase done", zap.String("phase", p.name), zap.Duration("took", time.Since(t0)))
 	}
 	a.ready()
 	return a.wait()

@@ -52,6 +52,15 @@ type agent struct {
 	responder *miss.Responder
 	sweeper   *sweeper
 	expiry    *expiry
+	// firewallDone is closed once the firewall rules the subnet file
+	// promises are in place: the forward rules, and the ip-masq rules when
+	// --ip-masq is on. They are written beside the other phases, not on
+	// the path to readiness.
+	firewallDone chan struct{}
+	// startMasquerade, set by installForwardRules, adds the ip-masq rules
+	// for this host's subnet once the forward rules are in, and keeps both
+	// in place.
+	startMasquerade func(ctx context.Context, subnet netip.Prefix)
 }
 
 // newAgent serves health from the first moment (while start-up waits on
@@ -204,18 +213,48 @@ func (a *agent) deviceName() string {
 	return "flannel." + strconv.Itoa(a.netCfg.Backend.VNI)
 }
 
-// installForwardRules puts the forward rules in as soon as the network is
-// known: on a host whose FORWARD policy is DROP nothing crosses the overlay
-// without them.
+// installForwardRules starts putting the forward rules in as soon as the
+// network is known: on a host whose FORWARD policy is DROP nothing crosses
+// the overlay without them. Writing them runs programs (iptables) and takes
+// longer than the phases up to the lease together, so it runs beside them;
+// the ip-masq rules follow once the subnet is known (acquireLease), and the
+// subnet file, which tells Docker the host is ready, waits for both.
 func (a *agent) installForwardRules(context.Context) error {
-	a.filters = startFilters(a.cfg, a.deviceName(), a.netCfg.Network, a.log)
-	a.tel.setFilters(a.filters)
+	forwardDone := make(chan struct{})
+	a.firewallDone = make(chan struct{})
 	a.onClose(func() {
+		<-forwardDone
 		// Rules go with a clean stop, and stay for a handover or after an
 		// error: systemd restarts a failed vtepd, which finds them there.
 		// The components have stopped by now: nothing re-asserts them.
 		a.filters.stop(a.ctx.Err() != nil && !errors.Is(context.Cause(a.ctx), ErrHandover))
 	})
+	go func() {
+		defer close(forwardDone)
+		a.filters = startFilters(a.cfg, a.deviceName(), a.netCfg.Network, a.log)
+		a.tel.setFilters(a.filters)
+	}()
+	a.startMasquerade = func(ctx context.Context, subnet netip.Prefix) {
+		a.g.Go(func() error {
+			select {
+			case <-forwardDone:
+			case <-ctx.Done():
+				close(a.firewallDone)
+				return nil
+			}
+			if !a.cfg.IPMasq {
+				// What is left to do removes an earlier vtepd's
+				// ip-masq rules: nothing the subnet file promises.
+				close(a.firewallDone)
+				a.filters.masquerade(subnet)
+			} else {
+				a.filters.masquerade(subnet)
+				close(a.firewallDone)
+			}
+			a.filters.reassert(ctx)
+			return nil
+		})
+	}
 	return nil
 }
 
@@ -314,11 +353,7 @@ func (a *agent) acquireLease(ctx context.Context) error {
 	if err := a.addressDevice(own.Gateway()); err != nil {
 		return err
 	}
-	a.filters.masquerade(own.Subnet)
-	a.g.Go(func() error {
-		a.filters.reassert(ctx)
-		return nil
-	})
+	a.startMasquerade(ctx, own.Subnet)
 	return nil
 }
 
@@ -401,8 +436,13 @@ func (a *agent) answerMisses(ctx context.Context) error {
 }
 
 // writeSubnetFile writes the subnet file last: it is what tells Docker the
-// overlay is ready.
-func (a *agent) writeSubnetFile(context.Context) error {
+// overlay is ready, so the firewall rules must be in place first.
+func (a *agent) writeSubnetFile(ctx context.Context) error {
+	select {
+	case <-a.firewallDone:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 	return subnetfile.Write(a.cfg.SubnetFile, subnetfile.Env{
 		Network: a.netCfg.Network,
 		Subnet:  subnetfile.BridgeSubnet(a.own.Lease().Subnet),
