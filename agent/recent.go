@@ -21,7 +21,7 @@ type recentMiss struct {
 	hasMAC  bool
 	state   uint16
 	outcome miss.Outcome
-	lease   store.Lease
+	lease   store.Part
 	latency time.Duration
 	err     error
 }

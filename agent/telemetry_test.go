@@ -13,7 +13,7 @@ import (
 func BenchmarkObserve(b *testing.B) {
 	tel := newTelemetry("bench")
 	m := &miss.Miss{Kind: miss.L3, IP: netip.MustParseAddr("10.5.2.7"), Received: time.Now()}
-	res := miss.Result{Outcome: miss.Answered, Lease: store.Lease{Subnet: netip.MustParsePrefix("10.5.2.0/24")}, Latency: 12 * time.Microsecond}
+	res := miss.Result{Outcome: miss.Answered, Lease: store.Part{Subnet: netip.MustParsePrefix("10.5.2.0/24")}, Latency: 12 * time.Microsecond}
 	b.ReportAllocs()
 	for b.Loop() {
 		tel.observe(m, res)

@@ -56,7 +56,7 @@ func (r *Responder) answerL3(m *Miss) Result {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	l, ok := r.leases.LookupIP(m.IP)
+	l, ok := r.lookupIP(m.IP)
 	if !ok {
 		return Result{Outcome: NoLease}
 	}
@@ -74,7 +74,7 @@ func (r *Responder) answerL2(m *Miss) Result {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	l, ok := r.leases.LookupMAC(m.MAC)
+	l, ok := r.lookupMAC(m.MAC)
 	if !ok {
 		return Result{Outcome: NoLease}
 	}
@@ -119,7 +119,7 @@ func missFields(m *Miss, res Result) []zap.Field {
 // asking. It returns the kernel writes it made, and whether ip's own
 // neighbour was one of them (ip is the first address). Called with r.mu
 // held.
-func (r *Responder) prepare(ip netip.Addr, l store.Lease) (writes int, done bool, err error) {
+func (r *Responder) prepare(ip netip.Addr, l store.Part) (writes int, done bool, err error) {
 	if wrote, err := r.ensureFDB(l); wrote || err != nil {
 		writes++
 		if err != nil {
@@ -140,7 +140,7 @@ func (r *Responder) prepare(ip netip.Addr, l store.Lease) (writes int, done bool
 // The address's own neighbour is written in either mode: the kernel queued
 // the packet on its entry, and only a write to that entry releases it.
 // Called with r.mu held.
-func (r *Responder) install(ip netip.Addr, l store.Lease) (int, error) {
+func (r *Responder) install(ip netip.Addr, l store.Part) (int, error) {
 	writes, done, err := r.prepare(ip, l)
 	if err != nil || done {
 		return writes, err
@@ -171,7 +171,7 @@ func (r *Responder) countPermanent(permanent bool, n int) {
 
 // ensureFDB installs l's FDB entry unless it is known to be there, and
 // says whether it wrote (or tried to write) it.
-func (r *Responder) ensureFDB(l store.Lease) (wrote bool, err error) {
+func (r *Responder) ensureFDB(l store.Part) (wrote bool, err error) {
 	if r.fdb[l.VtepMAC] == l.PublicIP {
 		return false, nil
 	}
@@ -186,7 +186,7 @@ func (r *Responder) ensureFDB(l store.Lease) (wrote bool, err error) {
 // installHostRoute points l's whole subnet at its first address: the
 // neighbour entry of that address first, then the route. Called with r.mu
 // held, after ensureFDB.
-func (r *Responder) installHostRoute(l store.Lease) error {
+func (r *Responder) installHostRoute(l store.Part) error {
 	if err := r.setNeigh(l.Gateway(), l.VtepMAC); err != nil {
 		return err
 	}
@@ -197,12 +197,44 @@ func (r *Responder) installHostRoute(l store.Lease) error {
 	return nil
 }
 
-// remoteLease returns the lease of another host holding ip.
-func (r *Responder) remoteLease(ip netip.Addr) (store.Lease, bool) {
+// remoteLease returns the part, in the responder's family, of another
+// host's lease holding ip.
+func (r *Responder) remoteLease(ip netip.Addr) (store.Part, bool) {
 	if !r.cfg.Network.Contains(ip) || r.cfg.Own.Contains(ip) {
-		return store.Lease{}, false
+		return store.Part{}, false
 	}
-	return r.leases.LookupIP(ip)
+	return r.lookupIP(ip)
+}
+
+// lookupIP returns the part, in the responder's family, of the lease
+// holding ip.
+func (r *Responder) lookupIP(ip netip.Addr) (store.Part, bool) {
+	l, ok := r.leases.LookupIP(ip)
+	if !ok {
+		return store.Part{}, false
+	}
+	return r.part(l)
+}
+
+// lookupMAC returns the part, in the responder's family, of the lease
+// whose VTEP MAC in that family is mac.
+func (r *Responder) lookupMAC(mac store.MAC) (store.Part, bool) {
+	l, ok := r.leases.LookupMAC(mac)
+	if !ok {
+		return store.Part{}, false
+	}
+	p, ok := r.part(l)
+	return p, ok && p.VtepMAC == mac
+}
+
+// part is l's part in the responder's family: a responder answers for one
+// device, and a device carries one family (flannel.<VNI> IPv4,
+// flannel-v6.<VNI> IPv6).
+func (r *Responder) part(l store.Lease) (store.Part, bool) {
+	if r.ipv6 {
+		return l.IPv6()
+	}
+	return l.IPv4()
 }
 
 func macIs(hw net.HardwareAddr, m store.MAC) bool {

@@ -46,7 +46,7 @@ func (r *Responder) ExpireIdle(idle time.Duration) (Expired, error) {
 		if f.Unused < idle || len(f.MAC) != 6 || r.fdb[mac] != f.Dst {
 			continue // in use, or not vtepd's (it never wrote or kept it)
 		}
-		l, ok := r.leases.LookupMAC(mac)
+		l, ok := r.lookupMAC(mac)
 		if !ok || l.PublicIP != f.Dst {
 			continue // the lease is gone or changed: ApplyChange's business
 		}

@@ -23,27 +23,37 @@ import (
 // store.Table.OnChange; it runs on the table's goroutine and is serialised
 // with answering by r.mu.
 func (r *Responder) ApplyChange(c store.Change) {
-	if c.Old == nil {
+	var oldPart, newPart store.Part
+	var hadOld, hasNew bool
+	if c.Old != nil {
+		oldPart, hadOld = r.part(*c.Old)
+	}
+	if c.New != nil {
+		newPart, hasNew = r.part(*c.New)
+	}
+	if !hadOld {
+		// New in this family (a new lease, or one gaining this family's
+		// part): nothing installed to fix, but peers may be waiting.
 		r.mu.Lock()
-		sweep := r.reconciled && r.cfg.Sweep != nil && c.New != nil && c.New.Subnet != r.cfg.Own
+		sweep := r.reconciled && r.cfg.Sweep != nil && hasNew && newPart.Subnet != r.cfg.Own
 		r.mu.Unlock()
 		if sweep {
 			r.cfg.Sweep()
 		}
 		return
 	}
-	if c.New != nil && c.Old.SameTarget(*c.New) {
-		return // a new revision changes no entry
+	if hasNew && oldPart == newPart {
+		return // a new revision, or another family's change: no entry of ours changes
 	}
-	old := *c.Old
+	old := oldPart
 	if old.Subnet == r.cfg.Own {
 		return // nothing is ever installed for our own subnet
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var next *store.Lease
-	if c.New != nil && c.New.Subnet == old.Subnet {
-		next = c.New
+	var next *store.Part
+	if hasNew && newPart.Subnet == old.Subnet {
+		next = &newPart
 	}
 	n, err := r.repoint(old, next)
 	if err != nil {
@@ -62,7 +72,7 @@ func (r *Responder) ApplyChange(c store.Change) {
 // repoint moves every entry pointing at old's VTEP to next's, or deletes it
 // when next is nil. It returns the number of entries changed. Called with
 // r.mu held.
-func (r *Responder) repoint(old store.Lease, next *store.Lease) (int, error) {
+func (r *Responder) repoint(old store.Part, next *store.Part) (int, error) {
 	neighbours, err := r.kernel.Neighbours()
 	if err != nil {
 		return 0, err

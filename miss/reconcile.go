@@ -85,8 +85,8 @@ const (
 // kind of entry is one more entryKind, not one more loop.
 type entryKind[E any] struct {
 	list   func() ([]E, error)
-	judge  func(E) (verdict, store.Lease)
-	apply  func(E, verdict, store.Lease) error
+	judge  func(E) (verdict, store.Part)
+	apply  func(E, verdict, store.Part) error
 	remove func(E) error
 }
 
@@ -133,17 +133,17 @@ func (res *Reconciled) count(v verdict) {
 // judgeRoute keeps the overlay route and, in host mode, the host routes
 // that point at a lease's first address; any other route of the device
 // goes (flanneld's per-host routes among them, in address mode).
-func (r *Responder) judgeRoute(rt fabric.Route) (verdict, store.Lease) {
+func (r *Responder) judgeRoute(rt fabric.Route) (verdict, store.Part) {
 	if rt == r.overlayRoute() {
-		return keep, store.Lease{}
+		return keep, store.Part{}
 	}
 	if l, ok := r.remoteLease(rt.Via); ok && r.cfg.Mode == AnswerHost && rt.Dst == l.Subnet && rt.Via == l.Gateway() {
 		return keep, l
 	}
-	return remove, store.Lease{}
+	return remove, store.Part{}
 }
 
-func (r *Responder) applyRoute(rt fabric.Route, _ verdict, _ store.Lease) error {
+func (r *Responder) applyRoute(rt fabric.Route, _ verdict, _ store.Part) error {
 	if rt.Via.IsValid() {
 		r.hostRoutes[rt.Dst] = rt.Via
 	}
@@ -154,18 +154,18 @@ func (r *Responder) applyRoute(rt fabric.Route, _ verdict, _ store.Lease) error 
 // as a PERMANENT entry, fixes one that does so but ages (left by flanneld,
 // say), and removes every other: a MAC no lease publishes, or one sent to
 // the wrong place.
-func (r *Responder) judgeFDB(f fabric.FDBEntry) (verdict, store.Lease) {
-	l, ok := r.leases.LookupMAC(store.MAC(f.MAC))
+func (r *Responder) judgeFDB(f fabric.FDBEntry) (verdict, store.Part) {
+	l, ok := r.lookupMAC(store.MAC(f.MAC))
 	switch {
 	case !ok || l.PublicIP != f.Dst || l.Subnet == r.cfg.Own:
-		return remove, store.Lease{}
+		return remove, store.Part{}
 	case f.State&unix.NUD_PERMANENT == 0:
 		return fix, l
 	}
 	return keep, l
 }
 
-func (r *Responder) applyFDB(_ fabric.FDBEntry, v verdict, l store.Lease) error {
+func (r *Responder) applyFDB(_ fabric.FDBEntry, v verdict, l store.Part) error {
 	if v == keep {
 		r.fdb[l.VtepMAC] = l.PublicIP
 		return nil
@@ -179,17 +179,17 @@ func (r *Responder) applyFDB(_ fabric.FDBEntry, v verdict, l store.Lease) error 
 // lease's VTEP MAC, fixes one that resolves it to another or that ages (an
 // older vtepd's, which a long absence of vtepd would let fail), answers
 // one the kernel is still resolving, and removes one no lease holds.
-func (r *Responder) judgeNeighbour(n fabric.Neighbour) (verdict, store.Lease) {
+func (r *Responder) judgeNeighbour(n fabric.Neighbour) (verdict, store.Part) {
 	if n.State&unix.NUD_NOARP != 0 {
-		return leave, store.Lease{} // multicast and broadcast: the kernel's own
+		return leave, store.Part{} // multicast and broadcast: the kernel's own
 	}
 	l, ok := r.remoteLease(n.IP)
 	resolving := n.State&(unix.NUD_INCOMPLETE|unix.NUD_FAILED) != 0 || len(n.MAC) != 6
 	switch {
 	case !ok && resolving:
-		return leave, store.Lease{}
+		return leave, store.Part{}
 	case !ok:
-		return remove, store.Lease{}
+		return remove, store.Part{}
 	case resolving:
 		return answer, l
 	case macIs(n.MAC, l.VtepMAC) && n.State&unix.NUD_PERMANENT != 0:
@@ -198,7 +198,7 @@ func (r *Responder) judgeNeighbour(n fabric.Neighbour) (verdict, store.Lease) {
 	return fix, l
 }
 
-func (r *Responder) applyNeighbour(n fabric.Neighbour, v verdict, l store.Lease) error {
+func (r *Responder) applyNeighbour(n fabric.Neighbour, v verdict, l store.Part) error {
 	if v == keep {
 		r.permanent++
 		// Even a right neighbour needs its FDB entry, which may have been

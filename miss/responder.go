@@ -109,8 +109,9 @@ func Outcomes() []Outcome {
 // Result is the responder's account of one miss.
 type Result struct {
 	Outcome Outcome
-	// Lease is the lease that answered (Answered, Failed).
-	Lease store.Lease
+	// Lease is the part, in the device's family, of the lease that
+	// answered (Answered, Failed).
+	Lease store.Part
 	// Writes is the number of kernel writes made.
 	Writes int
 	// Latency runs from the message's receipt to the kernel's ack of the
@@ -124,7 +125,9 @@ type ResponderConfig struct {
 	// Ifindex is the VXLAN device's index; misses on other devices are
 	// not ours.
 	Ifindex int
-	// Network is the whole overlay.
+	// Network is the whole overlay in the device's family: an IPv4
+	// network for flannel.<VNI>, an IPv6 one for flannel-v6.<VNI>. Lease
+	// parts of the other family are not this responder's.
 	Network netip.Prefix
 	// Own is this host's subnet.
 	Own netip.Prefix
@@ -157,6 +160,7 @@ const DefaultNeighbourLimit = 1024
 // Responder answers misses for one VXLAN device.
 type Responder struct {
 	cfg    ResponderConfig
+	ipv6   bool // the device's family: its network's
 	leases Leases
 	kernel Kernel
 	log    *zap.Logger
@@ -188,7 +192,7 @@ func NewResponder(cfg ResponderConfig, leases Leases, kernel Kernel, log *zap.Lo
 	if cfg.NeighbourLimit <= 0 {
 		cfg.NeighbourLimit = DefaultNeighbourLimit
 	}
-	return &Responder{cfg: cfg, leases: leases, kernel: kernel, log: log,
+	return &Responder{cfg: cfg, ipv6: cfg.Network.Addr().Is6(), leases: leases, kernel: kernel, log: log,
 		fdb: make(map[store.MAC]netip.Addr), hostRoutes: make(map[netip.Prefix]netip.Addr)}
 }
 

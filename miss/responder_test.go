@@ -216,7 +216,7 @@ func TestAnswerL3WritesFDBThenNeigh(t *testing.T) {
 
 	res := r.Answer(l3Miss("10.5.2.5"))
 	check(t, k, res, Answered, fdbWrite(remoteMAC, "192.0.2.2"), neighWrite("10.5.2.5", remoteMAC))
-	if res.Lease != peerLease {
+	if res.Lease != v4(peerLease) {
 		t.Errorf("Result.Lease = %v, want %v", res.Lease, peerLease)
 	}
 
@@ -267,7 +267,7 @@ func TestAnswerL3LeaseMoved(t *testing.T) {
 	leases.put(moved)
 	res := r.Answer(l3Miss("10.5.2.6"))
 	check(t, k, res, Answered, fdbWrite(remoteMAC, "198.51.100.2"), neighWrite("10.5.2.6", remoteMAC))
-	if res.Lease != moved {
+	if res.Lease != v4(moved) {
 		t.Errorf("Result.Lease = %v, want %v", res.Lease, moved)
 	}
 	check(t, k, r.Answer(l3Miss("10.5.2.7")), Answered, neighWrite("10.5.2.7", remoteMAC))
@@ -299,7 +299,7 @@ func TestAnswerL3NotAnswered(t *testing.T) {
 			r, _, k := newTestResponder(t)
 			res := r.Answer(l3Miss(tt.ip))
 			check(t, k, res, tt.want)
-			if res.Lease != (store.Lease{}) {
+			if res.Lease != (store.Part{}) {
 				t.Errorf("Result.Lease = %v, want none", res.Lease)
 			}
 			if n := r.Count(L3, tt.want); n != 1 {
@@ -314,7 +314,7 @@ func TestAnswerL2(t *testing.T) {
 
 	res := r.Answer(l2Miss(remoteMAC))
 	check(t, k, res, Answered, fdbWrite(remoteMAC, "192.0.2.2"))
-	if res.Lease != peerLease {
+	if res.Lease != v4(peerLease) {
 		t.Errorf("Result.Lease = %v, want %v", res.Lease, peerLease)
 	}
 	// The kernel says the entry is missing, whatever the cache says.
@@ -338,7 +338,7 @@ func TestAnswerL2NotAnswered(t *testing.T) {
 
 	res := r.Answer(l2Miss(ownMAC))
 	check(t, k, res, OwnSubnet)
-	if res.Lease != ownLease {
+	if res.Lease != v4(ownLease) {
 		t.Errorf("Result.Lease = %v, want %v", res.Lease, ownLease)
 	}
 	check(t, k, r.Answer(l2Miss(store.MAC{0x02, 0xff, 0, 0, 0, 1})), NoLease)
@@ -362,7 +362,7 @@ func TestAnswerFDBFailure(t *testing.T) {
 	if !errors.Is(res.Err, errFull) {
 		t.Errorf("Result.Err = %v, want %v", res.Err, errFull)
 	}
-	if res.Lease != peerLease {
+	if res.Lease != v4(peerLease) {
 		t.Errorf("Result.Lease = %v, want %v", res.Lease, peerLease)
 	}
 
@@ -643,4 +643,10 @@ func BenchmarkHandle(b *testing.B) {
 		m.Received = time.Now()
 		r.Handle(&m)
 	}
+}
+
+// v4 is l's IPv4 part, what a responder for an IPv4 device answers with.
+func v4(l store.Lease) store.Part {
+	p, _ := l.IPv4()
+	return p
 }

@@ -21,6 +21,15 @@ type Lease struct {
 	PublicIP netip.Addr
 	// VtepMAC is the MAC address of the host's VXLAN device.
 	VtepMAC MAC
+	// IPv6Subnet is the host's IPv6 part of the overlay, e.g.
+	// fd00:10:0:30::/64; invalid when the key has no IPv6 part.
+	IPv6Subnet netip.Prefix
+	// PublicIPv6 is the IPv6 underlay address VXLAN packets for IPv6Subnet
+	// go to; invalid when the value's PublicIPv6 is null.
+	PublicIPv6 netip.Addr
+	// VtepMACv6 is the MAC address of the host's IPv6 VXLAN device
+	// (BackendV6Data.VtepMAC).
+	VtepMACv6 MAC
 	// VNI is the VNI the host publishes in its BackendData.
 	VNI int
 	// CreateRevision and ModRevision are etcd's revisions of the key. The
@@ -30,15 +39,48 @@ type Lease struct {
 	EtcdLease int64
 }
 
+// Part is one family's part of a lease: where packets for Subnet go.
+type Part struct {
+	Subnet   netip.Prefix
+	PublicIP netip.Addr // the underlay address
+	VtepMAC  MAC
+}
+
+// Gateway is the part's first address, the one flannel and vtepd put on the
+// host's VXLAN device (10.5.48.0 for 10.5.48.0/24, fd00:10:0:30:: for
+// fd00:10:0:30::/64).
+func (p Part) Gateway() netip.Addr { return p.Subnet.Addr() }
+
+// IPv4 returns the lease's IPv4 part, and whether it has one.
+func (l Lease) IPv4() (Part, bool) {
+	return Part{Subnet: l.Subnet, PublicIP: l.PublicIP, VtepMAC: l.VtepMAC}, l.Subnet.IsValid()
+}
+
+// IPv6 returns the lease's IPv6 part, and whether it has one. Its underlay
+// address is PublicIPv6, or PublicIP when PublicIPv6 is null: an IPv6
+// overlay over an IPv4 underlay, which vtepd allows and flannel has not.
+func (l Lease) IPv6() (Part, bool) {
+	p := Part{Subnet: l.IPv6Subnet, PublicIP: l.PublicIPv6, VtepMAC: l.VtepMACv6}
+	if !p.PublicIP.IsValid() {
+		p.PublicIP = l.PublicIP
+	}
+	return p, l.IPv6Subnet.IsValid()
+}
+
 // Gateway is the subnet's first address, the one flannel and vtepd put on the
 // host's VXLAN device (10.5.48.0 for 10.5.48.0/24).
 func (l Lease) Gateway() netip.Addr { return l.Subnet.Addr() }
 
-// SameTarget reports whether l and o send packets to the same place: same
-// subnet, VTEP MAC and public IP. Kernel entries made for one are right for
-// the other.
+// SameTarget reports whether l and o send packets to the same place: in
+// each family, same subnet, VTEP MAC and public IP. Kernel entries made for
+// one are right for the other.
 func (l Lease) SameTarget(o Lease) bool {
-	return l.Subnet == o.Subnet && l.VtepMAC == o.VtepMAC && l.PublicIP == o.PublicIP
+	return l.Subnet == o.Subnet && l.VtepMAC == o.VtepMAC && l.PublicIP == o.PublicIP &&
+		l.IPv6Subnet == o.IPv6Subnet && l.VtepMACv6 == o.VtepMACv6 && l.PublicIPv6 == o.PublicIPv6
+}
+
+func (p Part) String() string {
+	return fmt.Sprintf("%s via %s (%s)", p.Subnet, p.PublicIP, p.VtepMAC)
 }
 
 func (l Lease) String() string {
