@@ -30,7 +30,7 @@ func (f *fakeLeases) LookupIP(ip netip.Addr) (store.Lease, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, l := range f.leases {
-		if l.Subnet.Contains(ip) {
+		if l.Subnet.Contains(ip) || l.IPv6Subnet.Contains(ip) {
 			return l, true
 		}
 	}
@@ -41,7 +41,7 @@ func (f *fakeLeases) LookupMAC(mac store.MAC) (store.Lease, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, l := range f.leases {
-		if l.VtepMAC == mac {
+		if l.VtepMAC == mac || l.VtepMACv6 == mac && mac != (store.MAC{}) {
 			return l, true
 		}
 	}
