@@ -292,7 +292,7 @@ func (d *Device) SetAddress(addr netip.Addr) (bool, error) {
 // that this may run at any time without undoing an answer. It reports
 // whether it added anything.
 func (d *Device) EnsureRoutes(src netip.Addr, want []Route) (bool, error) {
-	have, err := listRoutes(d.h, d.Index, d.Name)
+	have, err := listRoutes(d.h, d.Index, d.Name, unix.AF_INET)
 	if err != nil {
 		return false, err
 	}
@@ -305,7 +305,7 @@ func (d *Device) EnsureRoutes(src netip.Addr, want []Route) (bool, error) {
 		if present[r] {
 			continue
 		}
-		if err := d.h.RouteReplace(r.netlink(d.Index, src)); err != nil {
+		if err := d.h.RouteReplace(r.netlink(d.Index, 0, src)); err != nil {
 			return added, fmt.Errorf("fabric: add route %s dev %s: %w", r, d.Name, err)
 		}
 		added = true
@@ -357,15 +357,6 @@ func checkDevice(h *netlink.Handle, index int, name string, addr netip.Addr, rou
 		}
 	}
 	return missing, nil
-}
-
-func prefixOf(n *net.IPNet) (netip.Prefix, bool) {
-	a, ok := netip.AddrFromSlice(n.IP.To4())
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a, ones), true
 }
 
 // IPForwarding reports whether the namespace forwards IPv4; without it,
