@@ -14,7 +14,8 @@ import (
 )
 
 // ErrTableFull marks a write refused because the kernel's neighbour table is
-// full (net.ipv4.neigh.default.gc_thresh3, one table for the whole kernel).
+// full (net.ipv4.neigh.default.gc_thresh3, or net.ipv6.neigh.default's for
+// IPv6: one table per family for the whole kernel).
 // The kernel says ENOBUFS, the same errno as a netlink socket overflow; the
 // two have nothing else in common.
 var ErrTableFull = errors.New("kernel neighbour table full (gc_thresh3)")
@@ -22,15 +23,45 @@ var ErrTableFull = errors.New("kernel neighbour table full (gc_thresh3)")
 // Entries writes the neighbour and FDB entries of one VXLAN device. It owns
 // a long-lived rtnetlink socket: opening one per write costs more than the
 // write (kernel-notes.md). Entries is not safe for concurrent use.
+//
+// A device carries one family, IPv4 unless opened WithIPv6: its neighbour
+// entries and routes are of that family, and Entries refuses an address of
+// the other rather than write an entry its own dumps would never show. FDB
+// destinations are the underlay's family, which may be either.
 type Entries struct {
 	h       *netlink.Handle
 	w       *writer // the miss path's writes
 	ifindex int
 	name    string
+	ipv6    bool
+	// Direct routes (WithDirectRoutes): the underlay device's index, and
+	// the overlay networks whose routes on it are vtepd's.
+	underlay int
+	networks []netip.Prefix
 
 	writes    [numOps]atomic.Uint64
 	errors    [numOps]atomic.Uint64
 	tableFull [numOps]atomic.Uint64
+}
+
+// An EntriesOption tells Entries what it cannot learn from the device's
+// index: the family the device carries, and where its direct routes go.
+type EntriesOption func(*Entries)
+
+// WithIPv6 says whether the device carries IPv6 (flannel-v6.<VNI>): its
+// neighbour entries are AF_INET6 and its routes IPv6 ones.
+func WithIPv6(ipv6 bool) EntriesOption { return func(e *Entries) { e.ipv6 = ipv6 } }
+
+// WithDirectRoutes lets Entries write and list DirectRouting routes
+// (Route.Direct): they go on the underlay device with the given index, and
+// Routes lists, besides the device's own, the underlay's routes of the
+// device's family whose destination lies inside one of networks (the
+// overlay's), so that reconciliation and invalidation see them.
+func WithDirectRoutes(underlayIndex int, networks ...netip.Prefix) EntriesOption {
+	return func(e *Entries) {
+		e.underlay = underlayIndex
+		e.networks = append([]netip.Prefix(nil), networks...)
+	}
 }
 
 // Op is a kind of kernel write.
@@ -85,14 +116,15 @@ func (e *Entries) count(op Op, err error) error {
 	return err
 }
 
-// Neighbour is an IPv4 neighbour entry on the device.
+// Neighbour is a neighbour entry on the device: IPv4 (ARP) or IPv6 (NDP).
 type Neighbour struct {
 	IP    netip.Addr
 	MAC   net.HardwareAddr
 	State int // NUD_* state
 }
 
-// FDBEntry is a unicast VXLAN forwarding entry: frames for MAC go to Dst.
+// FDBEntry is a unicast VXLAN forwarding entry: frames for MAC go to Dst,
+// an address of the underlay's family (IPv4 or IPv6).
 type FDBEntry struct {
 	MAC   net.HardwareAddr
 	Dst   netip.Addr
@@ -106,12 +138,21 @@ type FDBEntry struct {
 
 // OpenEntries opens a writer for the device with the given index in the
 // calling thread's network namespace.
-func OpenEntries(ifindex int, name string) (*Entries, error) {
-	return OpenEntriesAt(netns.None(), ifindex, name)
+func OpenEntries(ifindex int, name string, opts ...EntriesOption) (*Entries, error) {
+	return OpenEntriesAt(netns.None(), ifindex, name, opts...)
 }
 
 // OpenEntriesAt opens a writer for a device in network namespace ns.
-func OpenEntriesAt(ns netns.NsHandle, ifindex int, name string) (*Entries, error) {
+func OpenEntriesAt(ns netns.NsHandle, ifindex int, name string, opts ...EntriesOption) (*Entries, error) {
+	e := &Entries{ifindex: ifindex, name: name}
+	for _, o := range opts {
+		o(e)
+	}
+	for _, n := range e.networks {
+		if !n.IsValid() {
+			return nil, fmt.Errorf("fabric: direct routes of %s: invalid overlay network", name)
+		}
+	}
 	h, err := openHandle(ns)
 	if err != nil {
 		return nil, err
@@ -121,8 +162,12 @@ func OpenEntriesAt(ns netns.NsHandle, ifindex int, name string) (*Entries, error
 		h.Close()
 		return nil, err
 	}
-	return &Entries{h: h, w: w, ifindex: ifindex, name: name}, nil
+	e.h, e.w = h, w
+	return e, nil
 }
+
+// IPv6 reports whether the device carries IPv6 (WithIPv6).
+func (e *Entries) IPv6() bool { return e.ipv6 }
 
 // Close releases the sockets.
 func (e *Entries) Close() error {
@@ -147,20 +192,36 @@ func (e *Entries) SetNeighs(writes []NeighWrite) (ok int, err error) {
 	var errs []error
 	for start := 0; start < len(writes); start += maxBatch {
 		batch := writes[start:min(start+maxBatch, len(writes))]
-		for _, nw := range batch {
-			e.w.neigh(nw.IP, nw.MAC, nw.Permanent)
+		// sent[j] is the index in batch of the j-th message queued: a
+		// write of the wrong family is refused here, not sent.
+		var sent [maxBatch]uint8
+		n := 0
+		for i, nw := range batch {
+			ip, verr := e.neighAddr(nw.IP)
+			if verr != nil {
+				e.writes[OpSetNeigh].Add(1)
+				e.errors[OpSetNeigh].Add(1)
+				errs = append(errs, e.invalid(verr, "set neighbour %s→%s", nw.IP, macString(nw.MAC)))
+				continue
+			}
+			e.w.neigh(ip, nw.MAC, nw.Permanent)
+			sent[n] = uint8(i)
+			n++
 		}
-		err := e.w.flush()
-		e.writes[OpSetNeigh].Add(uint64(len(batch)))
-		if err != nil {
-			e.errors[OpSetNeigh].Add(uint64(len(batch)))
-			errs = append(errs, e.wrap(err, "set %d neighbours", len(batch)))
+		if n == 0 {
 			continue
 		}
-		ok += len(batch) - len(e.w.failed)
+		err := e.w.flush()
+		e.writes[OpSetNeigh].Add(uint64(n))
+		if err != nil {
+			e.errors[OpSetNeigh].Add(uint64(n))
+			errs = append(errs, e.wrap(err, "set %d neighbours", n))
+			continue
+		}
+		ok += n - len(e.w.failed)
 		e.errors[OpSetNeigh].Add(uint64(len(e.w.failed)))
 		for _, f := range e.w.failed {
-			nw := batch[f.i]
+			nw := batch[sent[f.i]]
 			errs = append(errs, e.wrap(f.errno, "set neighbour %s→%s", nw.IP, macString(nw.MAC)))
 		}
 	}
@@ -190,15 +251,61 @@ func (e *Entries) flushOne() error {
 // was written, not used, so a REACHABLE entry expires under steady traffic
 // and costs a dropped packet each time. vtepd removes entries itself when
 // their lease goes.
+//
+// dst is the peer's underlay address, IPv4 or IPv6: the device's underlay
+// family, whatever the overlay's (the kernel refuses the other with
+// EAFNOSUPPORT).
 func (e *Entries) SetFDB(mac [6]byte, dst netip.Addr) error {
-	if !dst.Is4() {
-		return e.count(OpSetFDB, fmt.Errorf("fabric: set fdb %s→%s on %s: not an IPv4 address", macString(mac), dst, e.name))
+	dst, err := fdbAddr(dst)
+	if err != nil {
+		return e.count(OpSetFDB, e.invalid(err, "set fdb %s→%s", macString(mac), dst))
 	}
 	e.w.fdb(mac, dst)
 	if err := e.flushOne(); err != nil {
 		return e.count(OpSetFDB, e.wrap(err, "set fdb %s→%s", macString(mac), dst))
 	}
 	return e.count(OpSetFDB, nil)
+}
+
+// SetFDBAndNeigh is SetFDB(mac, dst) and then SetNeigh(ip, mac, permanent)
+// in one datagram, one system call each way instead of two: the answer to
+// an L3 miss. The kernel applies the FDB entry first, so the packets the
+// kernel queued on ip's entry, released by the neighbour write, find it in
+// place. Each write's failure is its own error. The two are not a
+// transaction: a neighbour write goes in even when the FDB write before it
+// failed (the first packet is then lost to the missing FDB entry, and the
+// kernel says so with an L2 miss); if either address is invalid, neither
+// is written.
+func (e *Entries) SetFDBAndNeigh(mac [6]byte, dst, ip netip.Addr, permanent bool) (fdbErr, neighErr error) {
+	dst, fdbErr = fdbAddr(dst)
+	ip, neighErr = e.neighAddr(ip)
+	if fdbErr != nil || neighErr != nil {
+		if fdbErr != nil {
+			fdbErr = e.invalid(fdbErr, "set fdb %s→%s", macString(mac), dst)
+		} else {
+			fdbErr = fmt.Errorf("fabric: set fdb %s→%s on %s: not sent, as the neighbour entry of the pair is invalid", macString(mac), dst, e.name)
+		}
+		if neighErr != nil {
+			neighErr = e.invalid(neighErr, "set neighbour %s→%s", ip, macString(mac))
+		} else {
+			neighErr = fmt.Errorf("fabric: set neighbour %s→%s on %s: not sent, as the FDB entry of the pair is invalid", ip, macString(mac), e.name)
+		}
+		return e.count(OpSetFDB, fdbErr), e.count(OpSetNeigh, neighErr)
+	}
+	e.w.fdb(mac, dst)
+	e.w.neigh(ip, mac, permanent)
+	if err := e.w.flush(); err != nil {
+		return e.count(OpSetFDB, e.wrap(err, "set fdb %s→%s", macString(mac), dst)),
+			e.count(OpSetNeigh, e.wrap(err, "set neighbour %s→%s", ip, macString(mac)))
+	}
+	for _, f := range e.w.failed {
+		if f.i == 0 {
+			fdbErr = e.wrap(f.errno, "set fdb %s→%s", macString(mac), dst)
+		} else {
+			neighErr = e.wrap(f.errno, "set neighbour %s→%s", ip, macString(mac))
+		}
+	}
+	return e.count(OpSetFDB, fdbErr), e.count(OpSetNeigh, neighErr)
 }
 
 // DelFDB removes the entry for mac towards dst. Removing an entry that is
@@ -220,8 +327,9 @@ func (e *Entries) DelFDB(mac net.HardwareAddr, dst netip.Addr) error {
 // removes it. A REACHABLE one ages to STALE and, used again, is
 // re-confirmed by a PROBE miss; the kernel collects it when idle.
 func (e *Entries) SetNeigh(ip netip.Addr, mac [6]byte, permanent bool) error {
-	if !ip.Is4() {
-		return e.count(OpSetNeigh, fmt.Errorf("fabric: set neighbour %s→%s on %s: not an IPv4 address", ip, macString(mac), e.name))
+	ip, err := e.neighAddr(ip)
+	if err != nil {
+		return e.count(OpSetNeigh, e.invalid(err, "set neighbour %s→%s", ip, macString(mac)))
 	}
 	e.w.neigh(ip, mac, permanent)
 	if err := e.flushOne(); err != nil {
@@ -233,25 +341,31 @@ func (e *Entries) SetNeigh(ip netip.Addr, mac [6]byte, permanent bool) error {
 // DelNeigh removes the neighbour entry for ip. Removing an entry that is not
 // there is not an error.
 func (e *Entries) DelNeigh(ip netip.Addr) error {
-	n := &netlink.Neigh{LinkIndex: e.ifindex, Family: unix.AF_INET, IP: ip.AsSlice()}
+	ip, err := e.neighAddr(ip)
+	if err != nil {
+		return e.count(OpDelNeigh, e.invalid(err, "delete neighbour %s", ip))
+	}
+	n := &netlink.Neigh{LinkIndex: e.ifindex, Family: e.family(), IP: ip.AsSlice()}
 	if err := e.h.NeighDel(n); err != nil && !errors.Is(err, unix.ENOENT) {
 		return e.count(OpDelNeigh, e.wrap(err, "delete neighbour %s", ip))
 	}
 	return e.count(OpDelNeigh, nil)
 }
 
-// Neighbours lists the device's IPv4 neighbour entries.
+// Neighbours lists the device's neighbour entries of its family (IPv4, or
+// IPv6 for a device opened WithIPv6). The kernel's own IPv6 multicast
+// entries (ff02::…, NOARP, on every IPv6-capable device) are left out.
 func (e *Entries) Neighbours() ([]Neighbour, error) {
-	out, err := listNeighbours(e.h, e.ifindex)
+	out, err := listNeighbours(e.h, e.ifindex, e.family())
 	if err != nil {
 		return nil, e.wrap(err, "dump")
 	}
 	return out, nil
 }
 
-// FDB lists the device's unicast forwarding entries that have a destination.
-// The device's own multicast addresses, which the kernel lists too, are left
-// out.
+// FDB lists the device's unicast forwarding entries that have a destination
+// (IPv4 or IPv6). The device's own multicast addresses, which the kernel
+// lists too, are left out.
 func (e *Entries) FDB() ([]FDBEntry, error) {
 	out, err := listFDB(e.h, e.ifindex)
 	if err != nil {
@@ -266,9 +380,50 @@ func (e *Entries) fdb(mac net.HardwareAddr, dst netip.Addr) *netlink.Neigh {
 		Family:       unix.AF_BRIDGE,
 		State:        netlink.NUD_PERMANENT,
 		Flags:        netlink.NTF_SELF,
-		IP:           dst.AsSlice(),
+		IP:           dst.Unmap().AsSlice(),
 		HardwareAddr: mac,
 	}
+}
+
+// family is the device's neighbour family.
+func (e *Entries) family() int {
+	if e.ipv6 {
+		return unix.AF_INET6
+	}
+	return unix.AF_INET
+}
+
+// Why an address is not written. Static errors: the checks run on the miss
+// path, and must not allocate when they pass.
+var (
+	errNotIPv4    = errors.New("not an IPv4 address (the device carries IPv4)")
+	errNotIPv6    = errors.New("not an IPv6 address (the device carries IPv6; an IPv4 overlay's device is opened without fabric.WithIPv6)")
+	errInvalidDst = errors.New("not an IPv4 or IPv6 address")
+)
+
+// neighAddr checks that ip is of the device's family, and unmaps it.
+func (e *Entries) neighAddr(ip netip.Addr) (netip.Addr, error) {
+	ip = ip.Unmap()
+	switch {
+	case e.ipv6 && !ip.Is6():
+		return ip, errNotIPv6
+	case !e.ipv6 && !ip.Is4():
+		return ip, errNotIPv4
+	}
+	return ip, nil
+}
+
+// fdbAddr checks that dst is an address, and unmaps it.
+func fdbAddr(dst netip.Addr) (netip.Addr, error) {
+	if !dst.IsValid() {
+		return dst, errInvalidDst
+	}
+	return dst.Unmap(), nil
+}
+
+// invalid is the error of a write refused before it was sent.
+func (e *Entries) invalid(err error, format string, args ...any) error {
+	return fmt.Errorf("fabric: %s on %s: %w", fmt.Sprintf(format, args...), e.name, err)
 }
 
 func (e *Entries) wrap(err error, format string, args ...any) error {

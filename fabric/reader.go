@@ -76,10 +76,13 @@ func (r *Reader) Link(ifindex int) (Link, error) {
 	return Link{Name: a.Name, Index: a.Index, MAC: a.HardwareAddr, MTU: a.MTU, Up: a.Flags&net.FlagUp != 0, VXLAN: vxlan}, nil
 }
 
-// Neighbours lists the IPv4 neighbour entries of the device with the given
-// index.
+// Neighbours lists the neighbour entries of the device with the given
+// index, of both families: IPv4 ones first, then IPv6 ones, the kernel's
+// own IPv6 multicast entries (ff02::…, NOARP) left out. A reader looks at
+// any device, and needs not know which family it carries; what an entry is
+// for is the caller's to judge (an overlay address or not).
 func (r *Reader) Neighbours(ifindex int) ([]Neighbour, error) {
-	out, err := listNeighbours(r.h, ifindex)
+	out, err := listNeighbours(r.h, ifindex, unix.AF_UNSPEC)
 	if err != nil {
 		return nil, fmt.Errorf("fabric: ifindex %d: %w", ifindex, err)
 	}
@@ -96,15 +99,22 @@ func (r *Reader) FDB(ifindex int) ([]FDBEntry, error) {
 	return out, nil
 }
 
-// Routes lists the IPv4 routes of the device with the given index in the
-// main table, the kernel's own left out.
+// Routes lists the routes, IPv4 and IPv6, of the device with the given
+// index in the main table, the kernel's own left out.
 func (r *Reader) Routes(ifindex int, name string) ([]Route, error) {
-	return listRoutes(r.h, ifindex, name)
+	return listRoutes(r.h, ifindex, name, unix.AF_UNSPEC)
+}
+
+// DirectRoutes lists the DirectRouting routes (Route.Direct) on the
+// underlay device with the given index: its routes, IPv4 and IPv6, whose
+// destination lies inside one of networks.
+func (r *Reader) DirectRoutes(underlayIndex int, networks ...netip.Prefix) ([]Route, error) {
+	return listDirectRoutes(r.h, underlayIndex, unix.AF_UNSPEC, networks)
 }
 
 // CheckDevice says what is missing for the device with the given index to
-// carry the overlay: it must exist and be up, hold addr, and have a route
-// for each of routes.
+// carry the overlay: it must exist and be up, hold addr (an IPv4 /32 or an
+// IPv6 /128, by addr's family), and have a route for each of routes.
 func (r *Reader) CheckDevice(index int, name string, addr netip.Addr, routes []netip.Prefix) ([]string, error) {
 	return checkDevice(r.h, index, name, addr, routes)
 }
@@ -115,15 +125,34 @@ func (r *Reader) FindUnderlay(spec UnderlaySpec) (Underlay, error) {
 	return findUnderlayWith(r.h, spec)
 }
 
-func listNeighbours(h *netlink.Handle, ifindex int) ([]Neighbour, error) {
-	list, err := listRetrying(func() ([]netlink.Neigh, error) { return h.NeighList(ifindex, unix.AF_INET) })
+// listNeighbours dumps a device's neighbour entries of family (AF_INET,
+// AF_INET6, or AF_UNSPEC for both, IPv4 first).
+func listNeighbours(h *netlink.Handle, ifindex, family int) ([]Neighbour, error) {
+	if family == unix.AF_UNSPEC {
+		v4, err := listNeighbours(h, ifindex, unix.AF_INET)
+		if err != nil {
+			return nil, err
+		}
+		v6, err := listNeighbours(h, ifindex, unix.AF_INET6)
+		return append(v4, v6...), err
+	}
+	list, err := listRetrying(func() ([]netlink.Neigh, error) { return h.NeighList(ifindex, family) })
 	if err != nil {
 		return nil, fmt.Errorf("list neighbours: %w", err)
 	}
 	out := make([]Neighbour, 0, len(list))
 	for _, n := range list {
-		ip, ok := netip.AddrFromSlice(n.IP.To4())
+		ip, ok := netip.AddrFromSlice(n.IP)
 		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		if family == unix.AF_INET && !ip.Is4() || family == unix.AF_INET6 && !ip.Is6() {
+			continue
+		}
+		// Every IPv6-capable device maps the multicast groups it joins
+		// (all-routers, MLD, solicited-node) to NOARP entries of its own.
+		if ip.Is6() && ip.IsMulticast() && n.State&unix.NUD_NOARP != 0 {
 			continue
 		}
 		out = append(out, Neighbour{IP: ip, MAC: n.HardwareAddr, State: n.State})
@@ -138,11 +167,11 @@ func listFDB(h *netlink.Handle, ifindex int) ([]FDBEntry, error) {
 	}
 	out := make([]FDBEntry, 0, len(list))
 	for _, n := range list {
-		dst, ok := netip.AddrFromSlice(n.IP.To4())
+		dst, ok := netip.AddrFromSlice(n.IP)
 		if !ok || len(n.HardwareAddr) != 6 || n.HardwareAddr[0]&1 != 0 {
 			continue
 		}
-		out = append(out, FDBEntry{MAC: n.HardwareAddr, Dst: dst, State: n.State, Unused: clockTicks(n.Used)})
+		out = append(out, FDBEntry{MAC: n.HardwareAddr, Dst: dst.Unmap(), State: n.State, Unused: clockTicks(n.Used)})
 	}
 	return out, nil
 }

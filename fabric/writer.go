@@ -21,13 +21,21 @@ import (
 //
 // Several writes can go in one datagram: only the last asks for an
 // acknowledgement, and the kernel reports a failed one by itself, so a batch
-// costs one sendto and one recvfrom however long it is.
+// costs one sendto and one recvfrom however long it is. The kernel handles
+// the messages of a datagram one after another, in order, each on its own:
+// an FDB entry queued before a neighbour entry is in place when the
+// neighbour's queued packets are sent.
+//
+// Addresses are IPv4 or IPv6 (NDA_DST of 4 or 16 bytes): a neighbour entry
+// is AF_INET or AF_INET6 by its address, an FDB entry's destination is the
+// underlay's family, whatever the overlay's.
 type writer struct {
 	fd      int
 	ifindex int
 	seq     uint32
 	buf     []byte
 	n       int // messages in buf, numbered w.seq-n+1 to w.seq
+	last    int // offset of the last message in buf
 	ack     []byte
 	// failed lists the writes of the last flush the kernel refused.
 	failed []failure
@@ -39,14 +47,15 @@ type failure struct {
 	errno syscall.Errno
 }
 
-// maxBatch bounds a batch: 128 messages of 48 bytes is 6 KiB, well within a
-// socket's send buffer.
+// maxBatch bounds a batch: 128 messages of at most 60 bytes is 7.5 KiB,
+// well within a socket's send buffer.
 const maxBatch = 128
 
-// Sizes of the two messages: netlink header, ndmsg, two attributes.
+// Sizes of a message: netlink header, ndmsg, two attributes.
 const (
-	sizeofNdmsg  = 12
-	sizeofNeighW = unix.NLMSG_HDRLEN + sizeofNdmsg + 8 + 12 // NDA_DST(4), NDA_LLADDR(6, padded)
+	sizeofNdmsg   = 12
+	sizeofNeighW  = unix.NLMSG_HDRLEN + sizeofNdmsg + 8 + 12  // NDA_DST(4), NDA_LLADDR(6, padded)
+	sizeofNeigh6W = unix.NLMSG_HDRLEN + sizeofNdmsg + 20 + 12 // NDA_DST(16), NDA_LLADDR(6, padded)
 )
 
 // newWriter opens a writer's socket in ns (netns.None(): the calling
@@ -69,7 +78,7 @@ func newWriter(ns netns.NsHandle, ifindex int) (*writer, error) {
 	}
 	return &writer{
 		fd: fd, ifindex: ifindex,
-		buf:    make([]byte, 0, maxBatch*sizeofNeighW),
+		buf:    make([]byte, 0, maxBatch*sizeofNeigh6W),
 		ack:    make([]byte, 64<<10),
 		failed: make([]failure, 0, maxBatch),
 	}, nil
@@ -114,13 +123,17 @@ func socketIn(ns netns.NsHandle) (int, error) {
 func (w *writer) close() error { return unix.Close(w.fd) }
 
 // neigh queues "ip lladdr mac nud permanent" (or "nud reachable") on the
-// device.
+// device, AF_INET or AF_INET6 by ip's family. ip is valid and unmapped.
 func (w *writer) neigh(ip netip.Addr, mac [6]byte, permanent bool) {
 	state := uint16(unix.NUD_REACHABLE)
 	if permanent {
 		state = unix.NUD_PERMANENT
 	}
-	w.put(unix.AF_INET, state, 0, ip, mac)
+	family := uint8(unix.AF_INET)
+	if ip.Is6() {
+		family = unix.AF_INET6
+	}
+	w.put(family, state, 0, ip, mac)
 }
 
 // fdb queues "mac dst dst self permanent" on the device.
@@ -128,16 +141,21 @@ func (w *writer) fdb(mac [6]byte, dst netip.Addr) {
 	w.put(unix.AF_BRIDGE, unix.NUD_PERMANENT, unix.NTF_SELF, dst, mac)
 }
 
-// put appends one RTM_NEWNEIGH (create or replace) to the batch: IPv4 dst,
-// lladdr mac.
+// put appends one RTM_NEWNEIGH (create or replace) to the batch: dst (4 or
+// 16 bytes by its family; valid and unmapped), lladdr mac.
 func (w *writer) put(family uint8, state uint16, flags uint8, dst netip.Addr, mac [6]byte) {
+	size, alen := sizeofNeighW, 4
+	if dst.Is6() {
+		size, alen = sizeofNeigh6W, 16
+	}
 	w.seq++
 	off := len(w.buf)
-	w.buf = w.buf[:off+sizeofNeighW]
+	w.buf = w.buf[:off+size]
+	w.last = off
 	b := w.buf[off:]
 	clear(b)
 	ne := binary.NativeEndian
-	ne.PutUint32(b[0:], sizeofNeighW)
+	ne.PutUint32(b[0:], uint32(size))
 	ne.PutUint16(b[4:], unix.RTM_NEWNEIGH)
 	ne.PutUint16(b[6:], unix.NLM_F_REQUEST|unix.NLM_F_CREATE|unix.NLM_F_REPLACE)
 	ne.PutUint32(b[8:], w.seq)
@@ -145,13 +163,19 @@ func (w *writer) put(family uint8, state uint16, flags uint8, dst netip.Addr, ma
 	ne.PutUint32(b[20:], uint32(w.ifindex))
 	ne.PutUint16(b[24:], state)
 	b[26] = flags
-	ne.PutUint16(b[28:], 8)
+	ne.PutUint16(b[28:], uint16(4+alen))
 	ne.PutUint16(b[30:], unix.NDA_DST)
-	a := dst.As4()
-	copy(b[32:36], a[:])
-	ne.PutUint16(b[36:], 10)
-	ne.PutUint16(b[38:], unix.NDA_LLADDR)
-	copy(b[40:46], mac[:])
+	if alen == 4 {
+		a := dst.As4()
+		copy(b[32:36], a[:])
+	} else {
+		a := dst.As16()
+		copy(b[32:48], a[:])
+	}
+	ll := b[32+alen:]
+	ne.PutUint16(ll[0:], 10)
+	ne.PutUint16(ll[2:], unix.NDA_LLADDR)
+	copy(ll[4:10], mac[:])
 	w.n++
 }
 
@@ -168,7 +192,7 @@ func (w *writer) flush() error {
 	}()
 	// Only the last write asks for an ack: the kernel reports errors of
 	// the others unasked, in order, before it.
-	last := w.buf[len(w.buf)-sizeofNeighW:]
+	last := w.buf[w.last:]
 	binary.NativeEndian.PutUint16(last[6:], binary.NativeEndian.Uint16(last[6:])|unix.NLM_F_ACK)
 	var to unix.RawSockaddrNetlink
 	to.Family = unix.AF_NETLINK
