@@ -138,8 +138,15 @@ func TestHostAnswerMode(t *testing.T) {
 		if err != nil || took > time.Second {
 			t.Errorf("entries gone after %v: %v", took, err)
 		}
-		if k, err := h1.Kernel(device); err != nil || hasRoute(k, hostRoute) {
-			t.Errorf("host route left after the lease went: %v %v", routeStrings(k), err)
+		// The route goes last, after the neighbours and the FDB entry.
+		err = netns.Poll(time.Second, func() error {
+			if k, err := h1.Kernel(device); err != nil || hasRoute(k, hostRoute) {
+				return fmt.Errorf("host route left after the lease went: %v %v", routeStrings(k), err)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Error(err)
 		}
 	})
 }
