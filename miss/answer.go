@@ -1,6 +1,7 @@
 package miss
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"time"
@@ -126,7 +127,7 @@ func (r *Responder) prepare(ip netip.Addr, l store.Part) (writes int, done bool,
 			return writes, false, err
 		}
 	}
-	if r.cfg.Mode == AnswerHost && r.hostRoutes[l.Subnet] != l.Gateway() {
+	if r.needsHostRoute(l) {
 		writes += 2
 		if err := r.installHostRoute(l); err != nil {
 			return writes, false, err
@@ -141,11 +142,29 @@ func (r *Responder) prepare(ip netip.Addr, l store.Part) (writes int, done bool,
 // the packet on its entry, and only a write to that entry releases it.
 // Called with r.mu held.
 func (r *Responder) install(ip netip.Addr, l store.Part) (int, error) {
+	if r.fdb[l.VtepMAC] != l.PublicIP && !r.needsHostRoute(l) {
+		// The first answer for a peer: its FDB entry and the address's
+		// neighbour in one datagram, the FDB entry first, half the system
+		// calls of two writes.
+		permanent := r.permanent < r.cfg.NeighbourLimit
+		fdbErr, neighErr := r.kernel.SetFDBAndNeigh(l.VtepMAC, l.PublicIP, ip, permanent)
+		r.noteFDB(l, fdbErr)
+		if neighErr == nil {
+			r.countPermanent(permanent, 1)
+		}
+		return 2, errors.Join(fdbErr, neighErr)
+	}
 	writes, done, err := r.prepare(ip, l)
 	if err != nil || done {
 		return writes, err
 	}
 	return writes + 1, r.setNeigh(ip, l.VtepMAC)
+}
+
+// needsHostRoute says whether answering for l installs its host route
+// first (host mode, not installed yet).
+func (r *Responder) needsHostRoute(l store.Part) bool {
+	return r.cfg.Mode == AnswerHost && r.hostRoutes[l.Subnet] != l.Gateway()
 }
 
 // setNeigh writes ip's neighbour entry: PERMANENT while the device holds
@@ -175,12 +194,19 @@ func (r *Responder) ensureFDB(l store.Part) (wrote bool, err error) {
 	if r.fdb[l.VtepMAC] == l.PublicIP {
 		return false, nil
 	}
-	if err := r.kernel.SetFDB(l.VtepMAC, l.PublicIP); err != nil {
+	err = r.kernel.SetFDB(l.VtepMAC, l.PublicIP)
+	r.noteFDB(l, err)
+	return true, err
+}
+
+// noteFDB records the outcome of writing l's FDB entry: known installed,
+// or not known at all (a failed write may have left anything).
+func (r *Responder) noteFDB(l store.Part, err error) {
+	if err != nil {
 		delete(r.fdb, l.VtepMAC)
-		return true, err
+		return
 	}
 	r.fdb[l.VtepMAC] = l.PublicIP
-	return true, nil
 }
 
 // installHostRoute points l's whole subnet at its first address: the

@@ -498,3 +498,7 @@ func TestNewLeaseAsksForASweep(t *testing.T) {
 		t.Errorf("%d sweeps, want 1: for the new lease only", sweeps)
 	}
 }
+
+func (k *stateKernel) SetFDBAndNeigh(mac [6]byte, dst, ip netip.Addr, permanent bool) (error, error) {
+	return k.SetFDB(mac, dst), k.SetNeigh(ip, mac, permanent)
+}

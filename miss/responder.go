@@ -26,6 +26,9 @@ type Kernel interface {
 	SetFDB(mac [6]byte, dst netip.Addr) error
 	DelFDB(mac net.HardwareAddr, dst netip.Addr) error
 	SetNeigh(ip netip.Addr, mac [6]byte, permanent bool) error
+	// SetFDBAndNeigh is SetFDB and then SetNeigh in one datagram, the
+	// FDB entry first; each failure is its own error.
+	SetFDBAndNeigh(mac [6]byte, dst, ip netip.Addr, permanent bool) (fdbErr, neighErr error)
 	// SetNeighs sets many neighbour entries at once, for sweeps, and
 	// returns how many the kernel took.
 	SetNeighs(writes []fabric.NeighWrite) (int, error)

@@ -357,8 +357,11 @@ func TestAnswerFDBFailure(t *testing.T) {
 	errFull := errors.New("table full")
 	k.fail(errFull, nil)
 
+	// The first answer for a peer sends both writes in one datagram, and
+	// the kernel applies the neighbour even though the FDB entry failed
+	// (fabric.Entries.SetFDBAndNeigh): the outcome is a failure all the same.
 	res := r.Answer(l3Miss("10.5.2.5"))
-	check(t, k, res, Failed, fdbWrite(remoteMAC, "192.0.2.2")) // and no SetNeigh
+	check(t, k, res, Failed, fdbWrite(remoteMAC, "192.0.2.2"), neighWrite("10.5.2.5", remoteMAC))
 	if !errors.Is(res.Err, errFull) {
 		t.Errorf("Result.Err = %v, want %v", res.Err, errFull)
 	}
@@ -650,3 +653,9 @@ func v4(l store.Lease) store.Part {
 	p, _ := l.IPv4()
 	return p
 }
+
+func (k *fakeKernel) SetFDBAndNeigh(mac [6]byte, dst, ip netip.Addr, permanent bool) (error, error) {
+	return k.SetFDB(mac, dst), k.SetNeigh(ip, mac, permanent)
+}
+
+func (*nopKernel) SetFDBAndNeigh([6]byte, netip.Addr, netip.Addr, bool) (error, error) { return nil, nil }
