@@ -127,6 +127,15 @@ func (r *Responder) prepare(ip netip.Addr, l store.Part) (writes int, done bool,
 			return writes, false, err
 		}
 	}
+	if r.needsDirectRoute(l) {
+		// Later packets to the peer take the route; the one the kernel
+		// queued on ip's entry is released by ip's neighbour, below,
+		// through the VXLAN device and the FDB entry just made.
+		writes++
+		if err := r.installDirectRoute(l); err != nil {
+			return writes, false, err
+		}
+	}
 	if r.needsHostRoute(l) {
 		writes += 2
 		if err := r.installHostRoute(l); err != nil {
@@ -142,7 +151,7 @@ func (r *Responder) prepare(ip netip.Addr, l store.Part) (writes int, done bool,
 // the packet on its entry, and only a write to that entry releases it.
 // Called with r.mu held.
 func (r *Responder) install(ip netip.Addr, l store.Part) (int, error) {
-	if r.fdb[l.VtepMAC] != l.PublicIP && !r.needsHostRoute(l) {
+	if r.fdb[l.VtepMAC] != l.PublicIP && !r.needsHostRoute(l) && !r.needsDirectRoute(l) {
 		// The first answer for a peer: its FDB entry and the address's
 		// neighbour in one datagram, the FDB entry first, half the system
 		// calls of two writes.
@@ -162,9 +171,35 @@ func (r *Responder) install(ip netip.Addr, l store.Part) (int, error) {
 }
 
 // needsHostRoute says whether answering for l installs its host route
-// first (host mode, not installed yet).
+// first (host mode, not installed yet). A peer reached directly needs none.
 func (r *Responder) needsHostRoute(l store.Part) bool {
-	return r.cfg.Mode == AnswerHost && r.hostRoutes[l.Subnet] != l.Gateway()
+	return r.cfg.Mode == AnswerHost && r.hostRoutes[l.Subnet] != l.Gateway() && !r.reachedDirectly(l)
+}
+
+// reachedDirectly says whether l's peer is reached without VXLAN
+// (ResponderConfig.Direct).
+func (r *Responder) reachedDirectly(l store.Part) bool {
+	return r.cfg.Direct != nil && r.cfg.Direct(l.PublicIP)
+}
+
+// needsDirectRoute says whether answering for l installs its direct route
+// (not installed yet).
+func (r *Responder) needsDirectRoute(l store.Part) bool {
+	return r.reachedDirectly(l) && r.directRoutes[l.Subnet] != l.PublicIP
+}
+
+// installDirectRoute routes l's subnet via its public IP on the underlay.
+// Called with r.mu held.
+func (r *Responder) installDirectRoute(l store.Part) error {
+	if err := r.kernel.SetRoute(directRoute(l), r.cfg.Gateway); err != nil {
+		return err
+	}
+	r.directRoutes[l.Subnet] = l.PublicIP
+	return nil
+}
+
+func directRoute(l store.Part) fabric.Route {
+	return fabric.Route{Dst: l.Subnet, Via: l.PublicIP, Direct: true}
 }
 
 // setNeigh writes ip's neighbour entry: PERMANENT while the device holds

@@ -50,7 +50,7 @@ func (r *Responder) ExpireIdle(idle time.Duration) (Expired, error) {
 		if !ok || l.PublicIP != f.Dst {
 			continue // the lease is gone or changed: ApplyChange's business
 		}
-		n, err := r.repoint(l, nil)
+		n, err := r.repoint(l, nil, true)
 		if err != nil {
 			errs = append(errs, err)
 		}

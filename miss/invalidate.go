@@ -55,7 +55,7 @@ func (r *Responder) ApplyChange(c store.Change) {
 	if hasNew && newPart.Subnet == old.Subnet {
 		next = &newPart
 	}
-	n, err := r.repoint(old, next)
+	n, err := r.repoint(old, next, false)
 	if err != nil {
 		r.log.Warn("cleaning up entries of a changed lease failed", zap.Stringer("lease", old.Subnet), zap.Error(err))
 	}
@@ -70,9 +70,11 @@ func (r *Responder) ApplyChange(c store.Change) {
 }
 
 // repoint moves every entry pointing at old's VTEP to next's, or deletes it
-// when next is nil. It returns the number of entries changed. Called with
-// r.mu held.
-func (r *Responder) repoint(old store.Part, next *store.Part) (int, error) {
+// when next is nil. keepDirect leaves a direct route in place (an idle
+// peer's: direct traffic leaves no trace in the FDB entry's used time, so
+// it is no sign of idleness). It returns the number of entries changed.
+// Called with r.mu held.
+func (r *Responder) repoint(old store.Part, next *store.Part, keepDirect bool) (int, error) {
 	neighbours, err := r.kernel.Neighbours()
 	if err != nil {
 		return 0, err
@@ -133,23 +135,41 @@ func (r *Responder) repoint(old store.Part, next *store.Part) (int, error) {
 		}
 		changed++
 	}
-	if next == nil {
+	if next == nil || next.PublicIP != old.PublicIP {
 		// The host route goes with the lease (the gateway stays the same
-		// for a changed one: the subnet's first address).
+		// for a changed one: the subnet's first address); a direct route
+		// goes with it too, or follows a new public IP if DirectRouting
+		// still reaches it.
 		routes, err := r.kernel.Routes()
 		if err != nil {
 			errs = append(errs, err)
 		}
 		for _, rt := range routes {
-			if rt.Dst == old.Subnet && rt.Via.IsValid() {
-				if err := r.kernel.DelRoute(rt); err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				changed++
+			if rt.Dst != old.Subnet || !rt.Via.IsValid() {
+				continue
 			}
+			switch {
+			case rt.Direct && keepDirect:
+				continue
+			case rt.Direct && next != nil && r.reachedDirectly(*next):
+				err = r.installDirectRoute(*next)
+			case rt.Direct:
+				delete(r.directRoutes, old.Subnet)
+				err = r.kernel.DelRoute(rt)
+			case next != nil:
+				continue // the host route's gateway stays the subnet's first address
+			default:
+				err = r.kernel.DelRoute(rt)
+			}
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			changed++
 		}
-		delete(r.hostRoutes, old.Subnet)
+		if next == nil {
+			delete(r.hostRoutes, old.Subnet)
+		}
 	}
 	if next == nil || next.VtepMAC != old.VtepMAC {
 		delete(r.fdb, old.VtepMAC)

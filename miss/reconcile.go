@@ -41,6 +41,7 @@ func (r *Responder) Reconcile() (Reconciled, error) {
 	defer r.mu.Unlock()
 	clear(r.fdb)
 	clear(r.hostRoutes)
+	clear(r.directRoutes)
 	r.permanent = 0 // counted again below, entry by entry
 	r.reconciled = true
 	var res Reconciled
@@ -137,6 +138,14 @@ func (r *Responder) judgeRoute(rt fabric.Route) (verdict, store.Part) {
 	if rt == r.overlayRoute() {
 		return keep, store.Part{}
 	}
+	if rt.Direct {
+		// Kept while DirectRouting still reaches that lease's peer there
+		// (a flanneld with DirectRouting left the same route).
+		if l, ok := r.remoteLease(rt.Dst.Addr()); ok && rt.Dst == l.Subnet && rt.Via == l.PublicIP && r.reachedDirectly(l) {
+			return keep, l
+		}
+		return remove, store.Part{}
+	}
 	if l, ok := r.remoteLease(rt.Via); ok && r.cfg.Mode == AnswerHost && rt.Dst == l.Subnet && rt.Via == l.Gateway() {
 		return keep, l
 	}
@@ -144,7 +153,10 @@ func (r *Responder) judgeRoute(rt fabric.Route) (verdict, store.Part) {
 }
 
 func (r *Responder) applyRoute(rt fabric.Route, _ verdict, _ store.Part) error {
-	if rt.Via.IsValid() {
+	switch {
+	case rt.Direct:
+		r.directRoutes[rt.Dst] = rt.Via
+	case rt.Via.IsValid():
 		r.hostRoutes[rt.Dst] = rt.Via
 	}
 	return nil

@@ -32,6 +32,12 @@ func newStateKernel() *stateKernel {
 }
 
 func (k *stateKernel) SetRoute(r fabric.Route, src netip.Addr) error {
+	// Replace, as RouteReplace does: one route per destination.
+	for have := range k.routes {
+		if have.Dst == r.Dst {
+			delete(k.routes, have)
+		}
+	}
 	k.routes[r] = true
 	k.ops = append(k.ops, "set-route "+r.String())
 	return nil

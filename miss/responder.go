@@ -147,6 +147,15 @@ type ResponderConfig struct {
 	// when a lease appears: a peer may have sent to the new host before its
 	// lease was known, and the kernel asks again only a second later.
 	Sweep func()
+	// Direct, if set, says whether a peer's public IP is reached without
+	// VXLAN (flannel's DirectRouting: on the same subnet as this host's
+	// underlay address). A peer it says yes to gets, on its first miss, a
+	// route for its subnet via its public IP on the underlay (fabric's
+	// Direct route): later packets go there unencapsulated, as flanneld
+	// with DirectRouting sends them. The first packet, queued on the
+	// neighbour entry the miss is about, still goes through the VXLAN
+	// device, which every host has.
+	Direct func(publicIP netip.Addr) bool
 	// NeighbourLimit is how many PERMANENT neighbour entries the responder
 	// keeps on the device (0: DefaultNeighbourLimit). Answers are PERMANENT,
 	// so that established traffic outlives any absence of vtepd; such
@@ -177,6 +186,9 @@ type Responder struct {
 	fdb map[store.MAC]netip.Addr
 	// hostRoutes is the host routes installed (AnswerHost): subnet -> via.
 	hostRoutes map[netip.Prefix]netip.Addr
+	// directRoutes is the direct routes installed (Direct): subnet -> the
+	// peer's public IP.
+	directRoutes map[netip.Prefix]netip.Addr
 	// reconciled is set once Reconcile has run: before, the table is
 	// loading and a new lease is no reason to sweep.
 	reconciled bool
@@ -196,7 +208,8 @@ func NewResponder(cfg ResponderConfig, leases Leases, kernel Kernel, log *zap.Lo
 		cfg.NeighbourLimit = DefaultNeighbourLimit
 	}
 	return &Responder{cfg: cfg, ipv6: cfg.Network.Addr().Is6(), leases: leases, kernel: kernel, log: log,
-		fdb: make(map[store.MAC]netip.Addr), hostRoutes: make(map[netip.Prefix]netip.Addr)}
+		fdb: make(map[store.MAC]netip.Addr), hostRoutes: make(map[netip.Prefix]netip.Addr),
+		directRoutes: make(map[netip.Prefix]netip.Addr)}
 }
 
 // Count returns how many misses of kind ended with outcome.
