@@ -193,7 +193,11 @@ var pingStamp = regexp.MustCompile(`^\[(\d+\.\d+)\] \d+ bytes from`)
 // the new host's device address every 2 ms from before the start; the time
 // runs from the start of the process to the first reply.
 func (b *bench) join() error {
-	o, err := b.newOverlay("vtbjoin", defaultConfig, 2, 0)
+	// Three hosts, a fourth joining late with its container already there
+	// (as Docker's would be, its bridge built from the subnet file of the
+	// run before): the time from its vtepd's start until a container on the
+	// first host has a reply from that container, and until it is ready.
+	o, err := b.newOverlay("vtbjoin", defaultConfig, 3, 0)
 	if err != nil {
 		return err
 	}
@@ -205,34 +209,42 @@ func (b *bench) join() error {
 			target = netip.MustParsePrefix("10.5.78.0/24")
 		}
 	}
-	h3, err := o.lab.AddHost()
+	h4, err := o.lab.AddHost()
 	if err != nil {
 		return err
 	}
-	h3.LogLevel = "info"
+	h4.LogLevel = "info"
 	hint := fmt.Sprintf("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=%s\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
 		netip.PrefixFrom(target.Addr().Next(), target.Bits()))
+	if err := os.WriteFile(h4.SubnetFile, []byte(hint), 0o644); err != nil {
+		return err
+	}
+	c4, err := h4.AddContainer(0)
+	if err != nil {
+		return err
+	}
 	c, err := o.lab.EtcdClient()
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	const runs = 10
 	var joins, readies []time.Duration
-	for run := range 5 {
-		if err := os.WriteFile(h3.SubnetFile, []byte(hint), 0o644); err != nil {
+	for run := range runs {
+		if err := os.WriteFile(h4.SubnetFile, []byte(hint), 0o644); err != nil {
 			return err
 		}
-		pinger, err := h1.Container.StartPing(fmt.Sprintf("h1.join-%d", run), target.Addr(), "-D", "-i", "0.002", "-W", "1", "-c", "2500")
+		pinger, err := h1.Container.StartPing(fmt.Sprintf("h1.join-%d", run), c4.Addr, "-D", "-i", "0.002", "-W", "1", "-c", "2500")
 		if err != nil {
 			return err
 		}
 		time.Sleep(300 * time.Millisecond) // the peer is already sending, as in the scenario
 		t0 := time.Now()
-		p, err := h3.StartVtepdNoWait()
+		p, err := h4.StartVtepdNoWait()
 		if err != nil {
 			return err
 		}
-		if err := h3.WaitReady(p, 20*time.Second); err != nil {
+		if err := h4.WaitReady(p, 20*time.Second); err != nil {
 			return err
 		}
 		if ready := p.Entries("vtepd ready"); len(ready) > 0 {
@@ -249,7 +261,7 @@ func (b *bench) join() error {
 					return nil
 				}
 			}
-			return fmt.Errorf("no reply from the new host yet")
+			return fmt.Errorf("no reply from the new host's container yet")
 		})
 		pinger.Signal(syscall.SIGINT)
 		pinger.Wait(5 * time.Second)
@@ -257,7 +269,8 @@ func (b *bench) join() error {
 			return err
 		}
 		joins = append(joins, first.Sub(t0))
-		// Take the host away again: process, lease, device.
+		// Take the host away again: process, lease, device (its container
+		// and bridge stay, as a Docker host's would).
 		p.Kill()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err = c.Delete(ctx, "/coreos.com/network/subnets/"+strings.ReplaceAll(target.String(), "/", "-"))
@@ -265,14 +278,20 @@ func (b *bench) join() error {
 		if err != nil {
 			return err
 		}
-		h3.Exec("ip", "link", "del", "flannel.1")
+		h4.Exec("ip", "link", "del", "flannel.1")
 		time.Sleep(500 * time.Millisecond) // h1 drops the old entries before the next run
 	}
-	med := percentile(joins, 50)
-	b.add(row{Metric: fmt.Sprintf("join: new host reachable after its vtepd starts (median of %d)", len(joins)), Target: "<= 0.05 s", Measured: fmt.Sprintf("%.3f s", med.Seconds()), Met: met(med <= 50*time.Millisecond), Command: "make bench (join)"})
-	b.add(row{Metric: "join: vtepd start to ready (median)", Measured: fmt.Sprintf("%.3f s", percentile(readies, 50).Seconds()), Command: "make bench (join)"})
+	med, ready := percentile(joins, 50), percentile(readies, 50)
+	b.add(row{Metric: fmt.Sprintf("join: a container behind a new host answers a ping, after its vtepd starts (median of %d)", len(joins)),
+		Target: "<= 0.10 s", Measured: fmt.Sprintf("%.3f s (min %.3f, max %.3f)", med.Seconds(), percentile(joins, 0).Seconds(), percentile(joins, 100).Seconds()),
+		Met: met(med <= 100*time.Millisecond), Command: "make bench (join)"})
+	b.add(row{Metric: fmt.Sprintf("join: vtepd start to ready, from exec under ip netns exec (median of %d)", len(readies)),
+		Target: "<= 30 ms", Measured: fmt.Sprintf("%.1f ms (min %.1f, max %.1f)", ms64(ready), ms64(percentile(readies, 0)), ms64(percentile(readies, 100))),
+		Met: met(ready <= 30*time.Millisecond), Command: "make bench (join)"})
 	return nil
 }
+
+func ms64(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // storm: 10,000 fresh destinations in one burst, kernel limits raised.
 func (b *bench) storm() error {
