@@ -1,12 +1,16 @@
 package firewall
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/coreos/go-iptables/iptables"
 )
@@ -80,15 +84,36 @@ func newIPTablesForward(p place, cmd string, network netip.Prefix) (*iptablesFor
 	if err != nil {
 		return nil, fmt.Errorf("firewall: forward rules through %s: %w", path, err)
 	}
-	out, err := exec.Command(path, "--version").Output()
+	mode, err := iptablesMode(path)
 	if err != nil {
-		return nil, fmt.Errorf("firewall: %s --version: %w", path, err)
-	}
-	mode := "legacy"
-	if strings.Contains(string(out), "nf_tables") {
-		mode = "nf_tables"
+		return nil, err
 	}
 	return &iptablesForward{place: p, ipt: ipt, path: path, mode: mode, rules: ipForwardRules(network)}, nil
+}
+
+// iptablesMode tells iptables-nft ("nf_tables") from iptables-legacy
+// ("legacy"). Distributions install both as links to one multi-call
+// program each (xtables-nft-multi, xtables-legacy-multi), so the link's
+// target says which, without running anything: every program run costs
+// milliseconds of a start that must take few. Where the name does not
+// say, iptables --version does.
+func iptablesMode(path string) (string, error) {
+	if target, err := filepath.EvalSymlinks(path); err == nil {
+		switch base := filepath.Base(target); {
+		case strings.Contains(base, "nft"):
+			return "nf_tables", nil
+		case strings.Contains(base, "legacy"):
+			return "legacy", nil
+		}
+	}
+	out, err := exec.Command(path, "--version").Output()
+	if err != nil {
+		return "", fmt.Errorf("firewall: %s --version: %w", path, err)
+	}
+	if strings.Contains(string(out), "nf_tables") {
+		return "nf_tables", nil
+	}
+	return "legacy", nil
 }
 
 func (b *iptablesForward) describe() string {
@@ -108,21 +133,15 @@ type ipLayout struct {
 }
 
 func (b *iptablesForward) read() (ipLayout, error) {
-	chains, err := b.ipt.ListChains(filterTable)
+	chains, err := b.listFilter()
 	if err != nil {
-		return ipLayout{}, fmt.Errorf("firewall: list the filter table's chains: %w", err)
+		return ipLayout{}, err
 	}
-	fwd, err := b.ipt.List(filterTable, chainForward)
-	if err != nil {
-		return ipLayout{}, fmt.Errorf("firewall: list %s: %w", chainForward, err)
-	}
+	fwd := chains[chainForward]
 	l := ipLayout{target: chainForward, lines: map[string][]string{chainForward: fwd}}
-	if !slices.Contains(chains, chainDockerUser) {
+	du, ok := chains[chainDockerUser]
+	if !ok {
 		return l, nil
-	}
-	du, err := b.ipt.List(filterTable, chainDockerUser)
-	if err != nil {
-		return ipLayout{}, fmt.Errorf("firewall: list %s: %w", chainDockerUser, err)
 	}
 	l.lines[chainDockerUser] = du
 	l.other = chainDockerUser
@@ -134,6 +153,35 @@ func (b *iptablesForward) read() (ipLayout, error) {
 		l.target, l.other = chainDockerUser, chainForward
 	}
 	return l, nil
+}
+
+// listFilter lists the filter table once (iptables -S), by chain: what
+// ListChains and a List per chain would give, in one program run instead
+// of three. Each chain's lines are those -S prints for it alone: its -P or
+// -N line, then its rules.
+func (b *iptablesForward) listFilter() (map[string][]string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), iptablesWait*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, b.path, "-t", filterTable, "-S").Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && len(ee.Stderr) > 0 {
+			err = fmt.Errorf("%w: %s", err, bytes.TrimSpace(ee.Stderr))
+		}
+		return nil, fmt.Errorf("firewall: list the filter table (%s -t filter -S): %w", b.path, err)
+	}
+	chains := map[string][]string{}
+	for _, line := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[0] != "-P" && f[0] != "-N" && f[0] != "-A" {
+			continue
+		}
+		chains[f[1]] = append(chains[f[1]], line)
+	}
+	if _, ok := chains[chainForward]; !ok {
+		return nil, fmt.Errorf("firewall: %s -t filter -S lists no %s chain", b.path, chainForward)
+	}
+	return chains, nil
 }
 
 // count says how many times r is in chain, by its comment: iptables lists
