@@ -112,6 +112,9 @@ func (l *Lab) Close() error {
 		}()
 	}
 	wg.Wait()
+	for _, p := range procs {
+		p.closeLog()
+	}
 	for _, c := range conns {
 		c.close()
 	}

@@ -22,6 +22,9 @@ type Process struct {
 
 	mu  sync.Mutex
 	err error
+
+	logMu sync.Mutex
+	read  logReader
 }
 
 func startProcess(name, logPath string, argv []string) (*Process, error) {
@@ -113,6 +116,8 @@ func (p *Process) Kill() {
 
 // Log returns what the process has written so far.
 func (p *Process) Log() string {
-	b, _ := os.ReadFile(p.LogPath)
-	return string(b)
+	p.logMu.Lock()
+	defer p.logMu.Unlock()
+	p.read.refresh(p.LogPath)
+	return string(p.read.data)
 }
