@@ -3,7 +3,6 @@ package netns_test
 import (
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -28,6 +27,8 @@ const (
 // hosts with real vtepd processes and a real etcd, then a fourth that joins
 // late, then aged entries under steady traffic.
 func TestCore(t *testing.T) {
+	t.Parallel()
+	claimNeighbours(t, 340) // its mesh holds some 330 neighbour entries (flannel.1 and the container bridges)
 	// Every container holds freshPerPair addresses for each possible
 	// sender, so that every first ping goes to an address its sender's
 	// host has never resolved.
@@ -39,17 +40,16 @@ func TestCore(t *testing.T) {
 	firstPings := map[[2]string]int{} // by ordered pair of host names
 	ping := func(t *testing.T, from, to *netns.Host, addr netip.Addr) (cold, warm time.Duration) {
 		t.Helper()
-		res, err := from.Container.Ping(addr, "-c1", "-W1")
-		if err != nil || res.Received != 1 {
-			t.Fatalf("first ping %s -> %s %s lost (no retry allowed): %v\n%s", from.Name, to.Name, addr, err, res.Output)
+		ok, cold, err := from.Container.Echo(addr, time.Second)
+		if err != nil || !ok {
+			t.Fatalf("first ping %s -> %s %s lost (no retry allowed): %v", from.Name, to.Name, addr, err)
 		}
-		cold = res.RTTs[0]
 		if !contacted[from][addr] {
 			firstPings[[2]string{from.Name, to.Name}]++
 		}
-		res, err = from.Container.Ping(addr, "-c1", "-W1")
-		if err != nil || res.Received != 1 {
-			t.Fatalf("second ping %s -> %s %s lost: %v\n%s", from.Name, to.Name, addr, err, res.Output)
+		ok, warm, err = from.Container.Echo(addr, time.Second)
+		if err != nil || !ok {
+			t.Fatalf("second ping %s -> %s %s lost: %v", from.Name, to.Name, addr, err)
 		}
 		for _, pair := range [][2]*netns.Host{{from, to}, {to, from}} {
 			if contacted[pair[0]] == nil {
@@ -58,7 +58,7 @@ func TestCore(t *testing.T) {
 		}
 		contacted[from][addr] = true
 		contacted[to][from.Container.Addr] = true // the reply path
-		return cold, res.RTTs[0]
+		return cold, warm
 	}
 	// fresh returns the addresses on to's container reserved for from.
 	fresh := func(from, to *netns.Host) []netip.Addr {
@@ -162,7 +162,7 @@ func TestCore(t *testing.T) {
 		if _, err := h1.Exec("ip", "neigh", "replace", target.String(), "dev", device, "lladdr", h2MAC.String(), "nud", "reachable"); err != nil {
 			t.Fatal(err)
 		}
-		pinger, err := h1.Container.StartPing("h1.ping-aging", target, "-i", "0.1", "-c", "600", "-W", "1")
+		flow, err := h1.Container.StartFlow(target, 100*time.Millisecond)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -172,14 +172,14 @@ func TestCore(t *testing.T) {
 			}
 			return nil
 		})
-		// A few more packets through the now PERMANENT entry, then stop.
-		pinger.Signal(os.Interrupt)
-		res := pingerResult(t, pinger)
+		// A few more packets through the now PERMANENT entry, then stop:
+		// the flow waits for the replies still due, so a loss is a loss.
+		res := stopFlowAfter(t, flow, 5, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if res.Sent == 0 || res.Received != res.Sent {
-			t.Errorf("continuous ping at 10/s while the entry aged: %d sent, %d received; want no loss\n%s", res.Sent, res.Received, netns.Tail(res.Output, 5))
+		if res.Sent == 0 || len(res.Lost) > 0 {
+			t.Errorf("continuous ping at 10/s while the entry aged: %d sent, %d received, lost %v; want no loss", res.Sent, res.Received, res.Lost)
 		}
 		misses := missesFor(h1, target)
 		t.Logf("%s on %s: %v, %d pings", target, h1.Name, misses, res.Sent)

@@ -20,6 +20,7 @@ import (
 // an operator debugging them gets: metrics, health, the recent misses, the
 // lease table, `vtepd monitor`, `vtepd status` and `vtepd leases`.
 func TestObservability(t *testing.T) {
+	t.Parallel()
 	lab := newLab(t, "vtobs")
 	if _, err := lab.StartEtcd(); err != nil {
 		t.Fatal(err)
