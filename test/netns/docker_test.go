@@ -144,7 +144,14 @@ func TestForwardDrop(t *testing.T) {
 		t.Fatalf("after a flush: %v", err)
 	}
 	firstPing(t, h1, h2.Container.Extra[1])
-	if countLog(h2, "firewall rules restored", "", "") == 0 {
+	// It says so once the rules are back: a moment after the poll above
+	// may have seen them.
+	if err := netns.Poll(2*time.Second, func() error {
+		if countLog(h2, "firewall rules restored", "", "") == 0 {
+			return errStillThere
+		}
+		return nil
+	}); err != nil {
 		t.Errorf("h2 restored its rules without saying so")
 	}
 
