@@ -96,11 +96,13 @@ func newFakes(t *testing.T, c *clientv3.Client, n int) []fake {
 
 // put writes a key, retrying for a while: the tests' own client meets the
 // same member failures and elections as vtepd does. Puts and deletes are
-// idempotent, so a retry after an unclear failure is safe.
+// idempotent, so a retry after an unclear failure is safe, and an attempt
+// stuck on a member just killed is given up after two seconds rather than
+// waited out.
 func put(t *testing.T, c *clientv3.Client, key, value string, opts ...clientv3.OpOption) {
 	t.Helper()
 	err := netns.Poll(30*time.Second, func() error {
-		_, err := c.Put(ctxFor(t, 5*time.Second), key, value, opts...)
+		_, err := c.Put(ctxFor(t, 2*time.Second), key, value, opts...)
 		return err
 	})
 	if err != nil {
@@ -111,7 +113,7 @@ func put(t *testing.T, c *clientv3.Client, key, value string, opts ...clientv3.O
 func del(t *testing.T, c *clientv3.Client, key string) {
 	t.Helper()
 	err := netns.Poll(30*time.Second, func() error {
-		_, err := c.Delete(ctxFor(t, 5*time.Second), key)
+		_, err := c.Delete(ctxFor(t, 2*time.Second), key)
 		return err
 	})
 	if err != nil {

@@ -149,9 +149,10 @@ func median(ds []time.Duration) time.Duration {
 // entries would see, and at gc_thresh3 it creates none.
 //
 //   - The tests that fill it or change its limits (TestMissStorm,
-//     TestNeighbourTableLimit, TestHostAnswerMode) do not call t.Parallel:
-//     go test runs those first, one at a time, before any parallel test
-//     starts, and they call ownNeighbourTable.
+//     TestNeighbourTableLimit, TestHostAnswerMode), or hold most of what
+//     the others may share (TestCore), do not call t.Parallel: go test runs
+//     those first, one at a time, before any parallel test starts, and
+//     they call ownNeighbourTable.
 //   - The others share it within a budget below gc_thresh2: each lab
 //     claims defaultNeighbours entries, a test whose labs hold more claims
 //     what it needs with claimNeighbours, and a test waits until its claim
@@ -298,7 +299,8 @@ func watchNeighbourTable() (stop func()) {
 }
 
 // ownNeighbourTable is for the tests that fill the kernel's neighbour
-// table or change its limits, which do not call t.Parallel. It waits until
+// table, change its limits or hold most of it, which do not call
+// t.Parallel; they claim nothing of the shared budget. It waits until
 // what earlier labs held is gone (the kernel frees a deleted namespace's
 // entries in the background), and, when t ends, until what t's lab held is
 // gone too, so that the parallel tests start with an empty table. Call it
@@ -306,7 +308,8 @@ func watchNeighbourTable() (stop func()) {
 // deletion.
 func ownNeighbourTable(t *testing.T) {
 	t.Helper()
-	const empty = 64 // the root namespace's own, and a lab's underlay
+	claimed.Store(t, true) // it runs alone: no claim on the shared budget
+	const empty = 64       // the root namespace's own, and a lab's underlay
 	wait := func(when string) {
 		err := netns.Poll(20*time.Second, func() error {
 			n, _, err := arpStats()
@@ -324,6 +327,7 @@ func ownNeighbourTable(t *testing.T) {
 	t.Cleanup(func() {
 		wait("after the test")
 		tableOwned.Store(false)
+		claimed.Delete(t)
 	})
 }
 
