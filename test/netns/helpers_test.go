@@ -211,20 +211,6 @@ func countLog(h *netns.Host, msg, key, value string) int {
 	return n
 }
 
-// pingerResult waits for a ping started with StartPing and parses its
-// summary; ping's exit status for lost replies is the caller's to judge.
-func pingerResult(t *testing.T, pinger *netns.Process) netns.PingResult {
-	t.Helper()
-	if err := pinger.Wait(30 * time.Second); err != nil && !strings.Contains(err.Error(), "exit status") {
-		t.Fatal(err)
-	}
-	res, err := netns.ParsePing(pinger.Log())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res
-}
-
 // startFlow starts echo requests at 100/s from h's container to addr and
 // waits until they are answered: traffic flowing, which the scenarios
 // want before their event. The flow stops with the test at the latest.
