@@ -160,6 +160,9 @@ func TestAgedEntries(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The peer is known first (its FDB entry, the reply path): what is
+	// tested is the aging neighbour entry alone.
+	firstPing(t, h1, h2.Container.Addr)
 	target := h2.Container.Extra[0] // nothing was sent to it yet
 	h2MAC := leaseOf(t, o, mustSubnet(t, h2)).VtepMAC
 	if _, err := h1.Exec("ip", "neigh", "replace", target.String(), "dev", device, "lladdr", h2MAC.String(), "nud", "reachable"); err != nil {
