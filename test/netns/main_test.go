@@ -152,7 +152,8 @@ func median(ds []time.Duration) time.Duration {
 //     TestNeighbourTableLimit, TestHostAnswerMode), or hold most of what
 //     the others may share (TestCore), do not call t.Parallel: go test runs
 //     those first, one at a time, before any parallel test starts, and
-//     they call ownNeighbourTable.
+//     they call ownNeighbourTable. (So does TestDockerRestarts, for the
+//     CPU: it times new connections.)
 //   - The others share it within a budget below gc_thresh2: each lab
 //     claims defaultNeighbours entries, a test whose labs hold more claims
 //     what it needs with claimNeighbours, and a test waits until its claim
