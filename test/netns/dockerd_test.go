@@ -301,6 +301,7 @@ func dockerWhoAmI(t *testing.T, c *netns.DockerContainer, addr netip.Addr) netip
 // the MTU is the overlay's end to end.
 func TestDockerOverlay(t *testing.T) {
 	t.Parallel()
+	claimNeighbours(t, 40) // three Docker hosts hold some 37 neighbour entries
 	dl := newDockerLab(t, "vtdk")
 	hosts := dl.addHosts(t,
 		dockerSpec{vtepd: []string{"--ip-masq"}, opts: fromDropIn},
