@@ -132,6 +132,7 @@ func TestTLSReportedOncePerError(t *testing.T) {
 // stops when its context ends. The endpoint is a Unix socket nobody
 // listens on: no packet leaves the test.
 func TestDialEtcdWaitsForLogin(t *testing.T) {
+	t.Parallel() // an attempt takes the dial timeout: 7 s spent waiting
 	cfg := Config{
 		Endpoints: []string{"unix://" + filepath.Join(t.TempDir(), "nobody.sock")},
 		Username:  "vtepd",

@@ -15,6 +15,7 @@ import (
 // key, are skipped, counted, and never installed, and vtepd never stops for
 // them.
 func TestBadInput(t *testing.T) {
+	t.Parallel()
 	lab := newLab(t, "vtbad")
 	if _, err := lab.StartEtcd(); err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 // follows the underlay, a stop leaves everything in place, and a restart
 // adopts the device and the lease without disturbing traffic.
 func TestDeviceLifecycle(t *testing.T) {
+	t.Parallel()
 	o := newOverlay(t, "vtdev", 2, 2)
 	h1, h2 := o.hosts[0], o.hosts[1]
 
@@ -79,9 +80,7 @@ func TestDeviceLifecycle(t *testing.T) {
 			t.Errorf("FLANNEL_MTU=%d, want 1350", env.MTU)
 		}
 		for _, pair := range [][2]*netns.Host{{h3, h1}, {h1, h3}} {
-			if res, err := pair[0].Container.Ping(pair[1].Container.Addr, "-c1", "-W1"); err != nil || res.Received != 1 {
-				t.Errorf("first ping %s -> %s lost: %v", pair[0].Name, pair[1].Name, err)
-			}
+			firstPing(t, pair[0], pair[1].Container.Addr)
 		}
 	})
 
@@ -117,18 +116,14 @@ func TestDeviceLifecycle(t *testing.T) {
 		rev := modRevision(t, o, key)
 
 		// 100 packets a second across the whole stop and start.
-		if res, err := h1.Container.Ping(h2.Container.Addr, "-c1", "-W1"); err != nil || res.Received != 1 {
+		if ok, _, err := h1.Container.Echo(h2.Container.Addr, time.Second); err != nil || !ok {
 			t.Fatalf("warm-up ping lost: %v", err)
 		}
 		before, err := h1.Kernel(device)
 		if err != nil {
 			t.Fatal(err)
 		}
-		pinger, err := h1.Container.StartPing("h1.ping-restart", h2.Container.Addr, "-i", "0.01", "-c", "400", "-W", "1")
-		if err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(500 * time.Millisecond) // traffic flowing before the stop: part of the scenario
+		flow := startFlow(t, h1, h2.Container.Addr)
 
 		if err := h1.Vtepd.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
@@ -172,9 +167,10 @@ func TestDeviceLifecycle(t *testing.T) {
 			t.Errorf("restart rewrote the lease %s (mod revision %d -> %d); peers would see a change", key, rev, got)
 		}
 
-		res := pingerResult(t, pinger)
-		if res.Sent != 400 || res.Received != 400 {
-			t.Errorf("ping at 100/s across a vtepd restart: %d sent, %d received; want no loss", res.Sent, res.Received)
+		// Traffic goes on for half a second more after the restart.
+		res := stopFlowAfter(t, flow, 50, 10*time.Second)
+		if len(res.Lost) > 0 {
+			t.Errorf("ping at 100/s across a vtepd restart: %d sent, %d received, lost %v; want no loss", res.Sent, res.Received, res.Lost)
 		}
 	})
 }

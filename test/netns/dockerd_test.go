@@ -301,6 +301,7 @@ func dockerWhoAmI(t *testing.T, c *netns.DockerContainer, addr netip.Addr) netip
 // the MTU is the overlay's end to end.
 func TestDockerOverlay(t *testing.T) {
 	t.Parallel()
+	claimNeighbours(t, 40) // three Docker hosts hold some 37 neighbour entries
 	dl := newDockerLab(t, "vtdk")
 	hosts := dl.addHosts(t,
 		dockerSpec{vtepd: []string{"--ip-masq"}, opts: fromDropIn},
@@ -571,8 +572,19 @@ func underTraffic(t *testing.T, name string, c *netns.DockerContainer, srv netip
 		t.Fatal(err)
 	}
 	probe := startConnProbe(c.NS, srv, 20*time.Millisecond)
-	defer probe.stop()                 // also when event fails the test
-	time.Sleep(300 * time.Millisecond) // traffic flowing before the event: part of the scenario
+	defer probe.stop() // also when event fails the test
+	// Traffic flowing before the event, part of the scenario: connections
+	// getting through, and replies to the pings.
+	began := time.Now()
+	err = netns.Poll(5*time.Second, func() error {
+		if probe.okSince(began) < 10 || strings.Count(pinger.Log(), " bytes from ") < 20 {
+			return errors.New("no traffic yet")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("traffic before the event: %v", err)
+	}
 	event()
 	after := time.Now()
 	netns.Poll(8*time.Second, func() error {
@@ -609,7 +621,12 @@ func rulesLost(e netns.LogEntry) bool {
 // 20 ms (which need vtepd's rules on h2) and pings every 10 ms (an
 // established flow). Each restart's loss is measured and bounded.
 func TestDockerRestarts(t *testing.T) {
-	t.Parallel()
+	// Not parallel: new connections count as failed after 500 ms, below
+	// TCP's 1 s SYN retransmission so that a dropped SYN is seen; with
+	// the other lab tests' processes beside it on a small machine, a
+	// connection merely slow to be scheduled would count as failed too.
+	// Go runs it first, alone, with the tests that own the neighbour
+	// table.
 	dl := newDockerLab(t, "vtdkr")
 	hosts := dl.addHosts(t,
 		dockerSpec{vtepd: []string{"--ip-masq"}, opts: fromDropIn, containers: "a"},
@@ -698,16 +715,25 @@ func TestDockerRestarts(t *testing.T) {
 			}
 			readyAt = time.Now()
 		})
-		failed, outage, first, last := probeStats(tries)
+		failed, outage, first, _ := probeStats(tries)
 		window := readyAt.Sub(stopAt)
 		t.Logf("vtepd SIGTERM and restart on h2 (%v from stop to ready): %d of %d new connections failed, outage %v; pings lost %d of %d",
 			window.Round(time.Millisecond), failed, len(tries), outage.Round(time.Millisecond), lost, lost+answered)
 		if lost > 0 {
 			t.Errorf("the established ping flow lost %d pings across a clean restart", lost)
 		}
-		if failed > 0 && (first.Before(stopAt) || last.After(readyAt.Add(probeTimeout+100*time.Millisecond))) {
-			t.Errorf("new connections failed from %v to %v after the stop, outside the %v without vtepd",
-				first.Sub(stopAt), last.Sub(stopAt), window)
+		// A connection tried while no vtepd ran may fail, however late its
+		// try ends (on a loaded machine, well after its timeout); one
+		// tried once the next vtepd is ready must not.
+		var lastTried time.Time
+		for _, tr := range tries {
+			if tr.err != nil {
+				lastTried = tr.start
+			}
+		}
+		if failed > 0 && (first.Before(stopAt) || lastTried.After(readyAt)) {
+			t.Errorf("new connections tried from %v to %v after the stop failed, outside the %v without vtepd",
+				first.Sub(stopAt), lastTried.Sub(stopAt), window)
 		}
 		if outage > window+time.Second {
 			t.Errorf("new connections stopped for %v, more than the %v without vtepd and 1 s", outage, window)

@@ -4,13 +4,11 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -87,12 +85,20 @@ func (l *Lab) startEtcd(n int, opts EtcdOptions) ([]*Etcd, error) {
 		}
 		login.tls = tc
 	}
+	ul, err := l.conn(l.Underlay)
+	if err != nil {
+		return nil, err
+	}
+	br, err := ul.link("br0")
+	if err != nil {
+		return nil, err
+	}
 	var members []*Etcd
 	var initial []string
 	for i := 1; i <= n; i++ {
 		addr := netip.AddrFrom4([4]byte{198, 51, 100, byte(i)})
 		if addr != UnderlayBridge {
-			if err := l.run("ip", "-n", l.Underlay, "addr", "add", addr.String()+"/24", "dev", "br0"); err != nil {
+			if err := ul.addAddrs(br, netip.PrefixFrom(addr, UnderlayNet.Bits())); err != nil {
 				return nil, err
 			}
 		}
@@ -270,37 +276,17 @@ func DialerIn(ns string) func(ctx context.Context, addr string) (net.Conn, error
 // thread. If the thread cannot be moved back it is never unlocked, so the Go
 // runtime retires it rather than run other goroutines in the lab's namespace.
 func Do(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("netns: current namespace: %w", err)
-			return
-		}
-		defer orig.Close()
+	return elsewhere(func() error {
 		target, err := netns.GetFromName(ns)
 		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("netns: open %s: %w", ns, err)
-			return
+			return fmt.Errorf("netns: open %s: %w", ns, err)
 		}
 		defer target.Close()
 		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("netns: enter %s: %w", ns, err)
-			return
+			return fmt.Errorf("netns: enter %s: %w", ns, err)
 		}
-		err = fn()
-		if rerr := netns.Set(orig); rerr != nil {
-			errc <- errors.Join(err, fmt.Errorf("netns: leave %s: %w", ns, rerr))
-			return // still locked: the thread dies with this goroutine
-		}
-		runtime.UnlockOSThread()
-		errc <- err
-	}()
-	return <-errc
+		return nil
+	}, fn, ns)
 }
 
 // PutNetworkConfig writes the network configuration under the default

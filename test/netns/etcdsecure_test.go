@@ -21,6 +21,7 @@ import (
 // verify etcd, vtepd stays up, not ready, and its log says which file is
 // wrong; an expired certificate stops it at start with a usage error.
 func TestEtcdClientCertificates(t *testing.T) {
+	t.Parallel()
 	lab := newLab(t, "vttls")
 	dir := t.TempDir()
 	pki, err := netns.NewEtcdPKI(dir)
@@ -139,6 +140,48 @@ func TestEtcdClientCertificates(t *testing.T) {
 	})
 }
 
+// The passwords of the authentication tests: none may ever be in a log or
+// in the status.
+const (
+	rootPassword  = "root-pw-Zq81"
+	vtepdPassword = "vtepd-pw-Kx27"
+	wrongPassword = "wrong-pw-Mv55"
+)
+
+// startAuthEtcd starts the lab's etcd with authentication on and login
+// tokens that live one second, the network config written, and a user
+// vtepd whose role may only touch flannel's prefix.
+func startAuthEtcd(t *testing.T, lab *netns.Lab) *netns.Etcd {
+	t.Helper()
+	etcd, err := lab.StartEtcdWith(netns.EtcdOptions{AuthTokenTTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxFor(t, 30*time.Second)
+	if err := lab.PutNetworkConfig(ctx, overlayConfig); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.AddEtcdUser(ctx, "vtepd", vtepdPassword, prefix+"/"); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.EnableEtcdAuth(ctx, rootPassword); err != nil {
+		t.Fatal(err)
+	}
+	return etcd
+}
+
+// noPassword fails t if a process's log holds one of the passwords.
+func noPassword(t *testing.T, procs ...*netns.Process) {
+	t.Helper()
+	for _, p := range procs {
+		for _, pw := range []string{rootPassword, vtepdPassword, wrongPassword} {
+			if strings.Contains(p.Log(), pw) {
+				t.Errorf("%s's log holds a password", p.Name)
+			}
+		}
+	}
+}
+
 // TestEtcdAuth runs the overlay against an etcd with authentication on,
 // vtepd logging in as a user whose role may only touch flannel's prefix:
 // with the password from a file and from VTEPD_ETCD_PASSWORD. Login tokens
@@ -148,26 +191,9 @@ func TestEtcdClientCertificates(t *testing.T) {
 // password stops vtepd with an error that says so. No password is ever in
 // a log or in the status.
 func TestEtcdAuth(t *testing.T) {
+	t.Parallel()
 	lab := newLab(t, "vtauth")
-	etcd, err := lab.StartEtcdWith(netns.EtcdOptions{AuthTokenTTL: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := ctxFor(t, 30*time.Second)
-	if err := lab.PutNetworkConfig(ctx, overlayConfig); err != nil {
-		t.Fatal(err)
-	}
-	const (
-		rootPassword  = "root-pw-Zq81"
-		vtepdPassword = "vtepd-pw-Kx27"
-		wrongPassword = "wrong-pw-Mv55"
-	)
-	if err := lab.AddEtcdUser(ctx, "vtepd", vtepdPassword, prefix+"/"); err != nil {
-		t.Fatal(err)
-	}
-	if err := lab.EnableEtcdAuth(ctx, rootPassword); err != nil {
-		t.Fatal(err)
-	}
+	etcd := startAuthEtcd(t, lab)
 	dir := t.TempDir()
 	passwordFile := filepath.Join(dir, "etcd-password")
 	wrongFile := filepath.Join(dir, "wrong-password")
@@ -204,8 +230,19 @@ func TestEtcdAuth(t *testing.T) {
 		}
 	})
 
-	t.Setenv("VTEPD_ETCD_PASSWORD", vtepdPassword)
-	h2 := o.addHost(t, 2, "--etcd-username", "vtepd")
+	// The environment of vtepd alone: the test runs beside others.
+	h2, err := lab.AddHost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h2.Env = []string{"VTEPD_ETCD_PASSWORD=" + vtepdPassword}
+	if _, err := h2.StartVtepd("--etcd-username", "vtepd"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h2.AddContainer(2); err != nil {
+		t.Fatal(err)
+	}
+	o.hosts = append(o.hosts, h2)
 	procs = append(procs, h2.Vtepd)
 
 	t.Run("password from a file and from the environment: the overlay works", func(t *testing.T) {
@@ -257,47 +294,8 @@ func TestEtcdAuth(t *testing.T) {
 		waitRenewals(t, before+2)
 	})
 
-	// Logging in needs etcd: vtepd must wait for it, not exit into a
-	// restart loop.
-	t.Run("etcd away at start: vtepd waits, then logs in", func(t *testing.T) {
-		etcd.Kill()
-		h, err := lab.AddHost()
-		if err != nil {
-			t.Fatal(err)
-		}
-		p, err := h.StartVtepdNoWait("--etcd-username", "vtepd") // password from VTEPD_ETCD_PASSWORD
-		if err != nil {
-			t.Fatal(err)
-		}
-		procs = append(procs, p)
-		err = netns.Poll(30*time.Second, func() error {
-			if exited, err := p.Exited(); exited {
-				return fmt.Errorf("vtepd exited while etcd was away: %v", err)
-			}
-			if len(p.Entries("etcd did not answer the login; retrying")) == 0 {
-				return os.ErrNotExist
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatalf("%v:\n%s", err, p.Tail(20))
-		}
-		if err := etcd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		if err := h.WaitReady(p, 60*time.Second); err != nil {
-			t.Fatalf("vtepd not ready once etcd is back: %v\n%s", err, p.Tail(20))
-		}
-	})
-
 	t.Run("no password in any log or status", func(t *testing.T) {
-		for _, p := range procs {
-			for _, pw := range []string{rootPassword, vtepdPassword, wrongPassword} {
-				if strings.Contains(p.Log(), pw) {
-					t.Errorf("%s's log holds a password", p.Name)
-				}
-			}
-		}
+		noPassword(t, procs...)
 		for _, h := range []*netns.Host{h1, h2} {
 			out, err := h.Exec(lab.Bin.Vtepd, "status", "--json")
 			if err != nil {
@@ -308,6 +306,44 @@ func TestEtcdAuth(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestEtcdAuthAwayAtStart: logging in needs etcd, and vtepd started while
+// its etcd is away waits for it, saying so, rather than exit into a restart
+// loop; it logs in once etcd is back, and its log holds no password.
+func TestEtcdAuthAwayAtStart(t *testing.T) {
+	t.Parallel()
+	lab := newLab(t, "vtauthw")
+	etcd := startAuthEtcd(t, lab)
+	etcd.Kill()
+	h, err := lab.AddHost()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Env = []string{"VTEPD_ETCD_PASSWORD=" + vtepdPassword}
+	p, err := h.StartVtepdNoWait("--etcd-username", "vtepd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = netns.Poll(30*time.Second, func() error {
+		if exited, err := p.Exited(); exited {
+			return fmt.Errorf("vtepd exited while etcd was away: %v", err)
+		}
+		if len(p.Entries("etcd did not answer the login; retrying")) == 0 {
+			return os.ErrNotExist
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%v:\n%s", err, p.Tail(20))
+	}
+	if err := etcd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitReady(p, 60*time.Second); err != nil {
+		t.Fatalf("vtepd not ready once etcd is back: %v\n%s", err, p.Tail(20))
+	}
+	noPassword(t, p)
 }
 
 // exitCode is a process's exit status from its Wait error: 0 for nil, -1

@@ -10,8 +10,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vtepd/vtepd/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sys/unix"
 )
 
 // FlannelHost is a host set up exactly as flanneld's vxlan backend (etcd v3
@@ -38,10 +40,26 @@ func (l *Lab) AddFlannelHost(ctx context.Context, network, subnet netip.Prefix) 
 	f := &FlannelHost{Host: h, Subnet: subnet.Masked()}
 	// flannel: vxlan id 1, local public IP, dev of the public IP, dstport
 	// 8472, nolearning; MTU = underlay - 50; the subnet's first address.
-	err = l.runAll(
-		[]string{"ip", "-n", h.NS, "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", h.IP.String(), "dev", "eth0", "dstport", "8472", "nolearning"},
-		[]string{"ip", "-n", h.NS, "link", "set", "flannel.1", "mtu", "1450", "up"},
-		[]string{"ip", "-n", h.NS, "addr", "add", f.Subnet.Addr().String() + "/32", "dev", "flannel.1"},
+	hc, err := l.conn(h.NS)
+	if err != nil {
+		return nil, err
+	}
+	eth0, err := hc.link("eth0")
+	if err != nil {
+		return nil, err
+	}
+	vx := &netlink.Vxlan{LinkAttrs: netlink.LinkAttrs{Name: "flannel.1", MTU: 1450}, VxlanId: 1,
+		SrcAddr: h.IP.AsSlice(), VtepDevIndex: eth0.Attrs().Index, Port: 8472, Learning: false}
+	if err := hc.nl.LinkAdd(vx); err != nil {
+		return nil, fmt.Errorf("netns: flannel.1 on %s: %w", h.Name, err)
+	}
+	dev, err := hc.link("flannel.1")
+	if err != nil {
+		return nil, err
+	}
+	err = do(
+		func() error { return hc.up(dev) },
+		func() error { return hc.addAddrs(dev, netip.PrefixFrom(f.Subnet.Addr(), 32)) },
 	)
 	if err != nil {
 		return nil, err
@@ -79,6 +97,14 @@ func (l *Lab) AddFlannelHost(ctx context.Context, network, subnet netip.Prefix) 
 // Sync writes the static entries flanneld would hold for every other lease
 // in etcd now, and returns how many leases it wrote them for.
 func (f *FlannelHost) Sync(ctx context.Context) (int, error) {
+	hc, err := f.lab.conn(f.NS)
+	if err != nil {
+		return 0, err
+	}
+	dev, err := hc.link("flannel.1")
+	if err != nil {
+		return 0, err
+	}
 	c, err := f.lab.EtcdClient()
 	if err != nil {
 		return 0, err
@@ -118,13 +144,23 @@ func (f *FlannelHost) Sync(ctx context.Context) (int, error) {
 			return n, fmt.Errorf("netns: flanneld's vxlan backend would not use %s = %s", kv.Key, kv.Value)
 		}
 		gw := subnet.Addr()
-		err = f.lab.runAll(
-			[]string{"ip", "-n", f.NS, "neigh", "replace", gw.String(), "lladdr", mac.String(), "dev", "flannel.1", "nud", "permanent"},
-			[]string{"ip", "netns", "exec", f.NS, "bridge", "fdb", "replace", mac.String(), "dev", "flannel.1", "dst", publicIP.String(), "self", "permanent"},
-			[]string{"ip", "-n", f.NS, "route", "replace", subnet.String(), "via", gw.String(), "dev", "flannel.1", "onlink"},
+		idx := dev.Attrs().Index
+		err = do(
+			func() error {
+				return hc.nl.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, State: netlink.NUD_PERMANENT,
+					IP: gw.AsSlice(), HardwareAddr: mac})
+			},
+			func() error {
+				return hc.nl.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF,
+					State: netlink.NUD_PERMANENT, IP: publicIP.AsSlice(), HardwareAddr: mac})
+			},
+			func() error {
+				return hc.nl.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: ipNet(subnet), Gw: gw.AsSlice(),
+					Flags: int(netlink.FLAG_ONLINK)})
+			},
 		)
 		if err != nil {
-			return n, err
+			return n, fmt.Errorf("netns: flannel host %s: entries for %s: %w", f.Name, kv.Key, err)
 		}
 		n++
 	}

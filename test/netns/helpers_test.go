@@ -96,11 +96,13 @@ func newFakes(t *testing.T, c *clientv3.Client, n int) []fake {
 
 // put writes a key, retrying for a while: the tests' own client meets the
 // same member failures and elections as vtepd does. Puts and deletes are
-// idempotent, so a retry after an unclear failure is safe.
+// idempotent, so a retry after an unclear failure is safe, and an attempt
+// stuck on a member just killed is given up after two seconds rather than
+// waited out.
 func put(t *testing.T, c *clientv3.Client, key, value string, opts ...clientv3.OpOption) {
 	t.Helper()
 	err := netns.Poll(30*time.Second, func() error {
-		_, err := c.Put(ctxFor(t, 5*time.Second), key, value, opts...)
+		_, err := c.Put(ctxFor(t, 2*time.Second), key, value, opts...)
 		return err
 	})
 	if err != nil {
@@ -111,7 +113,7 @@ func put(t *testing.T, c *clientv3.Client, key, value string, opts ...clientv3.O
 func del(t *testing.T, c *clientv3.Client, key string) {
 	t.Helper()
 	err := netns.Poll(30*time.Second, func() error {
-		_, err := c.Delete(ctxFor(t, 5*time.Second), key)
+		_, err := c.Delete(ctxFor(t, 2*time.Second), key)
 		return err
 	})
 	if err != nil {
@@ -123,7 +125,7 @@ func del(t *testing.T, c *clientv3.Client, key string) {
 // asks about it; nobody need answer.
 func touch(t *testing.T, h *netns.Host, addr netip.Addr) {
 	t.Helper()
-	if _, err := h.Container.Ping(addr, "-c1", "-W", "0.2"); err != nil {
+	if _, _, err := h.Container.Echo(addr, 200*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -192,8 +194,7 @@ func goneWithin(t *testing.T, h *netns.Host, mac store.MAC, subnet netip.Prefix,
 // firstPing pings addr once from h's container and fails t if it is lost.
 func firstPing(t *testing.T, h *netns.Host, addr netip.Addr) {
 	t.Helper()
-	res, err := h.Container.Ping(addr, "-c1", "-W1")
-	if err != nil || res.Received != 1 {
+	if ok, _, err := h.Container.Echo(addr, time.Second); err != nil || !ok {
 		t.Errorf("first ping %s -> %s lost: %v", h.Name, addr, err)
 	}
 }
@@ -210,16 +211,31 @@ func countLog(h *netns.Host, msg, key, value string) int {
 	return n
 }
 
-// pingerResult waits for a ping started with StartPing and parses its
-// summary; ping's exit status for lost replies is the caller's to judge.
-func pingerResult(t *testing.T, pinger *netns.Process) netns.PingResult {
+// startFlow starts echo requests at 100/s from h's container to addr and
+// waits until they are answered: traffic flowing, which the scenarios
+// want before their event. The flow stops with the test at the latest.
+func startFlow(t *testing.T, h *netns.Host, addr netip.Addr) *netns.Flow {
 	t.Helper()
-	if err := pinger.Wait(30 * time.Second); err != nil && !strings.Contains(err.Error(), "exit status") {
-		t.Fatal(err)
-	}
-	res, err := netns.ParsePing(pinger.Log())
+	f, err := h.Container.StartFlow(addr, 10*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Stop() })
+	if err := f.WaitReplies(20, 5*time.Second); err != nil {
+		t.Fatalf("traffic before the event: %v", err)
+	}
+	return f
+}
+
+// stopFlowAfter waits for n more replies than the flow has had so far
+// (traffic flowing again after the event), then stops it and returns its
+// counts. A flow that never comes back fails within timeout.
+func stopFlowAfter(t *testing.T, f *netns.Flow, n int, timeout time.Duration) netns.FlowResult {
+	t.Helper()
+	err := f.WaitReplies(n, timeout)
+	res := f.Stop()
+	if err != nil {
+		t.Errorf("traffic after the event: %v (%d of %d answered)", err, res.Received, res.Sent)
 	}
 	return res
 }

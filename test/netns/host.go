@@ -54,7 +54,8 @@ type Host struct {
 // forwarding on (as Docker turns it on).
 func (l *Lab) AddHost() (*Host, error) {
 	l.mu.Lock()
-	i := len(l.hosts) + 1
+	l.nextHost++
+	i := l.nextHost
 	l.mu.Unlock()
 	h := &Host{
 		Index:      i,
@@ -64,20 +65,32 @@ func (l *Lab) AddHost() (*Host, error) {
 		SubnetFile: filepath.Join(l.Dir, fmt.Sprintf("h%d.subnet.env", i)),
 		lab:        l,
 	}
-	if err := l.addNamespace(h.NS); err != nil {
-		return nil, err
-	}
-	port := fmt.Sprintf("h%d", i)
-	err := l.runAll(
-		[]string{"ip", "link", "add", "eth0", "netns", h.NS, "type", "veth", "peer", "name", port, "netns", l.Underlay},
-		[]string{"ip", "-n", l.Underlay, "link", "set", port, "master", "br0", "up"},
-		[]string{"ip", "-n", h.NS, "addr", "add", h.IP.String() + "/24", "dev", "eth0"},
-		[]string{"ip", "-n", h.NS, "link", "set", "eth0", "up"},
-		[]string{"ip", "-n", h.NS, "route", "add", "default", "via", UnderlayBridge.String()},
-		[]string{"ip", "netns", "exec", h.NS, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
-	)
+	hc, err := l.addNamespace(h.NS)
 	if err != nil {
 		return nil, err
+	}
+	ul, err := l.conn(l.Underlay)
+	if err != nil {
+		return nil, err
+	}
+	eth0, port, err := veth(hc, "eth0", ul, h.Name, 0)
+	if err != nil {
+		return nil, err
+	}
+	err = do(
+		func() error {
+			return ul.nl.LinkSetMaster(port, &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}})
+		},
+		func() error { return ul.up(port) },
+		func() error { return hc.addAddrs(eth0, netip.PrefixFrom(h.IP, UnderlayNet.Bits())) },
+		func() error { return hc.up(eth0) },
+		func() error { return hc.defaultRoute(eth0, UnderlayBridge) },
+		func() error { return hc.sysctl("net.ipv4.ip_forward", "1") },
+		func() error { return ul.waitOperUp(h.Name, "br0") },
+		func() error { return hc.waitOperUp("eth0") },
+	)
+	if err != nil {
+		return nil, fmt.Errorf("netns: host %s: %w", h.Name, err)
 	}
 	l.mu.Lock()
 	l.hosts = append(l.hosts, h)
@@ -154,10 +167,10 @@ func (h *Host) Exec(args ...string) (string, error) {
 	return h.lab.output(append([]string{"ip", "netns", "exec", h.NS}, args...)...)
 }
 
-// Sysctl sets a sysctl in the host's namespace.
+// Sysctl sets a sysctl in the host's namespace, named as sysctl(8) takes
+// it: with dots, or with slashes where a part holds a dot.
 func (h *Host) Sysctl(name, value string) error {
-	_, err := h.Exec("sysctl", "-qw", name+"="+value)
-	return err
+	return setSysctl(h.NS, name, value)
 }
 
 // Container is a namespace behind a host's container bridge.
@@ -194,28 +207,46 @@ func (h *Host) AddContainer(extra int) (*Container, error) {
 	for n := 0; n < extra; n++ {
 		c.Extra = append(c.Extra, at(10+n))
 	}
-	if err := h.lab.addNamespace(c.NS); err != nil {
+	cc, err := h.lab.addNamespace(c.NS)
+	if err != nil {
 		return nil, err
 	}
-	mtu := strconv.Itoa(env.MTU)
-	bits := strconv.Itoa(env.Subnet.Bits())
-	cmds := [][]string{
-		{"ip", "-n", h.NS, "link", "add", "cbr0", "mtu", mtu, "type", "bridge"},
-		{"ip", "-n", h.NS, "addr", "add", env.Subnet.String(), "dev", "cbr0"},
-		{"ip", "-n", h.NS, "link", "set", "cbr0", "up"},
-		{"ip", "link", "add", "veth-c", "netns", h.NS, "mtu", mtu, "type", "veth", "peer", "name", "eth0", "netns", c.NS, "mtu", mtu},
-		{"ip", "-n", h.NS, "link", "set", "veth-c", "master", "cbr0", "up"},
-		{"ip", "-n", c.NS, "addr", "add", c.Addr.String() + "/" + bits, "dev", "eth0"},
+	hc, err := h.lab.conn(h.NS)
+	if err != nil {
+		return nil, err
 	}
+	if err := hc.nl.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "cbr0", MTU: env.MTU}}); err != nil {
+		return nil, fmt.Errorf("netns: bridge cbr0 on %s: %w", h.Name, err)
+	}
+	br, err := hc.link("cbr0")
+	if err != nil {
+		return nil, err
+	}
+	if err := do(
+		func() error { return hc.addAddrs(br, env.Subnet) },
+		func() error { return hc.up(br) },
+	); err != nil {
+		return nil, err
+	}
+	port, eth0, err := veth(hc, "veth-c", cc, "eth0", env.MTU)
+	if err != nil {
+		return nil, err
+	}
+	addrs := []netip.Prefix{netip.PrefixFrom(c.Addr, env.Subnet.Bits())}
 	for _, a := range c.Extra {
-		cmds = append(cmds, []string{"ip", "-n", c.NS, "addr", "add", a.String() + "/" + bits, "dev", "eth0"})
+		addrs = append(addrs, netip.PrefixFrom(a, env.Subnet.Bits()))
 	}
-	cmds = append(cmds,
-		[]string{"ip", "-n", c.NS, "link", "set", "eth0", "up"},
-		[]string{"ip", "-n", c.NS, "route", "add", "default", "via", env.Subnet.Addr().String()},
+	err = do(
+		func() error { return hc.nl.LinkSetMaster(port, br) },
+		func() error { return hc.up(port) },
+		func() error { return cc.addAddrs(eth0, addrs...) },
+		func() error { return cc.up(eth0) },
+		func() error { return cc.defaultRoute(eth0, env.Subnet.Addr()) },
+		func() error { return hc.waitOperUp("cbr0", "veth-c") },
+		func() error { return cc.waitOperUp("eth0") },
 	)
-	if err := h.lab.runAll(cmds...); err != nil {
-		return nil, err
+	if err != nil {
+		return nil, fmt.Errorf("netns: container on %s: %w", h.Name, err)
 	}
 	h.Container = c
 	return c, nil

@@ -16,6 +16,8 @@ import (
 // the flannel hosts route to vtepd's leases with the static entries
 // flanneld would write from them, read as flanneld reads them.
 func TestFlannelInterop(t *testing.T) {
+	t.Parallel()
+	claimNeighbours(t, 56) // four hosts of containers pinging each other hold some 50 neighbour entries
 	lab := newLab(t, "vtflan")
 	if _, err := lab.StartEtcd(); err != nil {
 		t.Fatal(err)

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/vishvananda/netlink"
 )
 
 // Underlay addressing. TEST-NET-2 only: nothing here can reach a real network.
@@ -39,8 +41,10 @@ type Lab struct {
 
 	mu         sync.Mutex
 	namespaces []string
+	conns      map[string]*nsConn
 	procs      []*Process
 	hosts      []*Host
+	nextHost   int
 	etcd       []*Etcd
 }
 
@@ -55,19 +59,26 @@ func New(opts Options) (*Lab, error) {
 			return nil, fmt.Errorf("netns: the lab needs %s: %w", tool, err)
 		}
 	}
-	l := &Lab{Name: opts.Name, Dir: opts.Dir, Bin: opts.Bin, Underlay: opts.Name + "-ul"}
+	l := &Lab{Name: opts.Name, Dir: opts.Dir, Bin: opts.Bin, Underlay: opts.Name + "-ul", conns: map[string]*nsConn{}}
 	if err := RemoveLeftovers(opts.Name); err != nil {
 		return nil, err
 	}
-	if err := l.addNamespace(l.Underlay); err != nil {
+	ul, err := l.addNamespace(l.Underlay)
+	if err != nil {
 		l.Close()
 		return nil, err
 	}
-	err := l.runAll(
-		[]string{"ip", "-n", l.Underlay, "link", "add", "br0", "type", "bridge"},
-		[]string{"ip", "-n", l.Underlay, "addr", "add", UnderlayBridge.String() + "/24", "dev", "br0"},
-		[]string{"ip", "-n", l.Underlay, "link", "set", "br0", "up"},
-	)
+	if err := ul.nl.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}}); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("netns: bridge br0 in %s: %w", l.Underlay, err)
+	}
+	br, err := ul.link("br0")
+	if err == nil {
+		err = ul.addAddrs(br, netip.PrefixFrom(UnderlayBridge, UnderlayNet.Bits()))
+	}
+	if err == nil {
+		err = ul.up(br)
+	}
 	if err != nil {
 		l.Close()
 		return nil, err
@@ -78,45 +89,19 @@ func New(opts Options) (*Lab, error) {
 // RemoveLeftovers kills the processes in, and deletes, every namespace whose
 // name starts with name + "-".
 func RemoveLeftovers(name string) error {
-	out, err := exec.Command("ip", "netns", "list").Output()
+	names, err := namespacesNamed(name + "-")
 	if err != nil {
-		return fmt.Errorf("netns: ip netns list: %w", err)
+		return err
 	}
-	for _, line := range strings.Split(string(out), "\n") {
-		ns, _, _ := strings.Cut(strings.TrimSpace(line), " ")
-		if strings.HasPrefix(ns, name+"-") {
-			if err := deleteNamespace(ns); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
-func deleteNamespace(ns string) error {
-	// A process still in the namespace would keep it alive, anonymous,
-	// after `ip netns del`: a vtepd talking to a dead etcd forever.
-	for i := 0; i < 50; i++ {
-		out, _ := exec.Command("ip", "netns", "pids", ns).Output()
-		pids := strings.Fields(string(out))
-		if len(pids) == 0 {
-			break
-		}
-		exec.Command("kill", append([]string{"-9"}, pids...)...).Run()
-		time.Sleep(20 * time.Millisecond)
-	}
-	if out, err := exec.Command("ip", "netns", "del", ns).CombinedOutput(); err != nil {
-		return fmt.Errorf("netns: ip netns del %s: %v: %s", ns, err, bytes.TrimSpace(out))
-	}
-	return nil
+	return deleteNamespaces(names)
 }
 
 // Close stops every process and deletes every namespace of the lab. It is
 // safe to call more than once.
 func (l *Lab) Close() error {
 	l.mu.Lock()
-	procs, namespaces := l.procs, l.namespaces
-	l.procs, l.namespaces = nil, nil
+	procs, namespaces, conns := l.procs, l.namespaces, l.conns
+	l.procs, l.namespaces, l.conns = nil, nil, map[string]*nsConn{}
 	l.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, p := range procs {
@@ -127,23 +112,49 @@ func (l *Lab) Close() error {
 		}()
 	}
 	wg.Wait()
-	var errs []error
-	for i := len(namespaces) - 1; i >= 0; i-- {
-		if err := deleteNamespace(namespaces[i]); err != nil {
-			errs = append(errs, err)
-		}
+	for _, p := range procs {
+		p.closeLog()
 	}
-	return errors.Join(errs...)
+	for _, c := range conns {
+		c.close()
+	}
+	return deleteNamespaces(namespaces)
 }
 
-func (l *Lab) addNamespace(ns string) error {
-	if err := l.run("ip", "netns", "add", ns); err != nil {
-		return err
+// addNamespace creates namespace ns with its loopback up, and keeps a
+// netlink socket in it for the lab's later work there.
+func (l *Lab) addNamespace(ns string) (*nsConn, error) {
+	fd, err := createNamespace(ns)
+	if err != nil {
+		return nil, err
 	}
 	l.mu.Lock()
 	l.namespaces = append(l.namespaces, ns)
 	l.mu.Unlock()
-	return l.run("ip", "-n", ns, "link", "set", "lo", "up")
+	c, err := openNamespace(ns, fd)
+	if err != nil {
+		fd.Close()
+		return nil, err
+	}
+	l.mu.Lock()
+	l.conns[ns] = c
+	l.mu.Unlock()
+	lo, err := c.link("lo")
+	if err != nil {
+		return nil, err
+	}
+	return c, c.up(lo)
+}
+
+// conn is the lab's socket in namespace ns.
+func (l *Lab) conn(ns string) (*nsConn, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c, ok := l.conns[ns]
+	if !ok {
+		return nil, fmt.Errorf("netns: %s is not a namespace of lab %s (or the lab is closed)", ns, l.Name)
+	}
+	return c, nil
 }
 
 // RaceReports returns, for every process of the lab whose log shows a data
@@ -174,6 +185,8 @@ func (l *Lab) run(args ...string) error {
 	return err
 }
 
+// output runs a command and returns its combined output, which a failure's
+// error holds too.
 func (l *Lab) output(args ...string) (string, error) {
 	return l.outputWithin(30*time.Second, args...)
 }
@@ -188,15 +201,6 @@ func (l *Lab) outputWithin(timeout time.Duration, args ...string) (string, error
 		return string(out), fmt.Errorf("netns: %s: %v: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
 	}
 	return string(out), nil
-}
-
-func (l *Lab) runAll(cmds ...[]string) error {
-	for _, c := range cmds {
-		if err := l.run(c...); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // Start runs a command inside namespace ns, with its output in Dir/<name>.log.
@@ -245,20 +249,42 @@ var OutsideAddr = netip.MustParseAddr("203.0.113.10")
 // underlay namespace (203.0.113.1), which routes between it and the hosts.
 func (l *Lab) AddOutside() (*Outside, error) {
 	o := &Outside{NS: l.Name + "-out", Addr: OutsideAddr}
-	if err := l.addNamespace(o.NS); err != nil {
-		return nil, err
-	}
-	err := l.runAll(
-		[]string{"ip", "link", "add", "eth0", "netns", o.NS, "type", "veth", "peer", "name", "out0", "netns", l.Underlay},
-		[]string{"ip", "-n", l.Underlay, "addr", "add", "203.0.113.1/24", "dev", "out0"},
-		[]string{"ip", "-n", l.Underlay, "link", "set", "out0", "up"},
-		[]string{"ip", "netns", "exec", l.Underlay, "sysctl", "-qw", "net.ipv4.ip_forward=1"},
-		[]string{"ip", "-n", o.NS, "addr", "add", o.Addr.String() + "/24", "dev", "eth0"},
-		[]string{"ip", "-n", o.NS, "link", "set", "eth0", "up"},
-		[]string{"ip", "-n", o.NS, "route", "add", "default", "via", "203.0.113.1"},
-	)
+	oc, err := l.addNamespace(o.NS)
 	if err != nil {
 		return nil, err
 	}
+	ul, err := l.conn(l.Underlay)
+	if err != nil {
+		return nil, err
+	}
+	router := netip.MustParseAddr("203.0.113.1")
+	eth0, out0, err := veth(oc, "eth0", ul, "out0", 0)
+	if err != nil {
+		return nil, err
+	}
+	steps := []func() error{
+		func() error { return ul.addAddrs(out0, netip.PrefixFrom(router, 24)) },
+		func() error { return ul.up(out0) },
+		func() error { return ul.sysctl("net.ipv4.ip_forward", "1") },
+		func() error { return oc.addAddrs(eth0, netip.PrefixFrom(o.Addr, 24)) },
+		func() error { return oc.up(eth0) },
+		func() error { return oc.defaultRoute(eth0, router) },
+	}
+	steps = append(steps,
+		func() error { return ul.waitOperUp("out0") },
+		func() error { return oc.waitOperUp("eth0") })
+	if err := do(steps...); err != nil {
+		return nil, err
+	}
 	return o, nil
+}
+
+// do runs steps in order until one fails.
+func do(steps ...func() error) error {
+	for _, s := range steps {
+		if err := s(); err != nil {
+			return err
+		}
+	}
+	return nil
 }

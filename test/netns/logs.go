@@ -1,9 +1,11 @@
 package netns
 
 import (
-	"bufio"
+	"bytes"
 	"encoding/json"
-	"strings"
+	"io"
+	"os"
+	"slices"
 )
 
 // LogEntry is one line of a JSON log written by vtepd.
@@ -18,18 +20,67 @@ func (e LogEntry) Str(key string) string {
 // Entries returns the process's JSON log lines whose message is msg.
 // Lines that are not JSON (etcd's, a crash trace) are skipped.
 func (p *Process) Entries(msg string) []LogEntry {
-	var out []LogEntry
-	sc := bufio.NewScanner(strings.NewReader(p.Log()))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Bytes()
+	p.logMu.Lock()
+	defer p.logMu.Unlock()
+	p.read.refresh(p.LogPath)
+	return slices.Clone(p.read.byMsg[msg])
+}
+
+// logReader reads a log as it grows: tests poll logs every few
+// milliseconds, and a debug log of a miss storm runs to megabytes. Each
+// refresh reads only what was appended since the last one, and parses only
+// the lines completed since; the entries parsed are kept by message.
+type logReader struct {
+	f      *os.File
+	closed bool
+	data   []byte // everything read so far
+	parsed int    // data[:parsed] is whole lines, all parsed
+	byMsg  map[string][]LogEntry
+}
+
+func (r *logReader) refresh(path string) {
+	if r.closed {
+		return
+	}
+	if r.f == nil {
+		f, err := os.Open(path)
+		if err != nil {
+			return
+		}
+		r.f = f
+		r.byMsg = map[string][]LogEntry{}
+	}
+	// The file only grows (it is opened for appending), so reading on
+	// from where the last read stopped sees exactly what is new.
+	if b, err := io.ReadAll(r.f); err == nil || len(b) > 0 {
+		r.data = append(r.data, b...)
+	}
+	for {
+		nl := bytes.IndexByte(r.data[r.parsed:], '\n')
+		if nl < 0 {
+			return
+		}
+		line := r.data[r.parsed : r.parsed+nl]
+		r.parsed += nl + 1
 		if len(line) == 0 || line[0] != '{' {
 			continue
 		}
 		var e LogEntry
-		if json.Unmarshal(line, &e) == nil && e.Str("msg") == msg {
-			out = append(out, e)
+		if json.Unmarshal(line, &e) == nil {
+			msg := e.Str("msg")
+			r.byMsg[msg] = append(r.byMsg[msg], e)
 		}
 	}
-	return out
+}
+
+// closeLog reads the rest of a process's log, which has ended, and
+// closes it; what was read stays readable.
+func (p *Process) closeLog() {
+	p.logMu.Lock()
+	defer p.logMu.Unlock()
+	p.read.refresh(p.LogPath)
+	if p.read.f != nil {
+		p.read.f.Close()
+	}
+	p.read.closed = true
 }

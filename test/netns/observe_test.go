@@ -20,6 +20,7 @@ import (
 // an operator debugging them gets: metrics, health, the recent misses, the
 // lease table, `vtepd monitor`, `vtepd status` and `vtepd leases`.
 func TestObservability(t *testing.T) {
+	t.Parallel()
 	lab := newLab(t, "vtobs")
 	if _, err := lab.StartEtcd(); err != nil {
 		t.Fatal(err)
@@ -54,8 +55,12 @@ func TestObservability(t *testing.T) {
 	h1, h2 := o.hosts[0], o.hosts[1]
 	before := scrape(t, h1)
 
-	// A monitor next to vtepd, from before the misses.
-	mon, err := lab.Start(h1.NS, "h1.monitor", lab.Bin.Vtepd, "monitor", "--json",
+	// A monitor next to vtepd, from before the misses. It reads the
+	// kernel's entries half a second after each miss (the default is
+	// 50 ms): a loaded machine, other tests beside this one, can delay a
+	// race-built vtepd's first answer past 50 ms, and the monitor would
+	// rightly say the entries were not there yet.
+	mon, err := lab.Start(h1.NS, "h1.monitor", lab.Bin.Vtepd, "monitor", "--json", "--settle", "500ms",
 		"--etcd-endpoints", strings.Join(lab.Endpoints(), ","))
 	if err != nil {
 		t.Fatal(err)

@@ -3,9 +3,6 @@ package netns_test
 import (
 	"fmt"
 	"net/netip"
-	"os"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -46,21 +43,20 @@ func TestEstablishedFlowsSurviveVtepdOutage(t *testing.T) {
 			// The flow is established first: its entries are answered on
 			// both hosts (the reply path's on the receiver).
 			firstPing(t, receiver, target)
-			sent := int((outage + 2*time.Second) / (10 * time.Millisecond))
-			pinger, err := receiver.Container.StartPing("ping-outage-"+outage.String(), target, "-i", "0.01", "-c", strconv.Itoa(sent), "-W", "1")
-			if err != nil {
-				t.Fatal(err)
-			}
-			waitReplies(t, pinger, 50)
+			flow := startFlow(t, receiver, target)
 			receiver.Vtepd.Kill()
 			time.Sleep(outage) // the outage itself: what is measured
 			if _, err := receiver.StartVtepd(); err != nil {
 				t.Fatal(err)
 			}
-			res := pingerResult(t, pinger)
-			t.Logf("vtepd on %s away for %v: %d of %d lost at 100/s", receiver.Name, outage, res.Sent-res.Received, res.Sent)
-			if res.Sent != sent || res.Received != sent {
-				t.Errorf("ping at 100/s across a %v vtepd outage: %d sent, %d received; want no loss", outage, res.Sent, res.Received)
+			// A second more of traffic once vtepd is back.
+			res := stopFlowAfter(t, flow, 100, 10*time.Second)
+			t.Logf("vtepd on %s away for %v: %d of %d lost at 100/s", receiver.Name, outage, len(res.Lost), res.Sent)
+			// The flow spans the outage (it ran before the kill and after
+			// the restart); at half its rate at least throughout, it did
+			// not stall in it, on a loaded machine too.
+			if len(res.Lost) > 0 || res.Sent < int(outage/(20*time.Millisecond)) {
+				t.Errorf("ping at 100/s across a %v vtepd outage: %d sent, %d received, lost %v; want no loss", outage, res.Sent, res.Received, res.Lost)
 			}
 			// What carried the flow through is PERMANENT on the receiver.
 			k, err := receiver.Kernel(device)
@@ -73,20 +69,6 @@ func TestEstablishedFlowsSurviveVtepdOutage(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-// waitReplies waits until a ping started with StartPing has had n replies.
-func waitReplies(t *testing.T, pinger *netns.Process, n int) {
-	t.Helper()
-	err := netns.Poll(10*time.Second, func() error {
-		if got := strings.Count(pinger.Log(), " bytes from "); got < n {
-			return fmt.Errorf("%d replies so far, want %d", got, n)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 }
 
@@ -103,10 +85,11 @@ func TestIdlePeersForgotten(t *testing.T) {
 	firstPing(t, h1, h2.Container.Addr)
 	firstPing(t, h1, h3.Container.Addr)
 	// h3 stays in use: 5 packets a second, far more often than 2 s.
-	pinger, err := h1.Container.StartPing("h1.ping-busy", h3.Container.Addr, "-i", "0.2", "-c", "1000", "-W", "1")
+	busy, err := h1.Container.StartFlow(h3.Container.Addr, 200*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { busy.Stop() })
 	h2MAC := leaseOf(t, o, mustSubnet(t, h2)).VtepMAC
 	h3MAC := leaseOf(t, o, mustSubnet(t, h3)).VtepMAC
 	took, err := goneWithin(t, h1, h2MAC, mustSubnet(t, h2), 10*time.Second)
@@ -118,9 +101,8 @@ func TestIdlePeersForgotten(t *testing.T) {
 	if len(pointingAt(t, h1, h3MAC, mustSubnet(t, h3))) < 2 {
 		t.Errorf("the busy peer %s lost its entries on %s: %v", h3.Name, h1.Name, pointingAt(t, h1, h3MAC, mustSubnet(t, h3)))
 	}
-	pinger.Signal(os.Interrupt)
-	if res := pingerResult(t, pinger); res.Sent == 0 || res.Received != res.Sent {
-		t.Errorf("flow to the busy peer while an idle one was forgotten: %d sent, %d received", res.Sent, res.Received)
+	if res := busy.Stop(); res.Sent == 0 || len(res.Lost) > 0 {
+		t.Errorf("flow to the busy peer while an idle one was forgotten: %d sent, %d received, lost %v", res.Sent, res.Received, res.Lost)
 	}
 	if n := len(h1.Vtepd.Entries("removed the entries of idle peers")); n == 0 {
 		t.Error("no log line says idle peers' entries were removed")
@@ -134,7 +116,7 @@ func TestIdlePeersForgotten(t *testing.T) {
 // PROBE misses without loss.
 func TestNeighbourLimit(t *testing.T) {
 	t.Parallel()
-	o := newOverlay(t, "vtlimit", 0, 0)
+	o := newOverlay(t, "vtnlimit", 0, 0) // vtlimit is TestNeighbourTableLimit's
 	h1 := o.addHost(t, 0, "--neighbour-limit", "3")
 	h2 := o.addHost(t, 4)
 	for name, v := range map[string]string{"base_reachable_time_ms": "1000", "delay_first_probe_time": "1"} {
@@ -159,7 +141,7 @@ func TestNeighbourLimit(t *testing.T) {
 	if permanent(t, h1, last) {
 		t.Fatalf("%s, answered past the limit, is PERMANENT", last)
 	}
-	pinger, err := h1.Container.StartPing("h1.ping-reachable", last, "-i", "0.1", "-c", "600", "-W", "1")
+	flow, err := h1.Container.StartFlow(last, 100*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,14 +151,13 @@ func TestNeighbourLimit(t *testing.T) {
 		}
 		return nil
 	})
-	pinger.Signal(os.Interrupt)
-	res := pingerResult(t, pinger)
+	res := flow.Stop() // waits for the replies still due: a loss is a loss
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("%s past the limit: %v over %d pings", last, missesFor(h1, last), res.Sent)
-	if res.Received != res.Sent {
-		t.Errorf("ping at 10/s through an aging entry: %d sent, %d received; want no loss", res.Sent, res.Received)
+	if len(res.Lost) > 0 {
+		t.Errorf("ping at 10/s through an aging entry: %d sent, %d received, lost %v; want no loss", res.Sent, res.Received, res.Lost)
 	}
 	if permanent(t, h1, last) {
 		t.Errorf("%s was made PERMANENT past the limit", last)

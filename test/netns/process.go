@@ -22,6 +22,9 @@ type Process struct {
 
 	mu  sync.Mutex
 	err error
+
+	logMu sync.Mutex
+	read  logReader
 }
 
 func startProcess(name, logPath string, argv []string) (*Process, error) {
@@ -36,7 +39,10 @@ func startProcess(name, logPath string, argv []string) (*Process, error) {
 	// a lab of 50 hosts then stops in seconds, not a minute.
 	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=50")
 	// If the test binary dies, its lab processes die with it instead of
-	// running on in namespaces nobody will clean until the next run.
+	// running on in namespaces nobody will clean until the next run. The
+	// kernel sends the signal when the thread that forked the process
+	// ends, not the process: the lab lets no thread end but one stuck in
+	// a lab namespace (see elsewhere, in kernel.go).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		f.Close()
@@ -110,6 +116,8 @@ func (p *Process) Kill() {
 
 // Log returns what the process has written so far.
 func (p *Process) Log() string {
-	b, _ := os.ReadFile(p.LogPath)
-	return string(b)
+	p.logMu.Lock()
+	defer p.logMu.Unlock()
+	p.read.refresh(p.LogPath)
+	return string(p.read.data)
 }

@@ -15,6 +15,8 @@ import (
 // get distinct subnets (the compare-and-create transaction decides every
 // race).
 func TestFiftyAgentsAtOnce(t *testing.T) {
+	t.Parallel()
+	claimNeighbours(t, 104) // 50 hosts hold some 100 neighbour entries on the underlay
 	const n = 50
 	lab := newLab(t, "vtfifty")
 	if _, err := lab.StartEtcd(); err != nil {
@@ -70,6 +72,7 @@ func TestFiftyAgentsAtOnce(t *testing.T) {
 // network is full and how big it is, and waits instead of exiting; it takes
 // the first subnet that frees up.
 func TestSubnetExhaustion(t *testing.T) {
+	t.Parallel()
 	lab := newLab(t, "vtfull")
 	if _, err := lab.StartEtcd(); err != nil {
 		t.Fatal(err)

@@ -57,17 +57,28 @@ func burst(t *testing.T, o *overlay, h *netns.Host, start netip.Addr, count int)
 // resolved counts h's neighbour entries in subnet that point at mac.
 func resolved(t *testing.T, h *netns.Host, subnet netip.Prefix, mac store.MAC) int {
 	t.Helper()
+	n, _ := neighbourStates(t, h, subnet, mac)
+	return n
+}
+
+// neighbourStates counts h's neighbour entries in subnet that point at
+// mac, and those still being resolved (INCOMPLETE).
+func neighbourStates(t *testing.T, h *netns.Host, subnet netip.Prefix, mac store.MAC) (resolved, incomplete int) {
+	t.Helper()
 	k, err := h.Kernel(device)
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := 0
 	for _, e := range k.Neighbours {
-		if subnet.Contains(e.IP) && len(e.MAC) == 6 && store.MAC(e.MAC) == mac && e.State&(unix.NUD_INCOMPLETE|unix.NUD_FAILED) == 0 {
-			n++
+		switch {
+		case !subnet.Contains(e.IP):
+		case e.State&unix.NUD_INCOMPLETE != 0:
+			incomplete++
+		case len(e.MAC) == 6 && store.MAC(e.MAC) == mac && e.State&unix.NUD_FAILED == 0:
+			resolved++
 		}
 	}
-	return n
+	return resolved, incomplete
 }
 
 // TestMissStorm: thousands of distinct destinations at once do not wedge
@@ -75,6 +86,7 @@ func resolved(t *testing.T, h *netns.Host, subnet netip.Prefix, mac store.MAC) i
 // overflows; vtepd counts it, reads on without sleeping, and answers the
 // kernel's retries (app_solicit repeats each request once a second).
 func TestMissStorm(t *testing.T) {
+	ownNeighbourTable(t) // not parallel: the table and its limits are the kernel's
 	restore, err := netns.RaiseNeighbourLimits(16384, 32768, 65536)
 	if err != nil {
 		t.Fatal(err)
@@ -155,6 +167,7 @@ func TestNeighbourTableLimit(t *testing.T) {
 	if limits[2] != "1024" {
 		t.Skipf("gc_thresh3 is %s on this machine; this test documents the default 1024", limits[2])
 	}
+	ownNeighbourTable(t) // not parallel: it fills the kernel's one table
 	o := newStormOverlay(t, "vtlimit", "--report-interval", "1s")
 	h1, h2 := o.hosts[0], o.hosts[1]
 	peer := leaseOf(t, o, mustSubnet(t, h2))
@@ -164,10 +177,20 @@ func TestNeighbourTableLimit(t *testing.T) {
 		first = first.Next()
 	}
 	sent, errs := burst(t, o, h1, first, n)
-	// Part of the scenario: let the kernel's three application probes run
-	// out before counting what got answered.
-	time.Sleep(5 * time.Second)
-	got := resolved(t, h1, peer.Subnet, peer.VtepMAC)
+	// Let the kernel's three application probes (1 s apart) run out
+	// before counting what got answered: until no entry of the burst is
+	// still being resolved.
+	var got int
+	err = netns.Poll(10*time.Second, func() error {
+		var incomplete int
+		if got, incomplete = neighbourStates(t, h1, peer.Subnet, peer.VtepMAC); incomplete > 0 {
+			return fmt.Errorf("%d entries still being resolved", incomplete)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("after the burst: %v", err)
+	}
 	t.Logf("burst of %d at gc_thresh3=1024: %d sent, %d refused by the kernel at send; %d answered entries", n, sent, errs, got)
 	if got == 0 {
 		t.Errorf("no entry answered at the table's limit; want those the kernel could create")
@@ -178,9 +201,8 @@ func TestNeighbourTableLimit(t *testing.T) {
 	// The table is full of recent entries; forced GC frees those unused for
 	// 5 s. A new destination is answered again after that.
 	err = netns.Poll(30*time.Second, func() error {
-		res, err := h1.Container.Ping(h2.Container.Addr, "-c1", "-W1")
-		if err != nil || res.Received != 1 {
-			return fmt.Errorf("ping after the burst: %v", err)
+		if ok, _, err := h1.Container.Echo(h2.Container.Addr, time.Second); err != nil || !ok {
+			return fmt.Errorf("ping after the burst: lost (%v)", err)
 		}
 		return nil
 	})

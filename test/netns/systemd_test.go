@@ -77,6 +77,7 @@ func (n *notifyListener) count(state string) int {
 // it waits for a network config, which STATUS= says), WATCHDOG=1 while it
 // runs, STOPPING=1 on SIGTERM.
 func TestSystemdNotify(t *testing.T) {
+	t.Parallel()
 	lab := newLab(t, "vtsd")
 	if _, err := lab.StartEtcd(); err != nil {
 		t.Fatal(err)

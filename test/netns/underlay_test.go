@@ -18,6 +18,7 @@ import (
 // reads them, on a host with several interfaces; errors name what was
 // tried.
 func TestUnderlayChoice(t *testing.T) {
+	t.Parallel()
 	l := newLab(t, "vtiface")
 	h, err := l.AddHost()
 	if err != nil {
@@ -108,6 +109,7 @@ func TestUnderlayChoice(t *testing.T) {
 // --public-ip is what its lease publishes, the interface address what its
 // VXLAN device sends from.
 func TestUnderlayWait(t *testing.T) {
+	t.Parallel()
 	o := newOverlay(t, "vtifwait", 0, 0)
 	h, err := o.lab.AddHost()
 	if err != nil {

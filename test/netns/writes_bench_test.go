@@ -167,6 +167,7 @@ func TestKernelWritesAllocateNothing(t *testing.T) {
 // TestKernelWriteErrors: the miss path's writer reports the kernel's
 // refusal, per write, alone and in a batch.
 func TestKernelWriteErrors(t *testing.T) {
+	t.Parallel()
 	l := newLab(t, "vtwerr")
 	h, err := l.AddHost()
 	if err != nil {
