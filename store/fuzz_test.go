@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"regexp"
 	"strconv"
@@ -58,9 +59,113 @@ func checkSubnetFromKey(t *testing.T, key string, p netip.Prefix) {
 	}
 }
 
-// FuzzParseLease: an accepted lease is a reachable VTEP that round-trips
-// through Value and ParseLease unchanged, its subnet the key's; a rejection
-// is the zero Lease with an error that names the key or the field at fault.
+// FuzzParseLeaseKey: an accepted key is flannel's form of the subnets it
+// names (what flannel's ParseSubnetKey reads from it too), and LeaseKey of
+// them parses back to them; a rejected one gets an error that quotes it,
+// and a key flannel writes for subnets is never rejected.
+func FuzzParseLeaseKey(f *testing.F) {
+	f.Fuzz(func(t *testing.T, key string) {
+		v4, v6, err := ParseLeaseKey(key)
+		f4, f6, fok := flannelParseSubnetKey(key)
+		if err != nil {
+			if v4 != (netip.Prefix{}) || v6 != (netip.Prefix{}) {
+				t.Errorf("ParseLeaseKey(%q) returned %s, %s with its error", key, v4, v6)
+			}
+			if !strings.Contains(err.Error(), strconv.Quote(key)) {
+				t.Errorf("ParseLeaseKey(%q) error %q does not quote the key", key, err)
+			}
+			// What flannel would write for the subnets it reads here
+			// (its own keys) vtepd reads too.
+			if fok && f4.Masked() == f4 && f6.Masked() == f6 && !f6.Addr().Is4In6() && f6.Bits() != 0 &&
+				(f4.Bits() > 0 || f4.Addr().IsUnspecified() && f6.IsValid()) {
+				if own := LeaseKey(noV4(f4), f6); own == key {
+					t.Errorf("ParseLeaseKey(%q) rejects flannel's key for %s, %s: %v", key, f4, f6, err)
+				}
+			}
+			return
+		}
+		checkLeaseKey(t, key, v4, v6)
+		// flannel reads the same subnets from it; it only refuses /32s,
+		// which vtepd has always taken.
+		if v4.Bits() != 32 && (!fok || noV4(f4) != v4 || f6 != v6) {
+			t.Errorf("ParseLeaseKey(%q) = %s, %s, but flannel's ParseSubnetKey reads %s, %s (ok %v)", key, v4, v6, f4, f6, fok)
+		}
+		if p, err := ParseSubnetKey(key); v4.IsValid() != (err == nil) || p != v4 {
+			t.Errorf("ParseLeaseKey(%q) = %s, %s, but ParseSubnetKey = %s, %v", key, v4, v6, p, err)
+		}
+	})
+}
+
+// noV4 is flannel's IPv4 subnet of a lease key as vtepd represents it:
+// flannel's zero IP4Net (an IPv6-only lease) is no IPv4 part.
+func noV4(p netip.Prefix) netip.Prefix {
+	if p.Bits() == 0 && p.Addr().IsUnspecified() {
+		return netip.Prefix{}
+	}
+	return p
+}
+
+// flannelSubnetRegex is flannel's (pkg/subnet/subnet.go), applied by its
+// ParseSubnetKey to the whole etcd key: anchored only at the end.
+var flannelSubnetRegex = regexp.MustCompile(`(\d+\.\d+.\d+.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$`)
+
+// flannelParseSubnetKey is how flannel's ParseSubnetKey reads a lease key:
+// its regular expression, net.ParseIP, and lengths of at most 31 and 127
+// bits. v6 is invalid for a key without an IPv6 part.
+func flannelParseSubnetKey(s string) (v4, v6 netip.Prefix, ok bool) {
+	parts := flannelSubnetRegex.FindStringSubmatch(s)
+	if len(parts) != 5 {
+		return netip.Prefix{}, netip.Prefix{}, false
+	}
+	ip4 := net.ParseIP(parts[1]).To4()
+	n4, err := strconv.ParseUint(parts[2], 10, 5)
+	if ip4 == nil || err != nil {
+		return netip.Prefix{}, netip.Prefix{}, false
+	}
+	v4 = netip.PrefixFrom(netip.AddrFrom4([4]byte(ip4)), int(n4))
+	if parts[3] == "" {
+		return v4, netip.Prefix{}, true
+	}
+	ip6 := net.ParseIP(parts[3]).To16()
+	n6, err := strconv.ParseUint(parts[4], 10, 7)
+	if ip6 == nil || err != nil {
+		return netip.Prefix{}, netip.Prefix{}, false
+	}
+	return v4, netip.PrefixFrom(netip.AddrFrom16([16]byte(ip6)), int(n6)), true
+}
+
+// checkLeaseKey checks the subnets that ParseLeaseKey accepted from key.
+func checkLeaseKey(t *testing.T, key string, v4, v6 netip.Prefix) {
+	t.Helper()
+	if !v4.IsValid() && !v6.IsValid() {
+		t.Fatalf("ParseLeaseKey(%q) accepted a key of no subnet", key)
+	}
+	if v4.IsValid() {
+		checkSubnetFromKey(t, key, v4)
+	} else if !strings.HasPrefix(key, "0.0.0.0-") {
+		t.Errorf("ParseLeaseKey(%q) found no IPv4 part, but the key is not flannel's 0.0.0.0-0&...", key)
+	}
+	if v6.IsValid() {
+		if !v6.Addr().Is6() || v6.Addr().Is4In6() || v6.Addr().Zone() != "" || v6 != v6.Masked() || v6.Bits() == 0 || v6.Bits() > 127 {
+			t.Fatalf("ParseLeaseKey(%q) = %s: not an IPv6 subnet's own prefix", key, v6)
+		}
+		form := `&` + regexp.QuoteMeta(v6.Addr().String()) + `-0*` + strconv.Itoa(v6.Bits()) + `$`
+		if !regexp.MustCompile(form).MatchString(key) {
+			t.Errorf("ParseLeaseKey(%q) = %s, but the key does not end in flannel's &%s-%d", key, v6, v6.Addr(), v6.Bits())
+		}
+	} else if strings.Contains(key, "&") {
+		t.Errorf("ParseLeaseKey(%q) found no IPv6 part in a key with an &", key)
+	}
+	own := LeaseKey(v4, v6)
+	if b4, b6, err := ParseLeaseKey(own); err != nil || b4 != v4 || b6 != v6 {
+		t.Errorf("ParseLeaseKey(%q) = %s, %s, but ParseLeaseKey(LeaseKey = %q) = %s, %s, %v", key, v4, v6, own, b4, b6, err)
+	}
+}
+
+// FuzzParseLease: an accepted lease is a reachable VTEP in each of its
+// parts, and round-trips through Value and ParseLease unchanged, its
+// subnets the key's; a rejection is the zero Lease with an error that names
+// the key or the field at fault.
 func FuzzParseLease(f *testing.F) {
 	f.Fuzz(func(t *testing.T, key string, value []byte) {
 		l, err := ParseLease(key, value)
@@ -74,24 +179,27 @@ func FuzzParseLease(f *testing.F) {
 
 func checkLease(t *testing.T, key string, value []byte, l Lease) {
 	t.Helper()
-	p, err := ParseSubnetKey(key)
-	if err != nil || l.Subnet != p {
-		t.Fatalf("ParseLease(%q, %q).Subnet = %s, but the key parses to %s, %v", key, value, l.Subnet, p, err)
+	v4, v6, err := ParseLeaseKey(key)
+	if err != nil || l.Subnet != v4 || l.IPv6Subnet != v6 {
+		t.Fatalf("ParseLease(%q, %q) has subnets %s, %s, but the key parses to %s, %s, %v", key, value, l.Subnet, l.IPv6Subnet, v4, v6, err)
 	}
-	checkSubnetFromKey(t, key, p)
+	checkLeaseKey(t, key, v4, v6)
 	if l.Key != "" || l.CreateRevision != 0 || l.ModRevision != 0 || l.EtcdLease != 0 {
 		t.Errorf("ParseLease(%q, %q) set etcd's metadata: %+v", key, value, l)
 	}
-	if !isUnicast(l.PublicIP) || l.PublicIP.Zone() != "" {
-		t.Errorf("ParseLease(%q, %q): PublicIP %s is no VTEP's address", key, value, l.PublicIP)
+	if p, ok := l.IPv4(); ok && (!p.PublicIP.Is4() || !isUnicast(p.PublicIP) || !p.VtepMAC.IsUnicast()) ||
+		!ok && (l.VtepMAC != MAC{} || l.PublicIP.IsValid() && (!l.PublicIP.Is4() || !isUnicast(l.PublicIP))) {
+		t.Errorf("ParseLease(%q, %q): IPv4 part %+v (%v) is no VTEP's", key, value, p, ok)
 	}
-	if !l.VtepMAC.IsUnicast() {
-		t.Errorf("ParseLease(%q, %q): VtepMAC %s is not unicast", key, value, l.VtepMAC)
+	if p, ok := l.IPv6(); ok && (!isUnicast(p.PublicIP) || p.PublicIP.Zone() != "" || p.PublicIP.Is4In6() || !p.VtepMAC.IsUnicast()) ||
+		ok && l.PublicIPv6.IsValid() && !l.PublicIPv6.Is6() ||
+		!ok && (l.VtepMACv6 != MAC{} || l.PublicIPv6.IsValid()) {
+		t.Errorf("ParseLease(%q, %q): IPv6 part %+v (%v) is no VTEP's", key, value, p, ok)
 	}
 	// What vtepd writes for a lease it read is that lease, under its own
 	// key and under the one it was read from.
 	v := l.Value()
-	for _, k := range []string{SubnetKey(l.Subnet), key} {
+	for _, k := range []string{LeaseKey(l.Subnet, l.IPv6Subnet), key} {
 		back, err := ParseLease(k, v)
 		if err != nil || back != l {
 			t.Fatalf("ParseLease(%q, %q) = %+v, but ParseLease(%q, its Value() %s) = %+v, %v", key, value, l, k, v, back, err)
@@ -104,7 +212,7 @@ func checkLease(t *testing.T, key string, value []byte, l Lease) {
 
 // leaseFields are the words one of which every lease error names: the
 // fields of flannel's lease JSON, or the JSON as a whole.
-var leaseFields = []string{"PublicIP", "BackendType", "BackendData", "lease JSON"}
+var leaseFields = []string{"PublicIP", "PublicIPv6", "BackendType", "BackendData", "BackendV6Data", "lease JSON"}
 
 func checkLeaseError(t *testing.T, key string, value []byte, l Lease, err error) {
 	t.Helper()
@@ -112,8 +220,8 @@ func checkLeaseError(t *testing.T, key string, value []byte, l Lease, err error)
 		t.Errorf("ParseLease(%q, %q) returned %+v with its error", key, value, l)
 	}
 	msg := err.Error()
-	// The key is checked first, and its error is ParseSubnetKey's.
-	if _, kerr := ParseSubnetKey(key); kerr != nil {
+	// The key is checked first, and its error is ParseLeaseKey's.
+	if _, _, kerr := ParseLeaseKey(key); kerr != nil {
 		if msg != kerr.Error() {
 			t.Errorf("ParseLease(%q, %q) error %q, want the key's %q", key, value, msg, kerr)
 		}

@@ -70,7 +70,7 @@ func expectOwn(t *testing.T, c *clientv3.Client, cfg Config, o *OwnLease, claim 
 		t.Fatalf("own lease %s is not in etcd", l.Key)
 	}
 	kv := resp.Kvs[0]
-	want := fmt.Sprintf(`{"PublicIP":"%s","BackendType":"vxlan","BackendData":{"VNI":%d,"VtepMAC":"%s"}}`, claim.PublicIP, cfg.Backend.VNI, claim.VtepMAC)
+	want := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":%d,"VtepMAC":"%s"}}`, claim.PublicIP, cfg.Backend.VNI, claim.VtepMAC)
 	if string(kv.Value) != want {
 		t.Errorf("etcd holds\n  %s\nwant flannel's\n  %s", kv.Value, want)
 	}
