@@ -242,23 +242,31 @@ func checkLeaseError(t *testing.T, key string, value []byte, l Lease, err error)
 // flannelConfig is how flanneld decodes the fields of the network config
 // that vtepd reads: encoding/json into a struct (pkg/subnet/config.go), so
 // names match ignoring case and of two keys for one field the last wins.
+// EnableIPv4 is true unless the document says otherwise.
 type flannelConfig struct {
-	Network, SubnetMin, SubnetMax string
-	SubnetLen                     int
-	Backend                       json.RawMessage
+	EnableIPv4, EnableIPv6                    bool
+	Network, SubnetMin, SubnetMax             string
+	IPv6Network, IPv6SubnetMin, IPv6SubnetMax string
+	SubnetLen, IPv6SubnetLen                  int
+	Backend                                   json.RawMessage
 }
 
-// flannelBackend is the vxlan backend's part of it; VNI is a pointer
-// because an absent VNI is 1 and an explicit 0 is 0.
+// flannelBackend is the vxlan backend's part of it (vxlan.go's
+// RegisterNetwork); VNI is a pointer because an absent VNI is 1 and an
+// explicit 0 is 0.
 type flannelBackend struct {
-	Type string
-	VNI  *int
-	Port int
+	Type                         string
+	VNI                          *int
+	Port, MTU                    int
+	GBP, Learning, DirectRouting bool
 }
 
 // configFields are the fields a *ConfigError may name ("" for the document).
-var configFields = map[string]bool{"": true, "Network": true, "SubnetLen": true, "SubnetMin": true, "SubnetMax": true,
-	"Backend": true, "Backend.Type": true, "Backend.VNI": true, "Backend.Port": true}
+var configFields = map[string]bool{"": true, "EnableIPv4": true, "EnableIPv6": true,
+	"Network": true, "SubnetLen": true, "SubnetMin": true, "SubnetMax": true,
+	"IPv6Network": true, "IPv6SubnetLen": true, "IPv6SubnetMin": true, "IPv6SubnetMax": true,
+	"Backend": true, "Backend.Type": true, "Backend.VNI": true, "Backend.Port": true,
+	"Backend.MTU": true, "Backend.GBP": true, "Backend.Learning": true, "Backend.DirectRouting": true}
 
 // FuzzParseConfig: an accepted config holds its documented invariants and
 // written out in full parses back the same; a rejection is the zero Config
@@ -276,12 +284,19 @@ func FuzzParseConfig(f *testing.F) {
 	})
 }
 
+// withoutWarnings is cfg without its Warnings, which say what a document
+// has besides what flanneld reads from it.
+func withoutWarnings(cfg Config) Config {
+	cfg.Warnings = nil
+	return cfg
+}
+
 // checkReadsAsFlanneld checks that ParseConfig, which gave cfg, err for
 // value, reads from it what flanneld reads: the same document rewritten
 // with only the fields as flanneld decodes them parses the same way.
 func checkReadsAsFlanneld(t *testing.T, value []byte, cfg Config, err error) {
 	t.Helper()
-	var fc flannelConfig
+	fc := flannelConfig{EnableIPv4: true}
 	var fb flannelBackend
 	if ferr := json.Unmarshal(value, &fc); ferr != nil {
 		if err == nil {
@@ -296,21 +311,27 @@ func checkReadsAsFlanneld(t *testing.T, value []byte, cfg Config, err error) {
 		return
 	}
 	type backend struct {
-		Type string
-		VNI  *int `json:",omitempty"`
-		Port int
+		Type                         string
+		VNI                          *int `json:",omitempty"`
+		Port, MTU                    int
+		GBP, Learning, DirectRouting bool
 	}
 	read, merr := json.Marshal(struct {
-		Network              string
-		SubnetLen            int
-		SubnetMin, SubnetMax string
-		Backend              backend
-	}{fc.Network, fc.SubnetLen, fc.SubnetMin, fc.SubnetMax, backend(fb)})
+		EnableIPv4, EnableIPv6       bool
+		Network                      string
+		SubnetLen                    int
+		SubnetMin, SubnetMax         string
+		IPv6Network                  string
+		IPv6SubnetLen                int
+		IPv6SubnetMin, IPv6SubnetMax string
+		Backend                      backend
+	}{fc.EnableIPv4, fc.EnableIPv6, fc.Network, fc.SubnetLen, fc.SubnetMin, fc.SubnetMax,
+		fc.IPv6Network, fc.IPv6SubnetLen, fc.IPv6SubnetMin, fc.IPv6SubnetMax, backend(fb)})
 	if merr != nil {
 		t.Fatal(merr)
 	}
 	back, berr := ParseConfig(testConfigKey, read)
-	if (err == nil) != (berr == nil) || back != cfg {
+	if (err == nil) != (berr == nil) || !sameConfig(withoutWarnings(back), withoutWarnings(cfg)) {
 		t.Errorf("ParseConfig(%q) = %+v, %v; but flanneld reads it as %s, for which ParseConfig = %+v, %v",
 			value, cfg, err, read, back, berr)
 	}
@@ -318,46 +339,88 @@ func checkReadsAsFlanneld(t *testing.T, value []byte, cfg Config, err error) {
 
 func checkConfig(t *testing.T, value []byte, cfg Config) {
 	t.Helper()
-	n := cfg.Network
-	if !n.IsValid() || n != n.Masked() {
-		t.Fatalf("ParseConfig(%q): Network %s is not a network's own prefix", value, n)
+	f4, ok4 := cfg.IPv4()
+	f6, ok6 := cfg.IPv6()
+	if !ok4 && !ok6 || ok4 != cfg.EnableIPv4 || ok6 != cfg.EnableIPv6 {
+		t.Fatalf("ParseConfig(%q): EnableIPv4 %v, EnableIPv6 %v, but families IPv4 %v, IPv6 %v", value, cfg.EnableIPv4, cfg.EnableIPv6, ok4, ok6)
 	}
-	bitLen := n.Addr().BitLen()
-	// At least four subnets (a device and a bridge address each); flannel
-	// stops at a /30.
-	if cfg.SubnetLen < n.Bits()+2 || cfg.SubnetLen > bitLen-2 {
-		t.Fatalf("ParseConfig(%q): SubnetLen %d for Network %s", value, cfg.SubnetLen, n)
+	if ok4 {
+		checkFamily(t, value, "", f4, 30)
+	} else if f4 != (FamilyConfig{}) {
+		t.Errorf("ParseConfig(%q): IPv4 is off but its fields are %+v", value, f4)
 	}
-	for name, a := range map[string]netip.Addr{"SubnetMin": cfg.SubnetMin, "SubnetMax": cfg.SubnetMax} {
-		if !n.Contains(a) {
-			t.Errorf("ParseConfig(%q): %s %s is not inside Network %s", value, name, a, n)
+	if ok6 {
+		checkFamily(t, value, "IPv6", f6, 126)
+	} else if f6 != (FamilyConfig{}) {
+		t.Errorf("ParseConfig(%q): IPv6 is off but its fields are %+v", value, f6)
+	}
+	if ok4 {
+		if c := cfg.SubnetCount(); c < 1 || c > 1<<(cfg.SubnetLen-f4.Network.Bits()) {
+			t.Errorf("ParseConfig(%q): SubnetCount() = %d, want 1 to %d", value, c, 1<<(cfg.SubnetLen-f4.Network.Bits()))
 		}
-		if sub := netip.PrefixFrom(a, cfg.SubnetLen); sub.Masked() != sub {
-			t.Errorf("ParseConfig(%q): %s %s is not on a /%d boundary", value, name, a, cfg.SubnetLen)
-		}
 	}
-	if cfg.SubnetMax.Less(cfg.SubnetMin) {
-		t.Errorf("ParseConfig(%q): SubnetMax %s < SubnetMin %s", value, cfg.SubnetMax, cfg.SubnetMin)
+	b := cfg.Backend
+	minMTU := 68 + 50
+	if ok6 {
+		minMTU = 1280 + 70
 	}
-	if c := cfg.SubnetCount(); c < 1 || c > 1<<(cfg.SubnetLen-n.Bits()) {
-		t.Errorf("ParseConfig(%q): SubnetCount() = %d, want 1 to %d", value, c, 1<<(cfg.SubnetLen-n.Bits()))
-	}
-	if cfg.Backend.Type != "vxlan" || cfg.Backend.VNI < 0 || cfg.Backend.VNI >= 1<<24 ||
-		cfg.Backend.Port < 1 || cfg.Backend.Port > 65535 {
-		t.Errorf("ParseConfig(%q): Backend %+v: want vxlan, a 24-bit VNI, a UDP port", value, cfg.Backend)
+	if b.Type != "vxlan" || b.VNI < 0 || b.VNI >= 1<<24 || b.Port < 1 || b.Port > 65535 || b.MTU != 0 && (b.MTU < minMTU || b.MTU > 65535) {
+		t.Errorf("ParseConfig(%q): Backend %+v: want vxlan, a 24-bit VNI, a UDP port, an MTU of 0 or %d to 65535", value, b, minMTU)
 	}
 
-	// The config with every default written out is the same config.
-	full := fmt.Sprintf(`{"Network":%q,"SubnetLen":%d,"SubnetMin":%q,"SubnetMax":%q,"Backend":{"Type":%q,"VNI":%d,"Port":%d}}`,
-		cfg.Network, cfg.SubnetLen, cfg.SubnetMin, cfg.SubnetMax, cfg.Backend.Type, cfg.Backend.VNI, cfg.Backend.Port)
-	if back, err := ParseConfig(testConfigKey, []byte(full)); err != nil || back != cfg {
-		t.Errorf("ParseConfig(%q) = %+v, but ParseConfig(%s) = %+v, %v", value, cfg, full, back, err)
+	// The config with every default written out is the same config, less
+	// the warnings about what it had besides.
+	var full strings.Builder
+	fmt.Fprintf(&full, `{"EnableIPv4":%t,"EnableIPv6":%t`, cfg.EnableIPv4, cfg.EnableIPv6)
+	if ok4 {
+		fmt.Fprintf(&full, `,"Network":%q,"SubnetLen":%d,"SubnetMin":%q,"SubnetMax":%q`, cfg.Network, cfg.SubnetLen, cfg.SubnetMin, cfg.SubnetMax)
+	}
+	if ok6 {
+		fmt.Fprintf(&full, `,"IPv6Network":%q,"IPv6SubnetLen":%d,"IPv6SubnetMin":%q,"IPv6SubnetMax":%q`,
+			cfg.IPv6Network, cfg.IPv6SubnetLen, cfg.IPv6SubnetMin, cfg.IPv6SubnetMax)
+	}
+	fmt.Fprintf(&full, `,"Backend":{"Type":%q,"VNI":%d,"Port":%d,"MTU":%d,"GBP":%t,"Learning":%t,"DirectRouting":%t}}`,
+		b.Type, b.VNI, b.Port, b.MTU, b.GBP, b.Learning, b.DirectRouting)
+	back, err := ParseConfig(testConfigKey, []byte(full.String()))
+	if err != nil || !sameConfig(back, withoutWarnings(cfg)) {
+		t.Errorf("ParseConfig(%q) = %+v, but ParseConfig(%s) = %+v, %v", value, cfg, full.String(), back, err)
+	}
+	for _, w := range cfg.Warnings {
+		if !strings.Contains(w, " ignored: ") {
+			t.Errorf("ParseConfig(%q): warning %q does not say what is ignored", value, w)
+		}
+	}
+}
+
+// checkFamily checks one family of an accepted config; prefix is the
+// fields' prefix ("" or "IPv6"), maxLen flannel's longest subnet.
+func checkFamily(t *testing.T, value []byte, prefix string, f FamilyConfig, maxLen int) {
+	t.Helper()
+	n := f.Network
+	if !n.IsValid() || n != n.Masked() || n.Addr().Is4In6() || n.Addr().Zone() != "" || (prefix == "") != n.Addr().Is4() {
+		t.Fatalf("ParseConfig(%q): %sNetwork %s is not a network's own prefix of its family", value, prefix, n)
+	}
+	// At least four subnets (a device and a bridge address each); flannel
+	// stops at a /30 and a /126.
+	if f.SubnetLen < n.Bits()+2 || f.SubnetLen > maxLen {
+		t.Fatalf("ParseConfig(%q): %sSubnetLen %d for %sNetwork %s", value, prefix, f.SubnetLen, prefix, n)
+	}
+	for name, a := range map[string]netip.Addr{prefix + "SubnetMin": f.SubnetMin, prefix + "SubnetMax": f.SubnetMax} {
+		if !n.Contains(a) {
+			t.Errorf("ParseConfig(%q): %s %s is not inside %sNetwork %s", value, name, a, prefix, n)
+		}
+		if sub := netip.PrefixFrom(a, f.SubnetLen); sub.Masked() != sub {
+			t.Errorf("ParseConfig(%q): %s %s is not on a /%d boundary", value, name, a, f.SubnetLen)
+		}
+	}
+	if f.SubnetMax.Less(f.SubnetMin) {
+		t.Errorf("ParseConfig(%q): %sSubnetMax %s < %sSubnetMin %s", value, prefix, f.SubnetMax, prefix, f.SubnetMin)
 	}
 }
 
 func checkConfigError(t *testing.T, value []byte, cfg Config, err error) {
 	t.Helper()
-	if cfg != (Config{}) {
+	if !sameConfig(cfg, Config{}) {
 		t.Errorf("ParseConfig(%q) returned %+v with its error", value, cfg)
 	}
 	var ce *ConfigError
