@@ -438,70 +438,117 @@ func checkConfigError(t *testing.T, value []byte, cfg Config, err error) {
 
 // FuzzSyncParseKV is the syncer's reading of a key-value from etcd: it takes
 // exactly the leases ParseLease takes under the subnets prefix (one element
-// below it) that belong to the network, keeps etcd's metadata, and warns
-// about anything else once per key and revision, naming the key.
+// below it) that belong to the network, each part to its family, keeps
+// etcd's metadata, drops an IPv6 part the overlay has no use for, and warns
+// about anything else once per key and revision, naming the key. Each input
+// is read by the syncers of an IPv4-only, a dual-stack and an IPv6-only
+// overlay.
 func FuzzSyncParseKV(f *testing.F) {
-	cfg := testConfig()
+	dual := testConfig()
+	dual.EnableIPv6, dual.IPv6Network, dual.IPv6SubnetLen = true, netip.MustParsePrefix("fd00:10::/48"), 64
+	dual.IPv6SubnetMin, dual.IPv6SubnetMax = netip.MustParseAddr("fd00:10:0:1::"), netip.MustParseAddr("fd00:10:0:ffff::")
+	v6only := dual
+	v6only.EnableIPv4, v6only.Network, v6only.SubnetLen, v6only.SubnetMin, v6only.SubnetMax = false, netip.Prefix{}, 0, netip.Addr{}, netip.Addr{}
+	configs := []Config{testConfig(), dual, v6only}
 	f.Fuzz(func(t *testing.T, key string, value []byte) {
-		core, logs := observer.New(zapcore.WarnLevel)
-		s := &syncer{t: NewTable(cfg), prefix: testSubnetsPrefix, log: zap.New(core), warned: make(map[string]int64)}
-		kv := &mvccpb.KeyValue{Key: []byte(key), Value: value, CreateRevision: 3, ModRevision: 7, Lease: 0x1234}
+		for _, cfg := range configs {
+			checkSyncParseKV(t, cfg, key, value)
+		}
+	})
+}
 
-		l, err := s.parseKV(kv)
-		subnetKey, under := strings.CutPrefix(key, testSubnetsPrefix)
-		under = under && !strings.Contains(subnetKey, "/")
-		want, werr := ParseLease(subnetKey, value)
-		belongs := werr == nil && want.VNI == cfg.Backend.VNI &&
-			cfg.Network.Contains(want.Subnet.Addr()) && want.Subnet.Bits() >= cfg.Network.Bits()
-		if err != nil {
-			if l != (Lease{}) {
-				t.Errorf("parseKV(%q, %q) returned %+v with its error", key, value, l)
+// belongs is whether a lease ParseLease accepted belongs to cfg's overlay,
+// and the lease as the table admits it.
+func belongs(cfg Config, l Lease) (Lease, bool) {
+	ok4 := l.Subnet.IsValid() && cfg.Network.IsValid() && cfg.Network.Contains(l.Subnet.Addr()) && l.Subnet.Bits() >= cfg.Network.Bits()
+	ok6 := l.IPv6Subnet.IsValid() && cfg.IPv6Network.IsValid() && cfg.IPv6Network.Contains(l.IPv6Subnet.Addr()) && l.IPv6Subnet.Bits() >= cfg.IPv6Network.Bits()
+	if l.Subnet.IsValid() && !ok4 || l.IPv6Subnet.IsValid() && cfg.IPv6Network.IsValid() && !ok6 || !ok4 && !ok6 || l.VNI != cfg.Backend.VNI {
+		return Lease{}, false
+	}
+	if !cfg.IPv6Network.IsValid() {
+		l.IPv6Subnet, l.PublicIPv6, l.VtepMACv6 = netip.Prefix{}, netip.Addr{}, MAC{}
+	}
+	return l, true
+}
+
+func checkSyncParseKV(t *testing.T, cfg Config, key string, value []byte) {
+	t.Helper()
+	core, logs := observer.New(zapcore.WarnLevel)
+	s := &syncer{t: NewTable(cfg), prefix: testSubnetsPrefix, log: zap.New(core), warned: make(map[string]int64)}
+	kv := &mvccpb.KeyValue{Key: []byte(key), Value: value, CreateRevision: 3, ModRevision: 7, Lease: 0x1234}
+	overlay := fmt.Sprintf("network %s, IPv6 network %s, VNI %d", cfg.Network, cfg.IPv6Network, cfg.Backend.VNI)
+
+	l, err := s.parseKV(kv)
+	subnetKey, under := strings.CutPrefix(key, testSubnetsPrefix)
+	under = under && !strings.Contains(subnetKey, "/")
+	parsed, werr := ParseLease(subnetKey, value)
+	want, ok := belongs(cfg, parsed)
+	ok = ok && werr == nil
+	if err != nil {
+		if l != (Lease{}) {
+			t.Errorf("%s: parseKV(%q, %q) returned %+v with its error", overlay, key, value, l)
+		}
+		switch msg := err.Error(); {
+		case !under && !strings.Contains(msg, "not a lease key under "+testSubnetsPrefix):
+			t.Errorf("%s: parseKV(%q, %q) error %q, want it to say the key is not under %s", overlay, key, value, msg, testSubnetsPrefix)
+		case under && werr != nil && msg != werr.Error():
+			t.Errorf("%s: parseKV(%q, %q) error %q, want ParseLease's %q", overlay, key, value, msg, werr)
+		case under && ok:
+			t.Errorf("%s: parseKV(%q, %q) rejected a lease of the network: %v", overlay, key, value, err)
+		case under && werr == nil && !strings.Contains(msg, "subnet") && !strings.Contains(msg, "BackendData.VNI") && !strings.Contains(msg, "BackendV6Data.VNI"):
+			t.Errorf("%s: parseKV(%q, %q) error %q names neither a subnet nor a VNI", overlay, key, value, msg)
+		}
+	} else {
+		switch {
+		case !under:
+			t.Errorf("%s: parseKV(%q, %q) accepted a key that is not one element under %s", overlay, key, value, testSubnetsPrefix)
+		case !ok:
+			t.Errorf("%s: parseKV(%q, %q) = %+v, but ParseLease says %+v, %v", overlay, key, value, l, parsed, werr)
+		default:
+			want.Key, want.CreateRevision, want.ModRevision, want.EtcdLease = key, kv.CreateRevision, kv.ModRevision, kv.Lease
+			if l != want {
+				t.Errorf("%s: parseKV(%q, %q) = %+v, want %+v", overlay, key, value, l, want)
 			}
-			switch msg := err.Error(); {
-			case !under && !strings.Contains(msg, "not a lease key under "+testSubnetsPrefix):
-				t.Errorf("parseKV(%q, %q) error %q, want it to say the key is not under %s", key, value, msg, testSubnetsPrefix)
-			case under && werr != nil && msg != werr.Error():
-				t.Errorf("parseKV(%q, %q) error %q, want ParseLease's %q", key, value, msg, werr)
-			case under && werr == nil && belongs:
-				t.Errorf("parseKV(%q, %q) rejected a lease of the network: %v", key, value, err)
-			case under && werr == nil && !strings.Contains(msg, "subnet") && !strings.Contains(msg, "BackendData.VNI"):
-				t.Errorf("parseKV(%q, %q) error %q names neither the subnet nor BackendData.VNI", key, value, msg)
+			// What the syncer reads, the table admits into its empty self and
+			// finds by each part's address and MAC.
+			s.t.mu.Lock()
+			_, perr := s.t.put(l)
+			s.t.mu.Unlock()
+			if perr != nil {
+				t.Fatalf("%s: put(%+v) into an empty table: %v", overlay, l, perr)
 			}
-		} else {
-			switch {
-			case !under:
-				t.Errorf("parseKV(%q, %q) accepted a key that is not one element under %s", key, value, testSubnetsPrefix)
-			case !belongs:
-				t.Errorf("parseKV(%q, %q) = %+v, but ParseLease says %+v, %v and the network is %s VNI %d",
-					key, value, l, want, werr, cfg.Network, cfg.Backend.VNI)
-			default:
-				want.Key, want.CreateRevision, want.ModRevision, want.EtcdLease = key, kv.CreateRevision, kv.ModRevision, kv.Lease
-				if l != want {
-					t.Errorf("parseKV(%q, %q) = %+v, want %+v", key, value, l, want)
+			for _, p := range []func() (Part, bool){l.IPv4, l.IPv6} {
+				if p, ok := p(); ok {
+					if got, found := s.t.LookupIP(p.Subnet.Addr()); !found || got != l {
+						t.Errorf("%s: LookupIP(%s) = %+v, %v; want %+v", overlay, p.Subnet.Addr(), got, found, l)
+					}
+					if got, found := s.t.LookupMAC(p.VtepMAC); !found || got != l {
+						t.Errorf("%s: LookupMAC(%s) = %+v, %v; want %+v", overlay, p.VtepMAC, got, found, l)
+					}
 				}
 			}
 		}
+	}
 
-		// parse warns about a bad key-value once per revision, and only
-		// about a bad one.
-		for i, rev := range []int64{7, 7, 8} {
-			kv.ModRevision = rev
-			if _, ok := s.parse(kv); ok != (err == nil) {
-				t.Fatalf("parse(%q, %q) ok = %v, parseKV's error %v", key, value, ok, err)
-			}
-			wantWarnings := 0
-			if err != nil {
-				wantWarnings = []int{1, 1, 2}[i]
-			}
-			if n := logs.Len(); n != wantWarnings || s.t.Stats().Invalid != uint64(wantWarnings) {
-				t.Fatalf("after %d parses (revisions 7, 7, 8) of (%q, %q): %d warnings, %d counted, want %d",
-					i+1, key, value, n, s.t.Stats().Invalid, wantWarnings)
-			}
+	// parse warns about a bad key-value once per revision, and only
+	// about a bad one.
+	for i, rev := range []int64{7, 7, 8} {
+		kv.ModRevision = rev
+		if _, ok := s.parse(kv); ok != (err == nil) {
+			t.Fatalf("%s: parse(%q, %q) ok = %v, parseKV's error %v", overlay, key, value, ok, err)
 		}
-		for _, e := range logs.All() {
-			if got := e.ContextMap()["key"]; got != key {
-				t.Errorf("warning %q names key %v, want %q", e.Message, got, key)
-			}
+		wantWarnings := 0
+		if err != nil {
+			wantWarnings = []int{1, 1, 2}[i]
 		}
-	})
+		if n := logs.Len(); n != wantWarnings || s.t.Stats().Invalid != uint64(wantWarnings) {
+			t.Fatalf("%s: after %d parses (revisions 7, 7, 8) of (%q, %q): %d warnings, %d counted, want %d",
+				overlay, i+1, key, value, n, s.t.Stats().Invalid, wantWarnings)
+		}
+	}
+	for _, e := range logs.All() {
+		if got := e.ContextMap()["key"]; got != key {
+			t.Errorf("%s: warning %q names key %v, want %q", overlay, e.Message, got, key)
+		}
+	}
 }
