@@ -49,7 +49,6 @@ type Table struct {
 	// that does not pack, by slot.
 	slots   []record
 	slots6  []record6
-	base6   v6base // what every record6 of the overlay leaves out
 	free    []int32
 	odd     map[int32]Lease
 	byKey   map[string]int32
@@ -111,7 +110,6 @@ type TableStats struct {
 func NewTable(cfg Config) *Table {
 	return &Table{
 		cfg:      cfg,
-		base6:    newV6base(cfg.IPv6Network),
 		byKey:    make(map[string]int32),
 		macMul:   rand.Uint64() | 1,
 		rejected: make(map[string]rejectedLease),
@@ -151,7 +149,10 @@ func (t *Table) Synced() <-chan struct{} { return t.synced }
 // read lock only for an index probe and the read of the slot's records.
 func (t *Table) LookupIP(a netip.Addr) (l Lease, ok bool) {
 	if !a.Is4() {
-		return t.lookupIP6(a)
+		// Filled in place: a Lease returned and returned again is copied
+		// twice.
+		ok = t.lookupIP6(a, &l)
+		return l, ok
 	}
 	v := u32(a)
 	t.mu.RLock()
@@ -173,7 +174,7 @@ func (t *Table) LookupIP(a netip.Addr) (l Lease, ok bool) {
 			if r := &t.slots[s]; !r.odd {
 				r.unpack(&l)
 				if r.flags&recV6 != 0 {
-					t.slots6[s].unpack(&l, t.base6)
+					t.slots6[s].unpack(&l)
 				}
 			} else {
 				l = t.odd[s]
@@ -187,13 +188,17 @@ func (t *Table) LookupIP(a netip.Addr) (l Lease, ok bool) {
 }
 
 // lookupIP6 is LookupIP for an IPv6 address: the same probe of a length
-// index, the same records read.
-func (t *Table) lookupIP6(a netip.Addr) (l Lease, ok bool) {
+// index, the same records read into *l.
+func (t *Table) lookupIP6(a netip.Addr, l *Lease) bool {
 	if !a.Is6() || a.Is4In6() {
-		return Lease{}, false
+		return false
 	}
-	b := a.As16()
-	hi, lo := binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
+	// Not As16: its result is copied whole, and the copy's 16-byte load of
+	// two 8-byte stores stalls. AppendBinary's bytes are read back as they
+	// were stored, and without a zone they fit buf.
+	var buf [16]byte
+	b, _ := a.WithZone("").AppendBinary(buf[:0])
+	hi, lo := binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:16])
 	t.mu.RLock()
 	for i := range t.lengths6 {
 		li := &t.lengths6[i]
@@ -208,13 +213,13 @@ func (t *Table) lookupIP6(a netip.Addr) (l Lease, ok bool) {
 			s, found = t.hashed6(li, sh, sl)
 		}
 		if found {
-			t.fill(s, &l)
+			t.fill(s, l)
 			t.mu.RUnlock()
-			return l, true
+			return true
 		}
 	}
 	t.mu.RUnlock()
-	return Lease{}, false
+	return false
 }
 
 // hashed6 returns the slot of the lease of li's length whose IPv6 subnet
@@ -240,8 +245,8 @@ func (t *Table) hashed6(li *lengthIndex6, hi, lo uint64) (int32, bool) {
 // at hi:lo.
 func (t *Table) subnet6Is(s int32, hi, lo uint64) bool {
 	if r := &t.slots[s]; !r.odd {
-		h, l := t.base6.expand(t.slots6[s].sub)
-		return h == hi && l == lo
+		sub := &t.slots6[s].sub
+		return binary.BigEndian.Uint64(sub[:8]) == hi && binary.BigEndian.Uint64(sub[8:]) == lo
 	}
 	u := u128Of(t.odd[s].IPv6Subnet.Addr())
 	return u.hi == hi && u.lo == lo
@@ -267,7 +272,7 @@ func (t *Table) LookupMAC(m MAC) (l Lease, ok bool) {
 			if !r.odd {
 				r.unpack(&l)
 				if r.flags&recV6 != 0 {
-					t.slots6[s].unpack(&l, t.base6)
+					t.slots6[s].unpack(&l)
 				}
 			} else {
 				l = t.odd[s]
@@ -595,7 +600,7 @@ func (t *Table) fill(s int32, l *Lease) {
 	}
 	r.unpack(l)
 	if r.flags&recV6 != 0 {
-		t.slots6[s].unpack(l, t.base6)
+		t.slots6[s].unpack(l)
 	}
 }
 

@@ -289,18 +289,17 @@ func TestTableIPv6Hashed(t *testing.T) {
 			t.Errorf("LookupIP(%s) finds %s", a, fmtLease(&l))
 		}
 	}
-	// Outside the network, or much longer than it: hashed, kept whole, found.
+	// Outside the network (put admits it, the sync would not), or much
+	// longer than it: hashed, packed all the same, found.
 	out := mkLease6("", "2001:db8:1::/64", 90, 90)
 	long := mkLease6("", "fd00:1::7:0/112", 91, 91)
 	mustAdmit(t, tb, out)
 	mustAdmit(t, tb, long)
 	tb.mu.RLock()
-	_, outOdd := tb.odd[tb.byKey[out.Key]]
-	_, longOdd := tb.odd[tb.byKey[long.Key]]
-	tb.mu.RUnlock()
-	if !outOdd || !longOdd {
-		t.Errorf("leases that do not pack: odd %v, %v", outOdd, longOdd)
+	if len(tb.odd) != 0 || len(tb.lengths6) != 2 || tb.lengths6[0].direct != nil || tb.lengths6[1].direct != nil {
+		t.Errorf("%d odd leases, %d IPv6 length indexes; want none odd, /112 and /64 hashed", len(tb.odd), len(tb.lengths6))
 	}
+	tb.mu.RUnlock()
 	for a, want := range map[string]Lease{"2001:db8:1::5": out, "fd00:1::7:ff": long} {
 		if got, ok := tb.LookupIP(netip.MustParseAddr(a)); !ok || got != want {
 			t.Errorf("LookupIP(%s) = %s, %v", a, fmtLease(&got), ok)
@@ -309,9 +308,9 @@ func TestTableIPv6Hashed(t *testing.T) {
 	checkInvariants(t, tb)
 }
 
-// TestTableIPv6Packs: every lease of a flannel IPv6 config packs exactly,
-// subnets longer than /64 included; one that does not (outside the
-// network, a zone, an address of the wrong family) is kept whole.
+// TestTableIPv6Packs: every lease with an IPv6 part packs exactly, subnets
+// longer than /64 and outside the network included; one that does not (a
+// zone, an address of the wrong family) is kept whole.
 func TestTableIPv6Packs(t *testing.T) {
 	for _, tt := range []struct{ network, subnet string }{
 		{"fd00:10::/48", "fd00:10:0:30::/64"},
@@ -352,14 +351,16 @@ func TestTableIPv6Packs(t *testing.T) {
 	outside.IPv6Subnet = netip.MustParsePrefix("2001:db8::/64")
 	v6public := mkLease6("", "fd00:10:0:2::/64", 2, 2)
 	v6public.PublicIP = netip.MustParseAddr("2001:db8::2") // IPv6 in the IPv4 field
-	for _, l := range []Lease{zone, v4, outside, v6public} {
+	for _, l := range []Lease{zone, v4, v6public} {
 		if _, _, exact := tb.pack(l); exact {
 			t.Errorf("pack(%s) says it is exact", fmtLease(&l))
 		}
 	}
-	if _, _, exact := tb.pack(mapped); !exact {
-		// As16 keeps an IPv4-mapped address as it is.
-		t.Errorf("pack(%s) is not exact", fmtLease(&mapped))
+	// As16 keeps an IPv4-mapped address as it is.
+	for _, l := range []Lease{mapped, outside} {
+		if _, _, exact := tb.pack(l); !exact {
+			t.Errorf("pack(%s) is not exact", fmtLease(&l))
+		}
 	}
 }
 

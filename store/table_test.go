@@ -1196,6 +1196,7 @@ func TestTableLookupsDoNotAllocate(t *testing.T) {
 			"LookupIP IPv6 hit":    func() { sink, _ = tb.LookupIP(hit6) },
 			"LookupIP IPv6 miss":   func() { sink, _ = tb.LookupIP(miss6) },
 			"LookupIP IPv6 in /80": func() { sink, _ = tb.LookupIP(netip.MustParseAddr("fd00:10:0:fa::1")) },
+			"LookupIP with a zone": func() { sink, _ = tb.LookupIP(hit6.WithZone("flannel-v6.1")) },
 			"LookupMAC IPv4 hit":   func() { sink, _ = tb.LookupMAC(mac) },
 			"LookupMAC IPv6 hit":   func() { sink, _ = tb.LookupMAC(mac6) },
 			"LookupMAC miss":       func() { sink, _ = tb.LookupMAC(nomac) },
