@@ -210,6 +210,66 @@ func checkLease(t *testing.T, key string, value []byte, l Lease) {
 	}
 }
 
+// FuzzLeaseRoundTrip builds leases of every kind (IPv4-only, dual-stack,
+// IPv6-only, over either underlay) from raw parts: one that ParseLease
+// would accept (unicast addresses of the right families and MACs, masked
+// subnets within flannel's key limits) reads back from LeaseKey and Value
+// unchanged, in flannel's key form; any other is refused under that key,
+// never a panic.
+func FuzzLeaseRoundTrip(f *testing.F) {
+	f.Fuzz(func(t *testing.T, sub4, sub6 []byte, bits uint16, pub4, pub6, mac4, mac6 []byte, vni int32) {
+		prefix := func(b []byte, n uint8) netip.Prefix {
+			a, _ := netip.AddrFromSlice(b)
+			if p := netip.PrefixFrom(a, int(n)); p.IsValid() {
+				return p.Masked()
+			}
+			return netip.Prefix{}
+		}
+		addr := func(b []byte) netip.Addr { a, _ := netip.AddrFromSlice(b); return a }
+		mac := func(b []byte) MAC {
+			var m MAC
+			copy(m[:], b)
+			return m
+		}
+		l := Lease{Subnet: prefix(sub4, uint8(bits>>8)), IPv6Subnet: prefix(sub6, uint8(bits)), PublicIP: addr(pub4), PublicIPv6: addr(pub6), VNI: int(vni)}
+		if l.Subnet.IsValid() {
+			l.VtepMAC = mac(mac4)
+		}
+		if l.IPv6Subnet.IsValid() {
+			l.VtepMACv6 = mac(mac6)
+		} else {
+			l.PublicIPv6 = netip.Addr{} // Value publishes none without an IPv6 part
+		}
+		if !l.Subnet.IsValid() && !l.IPv6Subnet.IsValid() {
+			return // no key for it
+		}
+		if !l.Subnet.IsValid() && l.PublicIP == netip.IPv4Unspecified() {
+			l.PublicIP = netip.Addr{} // how Value writes none, and ParseLease reads it
+		}
+		key := LeaseKey(l.Subnet, l.IPv6Subnet)
+		back, err := ParseLease(key, l.Value())
+		ok4 := !l.Subnet.IsValid() || l.Subnet.Addr().Is4() && l.Subnet.Bits() > 0 && l.PublicIP.Is4() && isUnicast(l.PublicIP) && l.VtepMAC.IsUnicast()
+		ok6 := !l.IPv6Subnet.IsValid() || l.IPv6Subnet.Addr().Is6() && !l.IPv6Subnet.Addr().Is4In6() && l.IPv6Subnet.Bits() > 0 && l.IPv6Subnet.Bits() < 128 &&
+			l.VtepMACv6.IsUnicast() && (l.PublicIPv6.IsValid() && !l.PublicIPv6.Is4() && !l.PublicIPv6.Is4In6() && isUnicast(l.PublicIPv6) || !l.PublicIPv6.IsValid() && l.PublicIP.Is4() && isUnicast(l.PublicIP))
+		okPublic := !l.PublicIP.IsValid() || l.PublicIP.Is4() && isUnicast(l.PublicIP) || l.Subnet.IsValid()
+		if !ok4 || !ok6 || !okPublic || l.PublicIP.Is4() && !isUnicast(l.PublicIP) {
+			if err == nil {
+				t.Fatalf("ParseLease(%q, %s) = %+v for %+v, which is no VTEP's lease", key, l.Value(), back, l)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("ParseLease(%q, %s) refuses %+v: %v", key, l.Value(), l, err)
+		}
+		if back != l {
+			t.Fatalf("ParseLease(%q, %s) = %+v, want %+v", key, l.Value(), back, l)
+		}
+		if f4, f6, fok := flannelParseSubnetKey(key); l.Subnet.Bits() != 32 && (!fok || noV4(f4) != l.Subnet || f6 != l.IPv6Subnet) {
+			t.Errorf("flannel reads %q as %s, %s (%v), want %s, %s", key, f4, f6, fok, l.Subnet, l.IPv6Subnet)
+		}
+	})
+}
+
 // leaseFields are the words one of which every lease error names: the
 // fields of flannel's lease JSON, or the JSON as a whole.
 var leaseFields = []string{"PublicIP", "PublicIPv6", "BackendType", "BackendData", "BackendV6Data", "lease JSON"}
