@@ -103,26 +103,18 @@ func (r *record) lease() Lease {
 
 // unpack writes the lease a record that is not odd packs into *l, less its
 // IPv6 part: in place, for the lookups, which fill their result with it.
+// *l must be the zero Lease (a lookup's result is): only the fields the
+// record has are written, not the whole Lease again.
 func (r *record) unpack(l *Lease) {
-	var subnet netip.Prefix
-	var publicIP netip.Addr
+	l.Key, l.VtepMAC = r.key, r.mac
 	if r.flags&recV4 != 0 {
-		subnet = netip.PrefixFrom(addrFrom(r.subnet), int(r.bits))
+		l.Subnet = netip.PrefixFrom(addrFrom(r.subnet), int(r.bits))
 	}
 	if r.flags&recPub4 != 0 {
-		publicIP = addrFrom(r.publicIP)
+		l.PublicIP = addrFrom(r.publicIP)
 	}
-	// One write of the whole lease, not a write and corrections.
-	*l = Lease{
-		Key:            r.key,
-		Subnet:         subnet,
-		PublicIP:       publicIP,
-		VtepMAC:        r.mac,
-		VNI:            int(r.vni),
-		CreateRevision: r.createRev,
-		ModRevision:    r.modRev,
-		EtcdLease:      r.etcdLease,
-	}
+	l.VNI = int(r.vni)
+	l.CreateRevision, l.ModRevision, l.EtcdLease = r.createRev, r.modRev, r.etcdLease
 }
 
 // unpack writes the IPv6 part a record6 packs into *l.

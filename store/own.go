@@ -465,11 +465,12 @@ func (o *OwnLease) acquire(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("store: list leases: %w", err)
 		}
-		// Of several leases of ours, the one needing no new key; the others
-		// occupy their subnets as anyone's do.
+		// Of several leases of ours, one with the config's families (no new
+		// key); the others occupy their subnets as anyone's do.
 		var mine *Lease
+		sameFamilies := func(l *Lease) bool { return l.Subnet.IsValid() == v4on && l.IPv6Subnet.IsValid() == v6on }
 		for i := range candidates {
-			if c := &candidates[i]; mine == nil || c.Key == o.want(c.Subnet, c.IPv6Subnet).Key && mine.Key != o.want(mine.Subnet, mine.IPv6Subnet).Key {
+			if c := &candidates[i]; mine == nil || sameFamilies(c) && !sameFamilies(mine) {
 				mine = c
 			}
 		}

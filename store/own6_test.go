@@ -148,6 +148,30 @@ func TestAcquireLeaseUpgradeToDualStack(t *testing.T) {
 	}
 }
 
+// TestAcquireLeaseTwoLeasesOfOurs: of two leases of ours (one left from an
+// IPv4-only past), the one with the config's families is kept as it is,
+// and the other occupies its subnet still.
+func TestAcquireLeaseTwoLeasesOfOurs(t *testing.T) {
+	t.Parallel()
+	c := startEtcd(t)
+	cfg := mustParseConfig(t, dualJSON)
+	claim := testClaim6(1)
+	old := mkLease("10.5.1.0/24", 1, 0)
+	old.PublicIP, old.VtepMAC = claim.PublicIP, claim.VtepMAC
+	putLease(t, c, old)
+	dual := mkLease6("10.5.2.0/24", "fd00:10:0:2::/64", 1, 0)
+	dual.PublicIP, dual.VtepMAC, dual.PublicIPv6, dual.VtepMACv6 = claim.PublicIP, claim.VtepMAC, claim.PublicIPv6, claim.VtepMACv6
+	dual = putLease(t, c, dual)
+	l := expectOwn(t, c, cfg, acquire(t, c, cfg, claim), claim)
+	// (Bound to an etcd lease now: putLease wrote it without one.)
+	if l.Key != dual.Key || l.CreateRevision != dual.CreateRevision {
+		t.Errorf("got %s, want the dual-stack lease %s kept", fmtLease(&l), fmtLease(&dual))
+	}
+	if len(mustGet(t, c, old.Key).Kvs) != 1 {
+		t.Errorf("the IPv4-only lease of ours went")
+	}
+}
+
 // TestAcquireLeaseUpgradeRace: the old key rewritten by someone else
 // between the list and the move: the move does not land.
 func TestAcquireLeaseUpgradeRace(t *testing.T) {

@@ -590,8 +590,8 @@ func (t *Table) at(s int32) Lease {
 	return l
 }
 
-// fill writes the lease in slot s into *l: in place, for the lookups,
-// which fill their result with it.
+// fill writes the lease in slot s into *l, the zero Lease: in place, for
+// the lookups, which fill their result with it.
 func (t *Table) fill(s int32, l *Lease) {
 	r := &t.slots[s]
 	if r.odd {
