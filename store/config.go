@@ -483,8 +483,12 @@ func unknownFields[T any](raw json.RawMessage, known T) ([]string, error) {
 	return order, nil
 }
 
-// SubnetCount is the number of subnets between SubnetMin and SubnetMax.
+// SubnetCount is the number of IPv4 subnets between SubnetMin and
+// SubnetMax; 0 for an overlay without IPv4.
 func (c Config) SubnetCount() int {
+	if !c.SubnetMin.Is4() || !c.SubnetMax.Is4() {
+		return 0
+	}
 	return int((u32(c.SubnetMax)-u32(c.SubnetMin))>>(32-c.SubnetLen)) + 1
 }
 

@@ -301,10 +301,13 @@ func TestParseConfigDualStack(t *testing.T) {
 			if ok != tt.want.EnableIPv4 || f4 != (FamilyConfig{tt.want.Network, tt.want.SubnetLen, tt.want.SubnetMin, tt.want.SubnetMax}) {
 				t.Errorf("IPv4() = %+v, %v", f4, ok)
 			}
-			if ok && cfg.IPv6Network.IsValid() {
+			if cfg.IPv6Network.IsValid() {
 				if n := cfg.ipv6SubnetCount().uint64Sat(); n != tt.count {
 					t.Errorf("IPv6 subnets: %d, want %d", n, tt.count)
 				}
+			}
+			if !cfg.Network.IsValid() && cfg.SubnetCount() != 0 {
+				t.Errorf("SubnetCount() = %d without IPv4", cfg.SubnetCount())
 			}
 		})
 	}
