@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -111,9 +113,9 @@ func TestParseConfigValid(t *testing.T) {
 			network: "10.5.0.0/16", subnetLen: 25, min: "10.5.0.128", max: "10.5.255.128", count: 511, vni: 3, port: 8472,
 		},
 		{
-			name: "flannel's other fields are ignored",
-			value: `{"EnableIPv4":true,"EnableIPv6":true,"Network":"10.5.0.0/16","IPv6Network":"fd00:10::/48",
-				"Backend":{"Type":"vxlan","VNI":7,"DirectRouting":true,"GBP":false,"MTU":1400,"MacPrefix":"0E:2A"}}`,
+			// flannel's Networks (multi-cluster CIDRs) is kube-only.
+			name:    "flannel's fields vtepd does not use are ignored",
+			value:   `{"Network":"10.5.0.0/16","Networks":["10.6.0.0/16"],"EnableNFTables":true,"Backend":{"Type":"vxlan","VNI":7}}`,
 			network: "10.5.0.0/16", subnetLen: 24, min: "10.5.1.0", max: "10.5.255.0", count: 255, vni: 7, port: 8472,
 		},
 	}
@@ -124,17 +126,188 @@ func TestParseConfigValid(t *testing.T) {
 				t.Fatalf("ParseConfig: %v", err)
 			}
 			want := Config{
-				Network:   netip.MustParsePrefix(tt.network),
-				SubnetLen: tt.subnetLen,
-				SubnetMin: a(tt.min),
-				SubnetMax: a(tt.max),
-				Backend:   Backend{Type: "vxlan", VNI: tt.vni, Port: tt.port},
+				EnableIPv4: true,
+				Network:    netip.MustParsePrefix(tt.network),
+				SubnetLen:  tt.subnetLen,
+				SubnetMin:  a(tt.min),
+				SubnetMax:  a(tt.max),
+				Backend:    Backend{Type: "vxlan", VNI: tt.vni, Port: tt.port},
 			}
-			if cfg != want {
+			if !sameConfig(cfg, want) {
 				t.Errorf("ParseConfig =\n  %+v\nwant\n  %+v", cfg, want)
 			}
 			if n := cfg.SubnetCount(); n != tt.count {
 				t.Errorf("SubnetCount = %d, want %d", n, tt.count)
+			}
+		})
+	}
+}
+
+// sameConfig compares configs, which hold a slice (Warnings).
+func sameConfig(a, b Config) bool { return reflect.DeepEqual(a, b) }
+
+// TestParseConfigBackend: every field of flannel's vxlan backend on Linux is
+// read; its Windows backend's fields and fields it does not have are
+// accepted with a warning naming them.
+func TestParseConfigBackend(t *testing.T) {
+	cfg, err := ParseConfig(testConfigKey, []byte(`{"Network":"10.5.0.0/16",
+		"Backend":{"Type":"vxlan","VNI":7,"DirectRouting":true,"GBP":true,"Learning":true,"MTU":1400,"MacPrefix":"0E-2A","Name":"vxlan0","Directrouting":true,"VNi":7,"Mtu":1400,"DirectRoutng":true,"Porrt":4789}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Names match ignoring case, as encoding/json matches flanneld's
+	// struct fields: Directrouting is DirectRouting again.
+	if want := (Backend{Type: "vxlan", VNI: 7, Port: 8472, MTU: 1400, GBP: true, Learning: true, DirectRouting: true}); cfg.Backend != want {
+		t.Errorf("Backend = %+v, want %+v", cfg.Backend, want)
+	}
+	want := []string{
+		"Backend.MacPrefix ignored: it is a field of flannel's Windows vxlan backend",
+		"Backend.Name ignored: it is a field of flannel's Windows vxlan backend",
+		"Backend.DirectRoutng ignored: not a field of flannel's vxlan backend; check the spelling",
+		"Backend.Porrt ignored: not a field of flannel's vxlan backend; check the spelling",
+	}
+	if !slices.Equal(cfg.Warnings, want) {
+		t.Errorf("Warnings =\n  %s\nwant\n  %s", strings.Join(cfg.Warnings, "\n  "), strings.Join(want, "\n  "))
+	}
+
+	plain := mustParseConfig(t, `{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}`)
+	if plain.Backend != (Backend{Type: "vxlan", VNI: 1, Port: 8472}) || plain.Warnings != nil {
+		t.Errorf("defaults: Backend %+v, Warnings %q; want MTU 0 (the underlay's), GBP, Learning, DirectRouting off, no warnings", plain.Backend, plain.Warnings)
+	}
+	// The MTU bounds: 50 bytes of VXLAN over IPv4 above IPv4's 68, and
+	// with IPv6 70 over IPv6 above IPv6's 1280.
+	for _, tt := range []struct {
+		doc string
+		mtu int
+	}{
+		{`{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","MTU":118}}`, 118},
+		{`{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","MTU":65535}}`, 65535},
+		{`{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","MTU":0}}`, 0},
+		{`{"EnableIPv6":true,"Network":"10.5.0.0/16","IPv6Network":"fd00:10::/48","Backend":{"Type":"vxlan","MTU":1350}}`, 1350},
+		{`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10::/48","Backend":{"Type":"vxlan","MTU":9000}}`, 9000},
+	} {
+		if cfg := mustParseConfig(t, tt.doc); cfg.Backend.MTU != tt.mtu {
+			t.Errorf("ParseConfig(%s).Backend.MTU = %d, want %d", tt.doc, cfg.Backend.MTU, tt.mtu)
+		}
+	}
+}
+
+// TestParseConfigDualStack: flannel's IPv6 fields, its defaults and its
+// checks; an IPv6-only overlay (EnableIPv4 false).
+func TestParseConfigDualStack(t *testing.T) {
+	a, p := netip.MustParseAddr, netip.MustParsePrefix
+	v4 := Config{EnableIPv4: true, Network: p("10.5.0.0/16"), SubnetLen: 24, SubnetMin: a("10.5.1.0"), SubnetMax: a("10.5.255.0")}
+	vxlan := Backend{Type: "vxlan", VNI: 1, Port: 8472}
+	tests := []struct {
+		name, value string
+		want        Config
+		count       uint64 // IPv6 subnets
+	}{
+		{
+			name:  "flannel's documented dual-stack config",
+			value: `{"EnableIPv6":true,"Network":"10.5.0.0/16","IPv6Network":"2001:cafe:42::/56","Backend":{"Type":"vxlan"}}`,
+			want: Config{EnableIPv4: true, EnableIPv6: true, Network: v4.Network, SubnetLen: 24, SubnetMin: v4.SubnetMin, SubnetMax: v4.SubnetMax,
+				IPv6Network: p("2001:cafe:42::/56"), IPv6SubnetLen: 64, IPv6SubnetMin: a("2001:cafe:42:1::"), IPv6SubnetMax: a("2001:cafe:42:ff::"), Backend: vxlan},
+			count: 255,
+		},
+		{
+			name:  "IPv6-only",
+			value: `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10::/48","Backend":{"Type":"vxlan"}}`,
+			want: Config{EnableIPv6: true, IPv6Network: p("fd00:10::/48"), IPv6SubnetLen: 64,
+				IPv6SubnetMin: a("fd00:10:0:1::"), IPv6SubnetMax: a("fd00:10:0:ffff::"), Backend: vxlan},
+			count: 65535,
+		},
+		{
+			name:  "a /62 is the smallest to get /64s",
+			value: `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10::/62","Backend":{"Type":"vxlan"}}`,
+			want: Config{EnableIPv6: true, IPv6Network: p("fd00:10::/62"), IPv6SubnetLen: 64,
+				IPv6SubnetMin: a("fd00:10:0:1::"), IPv6SubnetMax: a("fd00:10:0:3::"), Backend: vxlan},
+			count: 3,
+		},
+		{
+			name:  "a /63 is split in four",
+			value: `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10::/63","Backend":{"Type":"vxlan"}}`,
+			want: Config{EnableIPv6: true, IPv6Network: p("fd00:10::/63"), IPv6SubnetLen: 65,
+				IPv6SubnetMin: a("fd00:10:0:0:8000::"), IPv6SubnetMax: a("fd00:10:0:1:8000::"), Backend: vxlan},
+			count: 3,
+		},
+		{
+			name:  "a /124 is the smallest IPv6 network",
+			value: `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10::/124","Backend":{"Type":"vxlan"}}`,
+			want: Config{EnableIPv6: true, IPv6Network: p("fd00:10::/124"), IPv6SubnetLen: 126,
+				IPv6SubnetMin: a("fd00:10::4"), IPv6SubnetMax: a("fd00:10::c"), Backend: vxlan},
+			count: 3,
+		},
+		{
+			name: "everything explicit",
+			value: `{"EnableIPv4":true,"EnableIPv6":true,"Network":"10.5.0.0/16","IPv6Network":"fd00:10::/48","IPv6SubnetLen":80,
+				"IPv6SubnetMin":"fd00:10:0:1::","IPv6SubnetMax":"fd00:10:0:1:2::","Backend":{"Type":"vxlan"}}`,
+			want: Config{EnableIPv4: true, EnableIPv6: true, Network: v4.Network, SubnetLen: 24, SubnetMin: v4.SubnetMin, SubnetMax: v4.SubnetMax,
+				IPv6Network: p("fd00:10::/48"), IPv6SubnetLen: 80, IPv6SubnetMin: a("fd00:10:0:1::"), IPv6SubnetMax: a("fd00:10:0:1:2::"), Backend: vxlan},
+			count: 3,
+		},
+		{
+			// A whole /0 of /126s: the count does not fit 64 bits.
+			name:  "the largest IPv6 range",
+			value: `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"::/0","IPv6SubnetLen":126,"Backend":{"Type":"vxlan"}}`,
+			want: Config{EnableIPv6: true, IPv6Network: p("::/0"), IPv6SubnetLen: 126,
+				IPv6SubnetMin: a("::4"), IPv6SubnetMax: a("ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffc"), Backend: vxlan},
+			count: ^uint64(0),
+		},
+		{
+			// flannel takes :: as a bound not given.
+			name:  ":: is no bound, as in flannel",
+			value: `{"EnableIPv6":true,"Network":"10.5.0.0/16","IPv6Network":"fd00:10::/56","IPv6SubnetMin":"::","IPv6SubnetMax":null,"Backend":{"Type":"vxlan"}}`,
+			want: Config{EnableIPv4: true, EnableIPv6: true, Network: v4.Network, SubnetLen: 24, SubnetMin: v4.SubnetMin, SubnetMax: v4.SubnetMax,
+				IPv6Network: p("fd00:10::/56"), IPv6SubnetLen: 64, IPv6SubnetMin: a("fd00:10:0:1::"), IPv6SubnetMax: a("fd00:10:0:ff::"), Backend: vxlan},
+			count: 255,
+		},
+		{
+			name:  "the IPv6 fields of an IPv4-only overlay are ignored",
+			value: `{"Network":"10.5.0.0/16","IPv6Network":"fd00:10::/48","IPv6SubnetLen":64,"Backend":{"Type":"vxlan"}}`,
+			want: Config{EnableIPv4: true, Network: v4.Network, SubnetLen: 24, SubnetMin: v4.SubnetMin, SubnetMax: v4.SubnetMax, Backend: vxlan,
+				Warnings: []string{"IPv6Network, IPv6SubnetLen ignored: EnableIPv6 is false"}},
+		},
+		{
+			name:  "the IPv4 fields of an IPv6-only overlay are ignored",
+			value: `{"EnableIPv4":false,"EnableIPv6":true,"Network":"10.5.0.0/16","SubnetMax":"10.5.9.0","IPv6Network":"fd00:10::/48","Backend":{"Type":"vxlan"}}`,
+			want: Config{EnableIPv6: true, IPv6Network: p("fd00:10::/48"), IPv6SubnetLen: 64,
+				IPv6SubnetMin: a("fd00:10:0:1::"), IPv6SubnetMax: a("fd00:10:0:ffff::"), Backend: vxlan,
+				Warnings: []string{"Network, SubnetMax ignored: EnableIPv4 is false"}},
+			count: 65535,
+		},
+		{
+			name:  "field names in any case",
+			value: `{"enableipv6":true,"network":"10.5.0.0/16","ipv6network":"fd00:10::/48","IPV6SUBNETLEN":56,"Backend":{"Type":"vxlan"}}`,
+			want: Config{EnableIPv4: true, EnableIPv6: true, Network: v4.Network, SubnetLen: 24, SubnetMin: v4.SubnetMin, SubnetMax: v4.SubnetMax,
+				IPv6Network: p("fd00:10::/48"), IPv6SubnetLen: 56, IPv6SubnetMin: a("fd00:10:0:100::"), IPv6SubnetMax: a("fd00:10:0:ff00::"), Backend: vxlan},
+			count: 255,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, err := ParseConfig(testConfigKey, []byte(tt.value))
+			if err != nil {
+				t.Fatalf("ParseConfig: %v", err)
+			}
+			if !sameConfig(cfg, tt.want) {
+				t.Errorf("ParseConfig =\n  %+v\nwant\n  %+v", cfg, tt.want)
+			}
+			f6, ok := cfg.IPv6()
+			if ok != tt.want.IPv6Network.IsValid() || f6 != (FamilyConfig{tt.want.IPv6Network, tt.want.IPv6SubnetLen, tt.want.IPv6SubnetMin, tt.want.IPv6SubnetMax}) {
+				t.Errorf("IPv6() = %+v, %v", f6, ok)
+			}
+			f4, ok := cfg.IPv4()
+			if ok != tt.want.EnableIPv4 || f4 != (FamilyConfig{tt.want.Network, tt.want.SubnetLen, tt.want.SubnetMin, tt.want.SubnetMax}) {
+				t.Errorf("IPv4() = %+v, %v", f4, ok)
+			}
+			if cfg.IPv6Network.IsValid() {
+				if n := cfg.ipv6SubnetCount().uint64Sat(); n != tt.count {
+					t.Errorf("IPv6 subnets: %d, want %d", n, tt.count)
+				}
+			}
+			if !cfg.Network.IsValid() && cfg.SubnetCount() != 0 {
+				t.Errorf("SubnetCount() = %d without IPv4", cfg.SubnetCount())
 			}
 		})
 	}
@@ -205,6 +378,42 @@ func TestParseConfigErrors(t *testing.T) {
 		{"Port 65536", `{` + net16 + `,"Backend":{"Type":"vxlan","Port":65536}}`, "Backend.Port", "not a UDP port"},
 		{"Port negative", `{` + net16 + `,"Backend":{"Type":"vxlan","Port":-8472}}`, "Backend.Port", "not a UDP port"},
 		{"Port a string", `{` + net16 + `,"Backend":{"Type":"vxlan","Port":"8472"}}`, "Backend.Port", "want an integer"},
+
+		{"MTU a string", `{` + net16 + `,"Backend":{"Type":"vxlan","MTU":"1400"}}`, "Backend.MTU", "want an integer"},
+		{"MTU negative", `{` + net16 + `,"Backend":{"Type":"vxlan","MTU":-1}}`, "Backend.MTU", "out of range"},
+		{"MTU below IPv4's", `{` + net16 + `,"Backend":{"Type":"vxlan","MTU":117}}`, "Backend.MTU", "want 0 (the underlay interface's MTU) or 118 to 65535"},
+		{"MTU below IPv6's", `{` + net16 + `,"EnableIPv6":true,"IPv6Network":"fd00:10::/48","Backend":{"Type":"vxlan","MTU":1349}}`, "Backend.MTU", "or 1350 to 65535"},
+		{"MTU too big", `{` + net16 + `,"Backend":{"Type":"vxlan","MTU":65536}}`, "Backend.MTU", "out of range"},
+		{"GBP a string", `{` + net16 + `,"Backend":{"Type":"vxlan","GBP":"true"}}`, "Backend.GBP", "want true or false"},
+		{"Learning a number", `{` + net16 + `,"Backend":{"Type":"vxlan","Learning":1}}`, "Backend.Learning", "want true or false"},
+		{"DirectRouting an object", `{` + net16 + `,"Backend":{"Type":"vxlan","DirectRouting":{}}}`, "Backend.DirectRouting", "want true or false"},
+
+		{"EnableIPv4 a string", `{"EnableIPv4":"false",` + net16 + `,` + vxlan + `}`, "EnableIPv4", "want true or false"},
+		{"EnableIPv6 a number", `{"EnableIPv6":1,` + net16 + `,` + vxlan + `}`, "EnableIPv6", "want true or false"},
+		{"no family", `{"EnableIPv4":false,` + net16 + `,` + vxlan + `}`, "EnableIPv4", "no network"},
+		{"Network IPv6 points at IPv6Network", `{"Network":"fd00:10::/48",` + vxlan + `}`, "Network", "an IPv6 network goes in IPv6Network"},
+		{"IPv6Network missing", `{"EnableIPv6":true,` + net16 + `,` + vxlan + `}`, "IPv6Network", "missing"},
+		{"IPv6Network IPv4", `{"EnableIPv6":true,` + net16 + `,"IPv6Network":"10.6.0.0/16",` + vxlan + `}`, "IPv6Network", "not an IPv6 prefix"},
+		{"IPv6Network IPv4-mapped", `{"EnableIPv6":true,` + net16 + `,"IPv6Network":"::ffff:10.6.0.0/112",` + vxlan + `}`, "IPv6Network", "not an IPv6 prefix"},
+		{"IPv6Network garbage", `{"EnableIPv6":true,` + net16 + `,"IPv6Network":"fd00:10::",` + vxlan + `}`, "IPv6Network", "not an IPv6 prefix"},
+		{"IPv6Network a number", `{"EnableIPv6":true,` + net16 + `,"IPv6Network":48,` + vxlan + `}`, "IPv6Network", "want a string"},
+		{"IPv6Network host bits", `{"EnableIPv6":true,` + net16 + `,"IPv6Network":"fd00:10::1/48",` + vxlan + `}`, "IPv6Network", "did you mean fd00:10::/48"},
+		{"IPv6Network /125", `{"EnableIPv6":true,` + net16 + `,"IPv6Network":"fd00:10::/125",` + vxlan + `}`, "IPv6Network", "too small"},
+		{"IPv6SubnetLen 127", `{"EnableIPv6":true,` + net16 + `,"IPv6Network":"fd00:10::/48","IPv6SubnetLen":127,` + vxlan + `}`, "IPv6SubnetLen", "want at most 126"},
+		{"IPv6SubnetLen negative", `{"EnableIPv6":true,` + net16 + `,"IPv6Network":"fd00:10::/48","IPv6SubnetLen":-64,` + vxlan + `}`, "IPv6SubnetLen", "out of range"},
+		{"IPv6SubnetLen ones+1", `{"EnableIPv6":true,` + net16 + `,"IPv6Network":"fd00:10::/48","IPv6SubnetLen":49,` + vxlan + `}`, "IPv6SubnetLen", "fewer than four subnets"},
+		{"IPv6SubnetLen a string", `{"EnableIPv6":true,` + net16 + `,"IPv6Network":"fd00:10::/48","IPv6SubnetLen":"64",` + vxlan + `}`, "IPv6SubnetLen", "want an integer"},
+		{"IPv6SubnetMin outside", `{"EnableIPv6":true,` + net16 + `,"IPv6Network":"fd00:10::/48","IPv6SubnetMin":"fd00:11::",` + vxlan + `}`, "IPv6SubnetMin", "not inside IPv6Network fd00:10::/48"},
+		{"IPv6SubnetMin unaligned", `{"EnableIPv6":true,` + net16 + `,"IPv6Network":"fd00:10::/48","IPv6SubnetMin":"fd00:10:0:1::1",` + vxlan + `}`, "IPv6SubnetMin", "not on a /64 boundary"},
+		{"IPv6SubnetMin IPv4", `{"EnableIPv6":true,` + net16 + `,"IPv6Network":"fd00:10::/48","IPv6SubnetMin":"10.5.1.0",` + vxlan + `}`, "IPv6SubnetMin", "not an IPv6 address"},
+		{"IPv6SubnetMin a prefix", `{"EnableIPv6":true,` + net16 + `,"IPv6Network":"fd00:10::/48","IPv6SubnetMin":"fd00:10:0:1::/64",` + vxlan + `}`, "IPv6SubnetMin", "not an IPv6 address"},
+		{"IPv6SubnetMax outside", `{"EnableIPv6":true,` + net16 + `,"IPv6Network":"fd00:10::/48","IPv6SubnetMax":"fd00:11::",` + vxlan + `}`, "IPv6SubnetMax", "not inside IPv6Network"},
+		{"IPv6SubnetMax a bool", `{"EnableIPv6":true,` + net16 + `,"IPv6Network":"fd00:10::/48","IPv6SubnetMax":true,` + vxlan + `}`, "IPv6SubnetMax", "want a string"},
+		{"IPv6SubnetMax below Min", `{"EnableIPv6":true,` + net16 + `,"IPv6Network":"fd00:10::/48","IPv6SubnetMin":"fd00:10:0:9::","IPv6SubnetMax":"fd00:10:0:8::",` + vxlan + `}`,
+			"IPv6SubnetMax", "below IPv6SubnetMin fd00:10:0:9::"},
+		// The fields of a family that is off still have flanneld's types.
+		{"ignored Network a number", `{"EnableIPv4":false,"EnableIPv6":true,"Network":10,"IPv6Network":"fd00:10::/48",` + vxlan + `}`, "Network", "want a string"},
+		{"ignored IPv6SubnetLen a string", `{` + net16 + `,"IPv6SubnetLen":"64",` + vxlan + `}`, "IPv6SubnetLen", "want an integer"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -212,7 +421,7 @@ func TestParseConfigErrors(t *testing.T) {
 			if err == nil {
 				t.Fatalf("ParseConfig(%s) = %+v, want an error", tt.value, cfg)
 			}
-			if cfg != (Config{}) {
+			if !sameConfig(cfg, Config{}) {
 				t.Errorf("ParseConfig returned %+v with its error, want the zero Config", cfg)
 			}
 			var ce *ConfigError
@@ -283,7 +492,7 @@ func expectConfig(t *testing.T, done <-chan configResult, want Config) {
 		if r.err != nil {
 			t.Fatalf("WaitConfig: %v", r.err)
 		}
-		if r.cfg != want {
+		if !sameConfig(r.cfg, want) {
 			t.Fatalf("WaitConfig = %+v, want %+v", r.cfg, want)
 		}
 	case <-time.After(10 * time.Second):
@@ -325,7 +534,7 @@ func TestWaitConfigPresent(t *testing.T) {
 	if err != nil {
 		t.Fatalf("WaitConfig: %v", err)
 	}
-	if want := mustParseConfig(t, v); cfg != want {
+	if want := mustParseConfig(t, v); !sameConfig(cfg, want) {
 		t.Errorf("WaitConfig = %+v, want %+v", cfg, want)
 	}
 	if d := time.Since(start); d > 2*time.Second {

@@ -17,7 +17,10 @@ import (
 
 // record is an admitted lease packed into 64 bytes. Every lease read from
 // etcd packs exactly (IPv4 addresses, a 24-bit VNI); one that does not is
-// kept whole in Table.odd, and its record says so.
+// kept whole in Table.odd, and its record says so. A lease with an IPv6 part
+// has it in a record6 in the same slot of Table.slots6: the two families'
+// lookups read the same two records, and an IPv4-only overlay has no
+// slots6 at all (its lookups read what they read before IPv6).
 type record struct {
 	key                          string
 	createRev, modRev, etcdLease int64
@@ -26,43 +29,100 @@ type record struct {
 	mac                          MAC
 	bits                         uint8
 	odd                          bool // the lease is in Table.odd
+	flags                        uint8
 }
 
-// pack returns l's record, and whether the record says all of l.
-func pack(l Lease) (record, bool) {
-	r := record{key: l.Key, createRev: l.CreateRevision, modRev: l.ModRevision, etcdLease: l.EtcdLease, mac: l.VtepMAC}
-	sa, pa := l.Subnet.Addr(), l.PublicIP
-	if !sa.Is4() || !pa.Is4() || !l.Subnet.IsValid() || int(int32(l.VNI)) != l.VNI {
-		r.odd = true
-		return r, false
-	}
-	r.subnet, r.publicIP, r.vni, r.bits = u32(sa), u32(pa), int32(l.VNI), uint8(l.Subnet.Bits())
-	if r.lease() != l {
-		r.odd = true
-		return r, false
-	}
-	return r, true
+// Record flags. They are set for an odd lease too: the MAC index reads them.
+const (
+	recV4   = 1 << iota // the lease has an IPv4 part: subnet, bits and mac are its
+	recPub4             // publicIP is the lease's PublicIP (an IPv6-only lease may have none)
+	recV6               // the lease has an IPv6 part, in Table.slots6
+)
+
+// record6 is the IPv6 part of an admitted lease, in 40 bytes (2 MB for
+// 50,000 leases). A lookup reads it beside the lease's record: both
+// addresses are known at once, so the two loads overlap. Its addresses are
+// the bytes netip.AddrFrom16 reads: kept as 64-bit words (which would fit
+// the record in 32 bytes), each lookup paid a stalled store-to-load forward
+// (two 8-byte stores read back by one 16-byte load) to rebuild them, about
+// as long as the lookup's other work.
+type record6 struct {
+	sub    [16]byte // the subnet's first address
+	public [16]byte // PublicIPv6, if pub6
+	mac    MAC
+	bits   uint8
+	pub6   bool
 }
 
-// lease unpacks a record that is not odd.
+// pack returns l's records, and whether they say all of l.
+func (t *Table) pack(l Lease) (record, record6, bool) {
+	r := record{key: l.Key, createRev: l.CreateRevision, modRev: l.ModRevision, etcdLease: l.EtcdLease, mac: l.VtepMAC, vni: int32(l.VNI)}
+	var r6 record6
+	exact := int(r.vni) == l.VNI
+	switch {
+	case l.Subnet.IsValid():
+		r.flags |= recV4
+		if sa := l.Subnet.Addr(); sa.Is4() && l.PublicIP.Is4() {
+			r.subnet, r.publicIP, r.bits = u32(sa), u32(l.PublicIP), uint8(l.Subnet.Bits())
+			r.flags |= recPub4
+		} else {
+			exact = false
+		}
+	case l.PublicIP.Is4():
+		r.publicIP = u32(l.PublicIP)
+		r.flags |= recPub4
+	}
+	if l.IPv6Subnet.IsValid() {
+		r.flags |= recV6
+		r6.mac = l.VtepMACv6
+		r6.sub, r6.bits = l.IPv6Subnet.Addr().As16(), uint8(l.IPv6Subnet.Bits())
+		if l.PublicIPv6.IsValid() {
+			r6.public, r6.pub6 = l.PublicIPv6.As16(), true
+		}
+	}
+	if exact {
+		// Whatever did not fit (an address of the other family, a zone)
+		// does not come back.
+		var back Lease
+		r.unpack(&back)
+		if r.flags&recV6 != 0 {
+			r6.unpack(&back)
+		}
+		exact = back == l
+	}
+	r.odd = !exact
+	return r, r6, exact
+}
+
+// lease unpacks a record that is not odd and has no IPv6 part.
 func (r *record) lease() Lease {
 	var l Lease
 	r.unpack(&l)
 	return l
 }
 
-// unpack writes the lease a record that is not odd packs into *l: in place,
-// for the lookups, which fill their result with it.
+// unpack writes the lease a record that is not odd packs into *l, less its
+// IPv6 part: in place, for the lookups, which fill their result with it.
+// *l must be the zero Lease (a lookup's result is): only the fields the
+// record has are written, not the whole Lease again.
 func (r *record) unpack(l *Lease) {
-	*l = Lease{
-		Key:            r.key,
-		Subnet:         netip.PrefixFrom(addrFrom(r.subnet), int(r.bits)),
-		PublicIP:       addrFrom(r.publicIP),
-		VtepMAC:        r.mac,
-		VNI:            int(r.vni),
-		CreateRevision: r.createRev,
-		ModRevision:    r.modRev,
-		EtcdLease:      r.etcdLease,
+	l.Key, l.VtepMAC = r.key, r.mac
+	if r.flags&recV4 != 0 {
+		l.Subnet = netip.PrefixFrom(addrFrom(r.subnet), int(r.bits))
+	}
+	if r.flags&recPub4 != 0 {
+		l.PublicIP = addrFrom(r.publicIP)
+	}
+	l.VNI = int(r.vni)
+	l.CreateRevision, l.ModRevision, l.EtcdLease = r.createRev, r.modRev, r.etcdLease
+}
+
+// unpack writes the IPv6 part a record6 packs into *l.
+func (r *record6) unpack(l *Lease) {
+	l.IPv6Subnet = netip.PrefixFrom(netip.AddrFrom16(r.sub), int(r.bits))
+	l.VtepMACv6 = r.mac
+	if r.pub6 {
+		l.PublicIPv6 = netip.AddrFrom16(r.public)
 	}
 }
 
@@ -297,6 +357,105 @@ func (li *lengthIndex) all() iter.Seq2[uint32, int32] {
 		}
 		for sub, s := range li.bySubnet.all() {
 			if !yield(sub, s) {
+				return
+			}
+		}
+	}
+}
+
+// lengthIndex6 is lengthIndex for the IPv6 subnets of one prefix length:
+// found directly by number when the IPv6 network has at most
+// 1<<maxDirectBits subnets of the length (fd00:10::/48 of /64s has 65,536),
+// else hashed by a fingerprint of the subnet's address, which several
+// subnets may share: lookups tell them apart by the slot's record6, as the
+// MAC index does. So an IPv6 lookup costs what an IPv4 one does: one probe,
+// then the slot's records.
+type lengthIndex6 struct {
+	bits           int
+	hiMask, loMask uint64
+
+	direct               []uint32 // slot+1 by subnet number, or nil
+	netHi, netLo         uint64   // the network's first address
+	netHiMask, netLoMask uint64
+	from                 uint // the network's length: a subnet's number starts at this bit
+	directShift          uint // 64 - (bits - the network's length)
+	nDirect              int
+
+	fpMul    uint64 // odd, random: the fingerprint's multiplier
+	bySubnet slotIndex
+}
+
+func newLengthIndex6(bits int, network netip.Prefix) lengthIndex6 {
+	m := mask128(bits)
+	li := lengthIndex6{bits: bits, hiMask: m.hi, loMask: m.lo, fpMul: rand.Uint64() | 1}
+	if nb := network.Bits(); network.Addr().Is6() && bits >= nb && bits-nb <= maxDirectBits {
+		nm := mask128(nb)
+		a := u128Of(network.Masked().Addr())
+		li.direct = make([]uint32, 1<<(bits-nb))
+		li.netHi, li.netLo, li.netHiMask, li.netLoMask = a.hi, a.lo, nm.hi, nm.lo
+		li.from, li.directShift = uint(nb), uint(64-(bits-nb))
+	}
+	return li
+}
+
+// bitsFrom is the 64 bits of the address hi:lo from bit n (0 to 127; past
+// the end they are 0). Go's shifts by 64 or more are 0, and so are those by
+// a count that wrapped around below zero: each term is there only when it
+// should be.
+func bitsFrom(hi, lo uint64, n uint) uint64 { return hi<<n | lo>>(64-n) | lo<<(n-64) }
+
+// inDirect reports whether the subnet hi:lo (masked) is found by number,
+// and which.
+func (li *lengthIndex6) inDirect(hi, lo uint64) (uint64, bool) {
+	if li.direct == nil || hi&li.netHiMask != li.netHi || lo&li.netLoMask != li.netLo {
+		return 0, false
+	}
+	return bitsFrom(hi, lo, li.from) >> li.directShift, true
+}
+
+// fingerprint is the hash index's key for the subnet hi:lo.
+func (li *lengthIndex6) fingerprint(hi, lo uint64) uint32 {
+	return uint32(((hi*li.fpMul + lo) * li.fpMul) >> 32)
+}
+
+// put stores s as the slot of the lease whose IPv6 subnet starts at hi:lo.
+func (li *lengthIndex6) put(hi, lo uint64, s int32) {
+	if i, ok := li.inDirect(hi, lo); ok {
+		if li.direct[i] == 0 {
+			li.nDirect++
+		}
+		li.direct[i] = uint32(s) + 1
+		return
+	}
+	li.bySubnet.put(li.fingerprint(hi, lo), s, func(o int32) bool { return o == s })
+}
+
+// del removes slot s, whose lease's IPv6 subnet starts at hi:lo.
+func (li *lengthIndex6) del(hi, lo uint64, s int32) {
+	if i, ok := li.inDirect(hi, lo); ok {
+		if li.direct[i] != 0 {
+			li.nDirect--
+		}
+		li.direct[i] = 0
+		return
+	}
+	li.bySubnet.del(li.fingerprint(hi, lo), func(o int32) bool { return o == s })
+}
+
+// len is the number of leases indexed.
+func (li *lengthIndex6) len() int { return li.nDirect + li.bySubnet.len() }
+
+// all yields the slot of every lease indexed. The index must not change
+// during the iteration.
+func (li *lengthIndex6) all() iter.Seq[int32] {
+	return func(yield func(int32) bool) {
+		for _, v := range li.direct {
+			if v != 0 && !yield(int32(v-1)) {
+				return
+			}
+		}
+		for _, s := range li.bySubnet.all() {
+			if !yield(s) {
 				return
 			}
 		}

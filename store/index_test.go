@@ -89,6 +89,42 @@ func checkLengthIndex(t testing.TB, li *lengthIndex, network netip.Prefix) {
 	}
 }
 
+// checkLengthIndex6 checks where an IPv6 length index keeps its leases, as
+// checkLengthIndex does, and that each is found where it is kept.
+func checkLengthIndex6(t testing.TB, tb *Table, li *lengthIndex6) {
+	t.Helper()
+	name := fmt.Sprintf("IPv6 /%d", li.bits)
+	checkSlotIndex(t, name, &li.bySubnet, false)
+	network := tb.cfg.IPv6Network
+	nb := network.Bits()
+	if wantDirect := network.Addr().Is6() && li.bits >= nb && li.bits-nb <= maxDirectBits; wantDirect != (li.direct != nil) {
+		t.Errorf("%s index in %s: direct %v, want %v", name, network, li.direct != nil, wantDirect)
+	}
+	n := 0
+	for _, v := range li.direct {
+		if v != 0 {
+			n++
+		}
+	}
+	if n != li.nDirect || li.direct != nil && len(li.direct) != 1<<(li.bits-nb) {
+		t.Errorf("%s index: %d of %d direct entries used, counts %d", name, n, len(li.direct), li.nDirect)
+	}
+	for fp, s := range li.bySubnet.all() {
+		l := tb.at(s)
+		u := u128Of(l.IPv6Subnet.Addr())
+		if _, direct := li.inDirect(u.hi, u.lo); direct || li.fingerprint(u.hi, u.lo) != fp {
+			t.Errorf("%s index: %s is hashed under %x, direct %v", name, l.IPv6Subnet, fp, direct)
+		}
+	}
+	for s := range li.all() {
+		l := tb.at(s)
+		u := u128Of(l.IPv6Subnet.Addr())
+		if got, ok := tb.get6(li, u.hi, u.lo); !ok || got != s {
+			t.Errorf("%s index: get6(%s) = %d, %v; want slot %d", name, l.IPv6Subnet, got, ok, s)
+		}
+	}
+}
+
 // TestSlotIndexAgainstMap drives a slot index through random puts and
 // deletes, over key sets small enough to collide and wrap around, growing
 // and shrinking, and compares it with a map after every step.
@@ -233,17 +269,21 @@ func TestRecordPacksLeases(t *testing.T) {
 	if n := unsafe.Sizeof(record{}); unsafe.Sizeof(uintptr(0)) == 8 && n != 64 {
 		t.Errorf("a record is %d bytes, want one cache line", n)
 	}
+	if n := unsafe.Sizeof(record6{}); n != 40 {
+		t.Errorf("a record6 is %d bytes, want 40", n)
+	}
+	pack := NewTable(testConfig()).pack
 	// Leases as etcd gives them pack exactly.
-	l, err := ParseLease("10.5.48.0-24&fd00:10::-64", []byte(`{"PublicIP":"203.0.113.11","BackendType":"vxlan","BackendData":{"VNI":16777215,"VtepMAC":"e2:5a:5b:43:22:54"}}`))
+	l, err := ParseLease("10.5.48.0-24", []byte(`{"PublicIP":"203.0.113.11","BackendType":"vxlan","BackendData":{"VNI":16777215,"VtepMAC":"e2:5a:5b:43:22:54"}}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	l.Key, l.CreateRevision, l.ModRevision, l.EtcdLease = testSubnetsPrefix+"10.5.48.0-24&fd00:10::-64", 1<<40, 1<<41, -1
-	if r, exact := pack(l); !exact || r.odd || r.lease() != l {
+	l.Key, l.CreateRevision, l.ModRevision, l.EtcdLease = testSubnetsPrefix+"10.5.48.0-24", 1<<40, 1<<41, -1
+	if r, _, exact := pack(l); !exact || r.odd || r.lease() != l {
 		t.Errorf("pack(%s) = %+v, %v", fmtLease(&l), r, exact)
 	}
 	for _, l := range []Lease{mkLease("0.0.0.0/1", 1, 1), mkLease("10.5.9.9/32", 255, 1<<62)} {
-		if r, exact := pack(l); !exact || r.lease() != l {
+		if r, _, exact := pack(l); !exact || r.lease() != l {
 			t.Errorf("pack(%s) = %+v, %v", fmtLease(&l), r, exact)
 		}
 	}
@@ -263,7 +303,7 @@ func TestRecordPacksLeases(t *testing.T) {
 	noPublic.PublicIP = netip.Addr{}
 	odd := []Lease{v6Public, mapped, bigVNI, noPublic}
 	for _, l := range odd {
-		if _, exact := pack(l); exact {
+		if _, _, exact := pack(l); exact {
 			t.Errorf("pack(%s) says it is exact", fmtLease(&l))
 		}
 	}

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"math/bits"
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,15 +27,49 @@ const DefaultLeaseTTL = 24 * time.Hour
 // flannel's --subnet-lease-renew-margin default.
 const DefaultRenewMargin = time.Hour
 
-// Claim is what this host publishes about itself.
+// Claim is what this host publishes about itself. The parts of a family
+// the overlay does not have are not published.
 type Claim struct {
+	// PublicIP is the IPv4 underlay address (required with IPv4). In an
+	// IPv6-only overlay it may be set: the IPv6 device then rides IPv4,
+	// unless PublicIPv6 is set too.
 	PublicIP netip.Addr
-	VtepMAC  MAC
+	// VtepMAC is the IPv4 VXLAN device's MAC.
+	VtepMAC MAC
 	// Previous is a subnet this host held before (flannel reads it from the
 	// subnet file). It is taken again if it is free.
 	Previous netip.Prefix
+	// PublicIPv6 is the IPv6 underlay address, published as the lease's
+	// PublicIPv6 when the overlay has IPv6; without it the IPv6 part's
+	// VTEP address is PublicIP.
+	PublicIPv6 netip.Addr
+	// VtepMACv6 is the IPv6 VXLAN device's MAC (required with IPv6).
+	VtepMACv6 MAC
+	// PreviousIPv6 is Previous for the IPv6 family.
+	PreviousIPv6 netip.Prefix
 	// TTL of the etcd lease the subnet key is bound to.
 	TTL time.Duration
+}
+
+// check says what the claim lacks for the overlay of cfg.
+func (c Claim) check(cfg Config) error {
+	_, v4 := cfg.IPv4()
+	_, v6 := cfg.IPv6()
+	switch {
+	case c.PublicIP.IsValid() && !c.PublicIP.Is4():
+		return fmt.Errorf("store: claim: PublicIP %s is not an IPv4 address", c.PublicIP)
+	case c.PublicIPv6.IsValid() && (!c.PublicIPv6.Is6() || c.PublicIPv6.Is4In6()):
+		return fmt.Errorf("store: claim: PublicIPv6 %s is not an IPv6 address", c.PublicIPv6)
+	case v4 && !c.PublicIP.IsValid():
+		return errors.New("store: claim: the overlay has IPv4, and PublicIP is not set")
+	case v4 && !c.VtepMAC.IsUnicast():
+		return fmt.Errorf("store: claim: VtepMAC %s is not a unicast MAC", c.VtepMAC)
+	case v6 && !c.PublicIP.IsValid() && !c.PublicIPv6.IsValid():
+		return errors.New("store: claim: the overlay has IPv6, and neither PublicIPv6 nor PublicIP is set")
+	case v6 && !c.VtepMACv6.IsUnicast():
+		return fmt.Errorf("store: claim: VtepMACv6 %s is not a unicast MAC", c.VtepMACv6)
+	}
+	return nil
 }
 
 // ErrNoFreeSubnet is returned when every subnet of the network is leased.
@@ -69,14 +106,28 @@ type OwnLease struct {
 	conflicts    atomic.Uint64 // episodes of conflict
 }
 
-// AcquireLease takes a subnet for this host. A lease that already carries
-// claim.PublicIP is reused (a restart keeps its subnet, and its etcd lease if
-// still alive); otherwise claim.Previous is taken if free, otherwise a random
-// free subnet. Every write is a transaction that fails if someone else wrote
-// first, so concurrent agents never share a subnet.
+// AcquireLease takes a subnet of every family of the overlay for this host,
+// published under one key, LeaseKey(v4, v6). A lease that already carries
+// this host's public IP (claim.PublicIP, or for an IPv6-only host without
+// one claim.PublicIPv6) is reused: a restart keeps its subnets, and its
+// etcd lease if still alive. When the config asks for a family that lease
+// lacks (a host going dual-stack), or has one it no longer has, the key
+// changes: the old key is deleted and the new one put in one transaction
+// that fails if either changed. Otherwise claim.Previous and
+// claim.PreviousIPv6 are taken if free, else random free subnets.
+//
+// Every write is a transaction that fails if someone else wrote first, and a
+// key with an IPv6 part, which another key may share without sharing its
+// name, is checked once written: of two overlapping keys, the younger gives
+// way. So concurrent agents never share a subnet of either family. A key
+// with an IPv6 part is never written unless the config has IPv6: a flanneld
+// with IPv6 off may crash on one.
 func AcquireLease(ctx context.Context, c *clientv3.Client, prefix string, cfg Config, claim Claim, log *zap.Logger) (*OwnLease, error) {
 	if claim.TTL <= 0 {
 		claim.TTL = DefaultLeaseTTL
+	}
+	if err := claim.check(cfg); err != nil {
+		return nil, err
 	}
 	o := &OwnLease{c: c, prefix: prefix, cfg: cfg, claim: claim, log: log, recheck: make(chan struct{}, 1), pageSize: listPageSize}
 	if err := o.acquire(ctx); err != nil {
@@ -274,11 +325,11 @@ func (o *OwnLease) renew(ctx context.Context) error {
 	}
 	if len(resp.Kvs) == 1 {
 		kv := resp.Kvs[0]
-		cur, err := ParseLease(SubnetKey(l.Subnet), kv.Value)
-		if err == nil && cur.PublicIP != o.claim.PublicIP {
+		cur, err := ParseLease(strings.TrimPrefix(l.Key, SubnetsPrefix(o.prefix)), kv.Value)
+		if err == nil && !o.isOurs(cur) {
 			return fmt.Errorf("store: %s now says %s (%s), written at revision %d: %w", l.Key, cur, kv.Value, kv.ModRevision, ErrSubnetTaken)
 		}
-		if err == nil && cur.VtepMAC == o.claim.VtepMAC && cur.VNI == o.cfg.Backend.VNI && kv.Lease != 0 {
+		if err == nil && cur.SameTarget(l) && cur.VNI == o.cfg.Backend.VNI && kv.Lease != 0 {
 			ka, err := o.c.KeepAliveOnce(ctx, clientv3.LeaseID(kv.Lease))
 			if err == nil {
 				l.EtcdLease, l.ModRevision = kv.Lease, kv.ModRevision
@@ -296,14 +347,48 @@ func (o *OwnLease) renew(ctx context.Context) error {
 	} else {
 		o.log.Warn("own lease vanished from etcd (deleted, or expired during an outage); taking the subnet again", zap.String("key", l.Key))
 	}
-	// Re-acquire exactly this subnet: another one would change every
-	// address on this host.
-	o.claim.Previous = l.Subnet
+	// Re-acquire exactly these subnets: others would change every address
+	// on this host.
+	o.claim.Previous, o.claim.PreviousIPv6 = l.Subnet, l.IPv6Subnet
 	err = o.acquire(ctx)
 	if errors.Is(err, errPreviousTaken) {
-		return fmt.Errorf("store: own subnet %s: overlapped by another lease: %w", l.Subnet, ErrSubnetTaken)
+		return fmt.Errorf("store: own subnet %s: overlapped by another lease: %w", subnetsOf(l), ErrSubnetTaken)
 	}
 	return err
+}
+
+// subnetsOf names a lease's subnets, for messages.
+func subnetsOf(l Lease) string {
+	switch {
+	case l.Subnet.IsValid() && l.IPv6Subnet.IsValid():
+		return l.Subnet.String() + " and " + l.IPv6Subnet.String()
+	case l.IPv6Subnet.IsValid():
+		return l.IPv6Subnet.String()
+	default:
+		return l.Subnet.String()
+	}
+}
+
+// isOurs reports whether l names this host: by its IPv4 underlay address,
+// or, for a host with none (IPv6-only over IPv6), its IPv6 one.
+func (o *OwnLease) isOurs(l Lease) bool {
+	if o.claim.PublicIP.IsValid() {
+		return l.PublicIP == o.claim.PublicIP
+	}
+	return l.PublicIPv6 == o.claim.PublicIPv6
+}
+
+// want is the lease this host publishes for the subnets v4 and v6 (either
+// invalid for a family the overlay does not have).
+func (o *OwnLease) want(v4, v6 netip.Prefix) Lease {
+	l := Lease{Key: SubnetsPrefix(o.prefix) + LeaseKey(v4, v6), Subnet: v4, PublicIP: o.claim.PublicIP, VNI: o.cfg.Backend.VNI}
+	if v4.IsValid() {
+		l.VtepMAC = o.claim.VtepMAC
+	}
+	if v6.IsValid() {
+		l.IPv6Subnet, l.PublicIPv6, l.VtepMACv6 = v6, o.claim.PublicIPv6, o.claim.VtepMACv6
+	}
+	return l
 }
 
 // errPreviousTaken tells renew that the previous subnet went to another host.
@@ -312,7 +397,8 @@ var errPreviousTaken = errors.New("previous subnet taken")
 // acquire runs the compare-and-create loop.
 func (o *OwnLease) acquire(ctx context.Context) error {
 	prefix := SubnetsPrefix(o.prefix)
-	renewing := o.Lease().Key != ""
+	own := o.Lease()
+	renewing := own.Key != ""
 	var granted clientv3.LeaseID // granted but not yet bound to a key
 	defer func() {
 		if granted != 0 {
@@ -333,67 +419,136 @@ func (o *OwnLease) acquire(ctx context.Context) error {
 		granted = g.ID
 		return granted, nil
 	}
+	_, v4on := o.cfg.IPv4()
+	_, v6on := o.cfg.IPv6()
 
 	for attempt := 1; ; attempt++ {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		taken := newTakenSet(o.cfg.SubnetLen)
-		var mine *Lease
+		taken4, taken6 := newTakenSet(o.cfg.SubnetLen), newTakenSet(o.cfg.IPv6SubnetLen)
+		var candidates []Lease
 		_, err := rangePages(ctx, o.c, prefix, o.pageSize, func(kv *mvccpb.KeyValue, _ int64) {
 			sk := string(kv.Key[len(prefix):])
-			p, err := ParseSubnetKey(sk)
+			p4, p6, err := ParseLeaseKey(sk)
 			if err != nil {
-				return // not a subnet: occupies nothing
+				// Not a subnet: occupies nothing, but for the IPv4 part of a
+				// key with a bad IPv6 part, which a new key's transaction
+				// counts as taken (see freeKey).
+				if v4s, _, dual := strings.Cut(sk, "&"); dual {
+					if p, _, err := ParseLeaseKey(v4s); err == nil {
+						taken4.add(p, kv.CreateRevision)
+					}
+				}
+				return
 			}
 			l, perr := ParseLease(sk, kv.Value)
 			var ours bool
 			if renewing {
 				// Our own key, unless it now names another host; a value
 				// nobody can read is overwritten.
-				ours = p == o.claim.Previous && (perr != nil || l.PublicIP == o.claim.PublicIP)
+				ours = string(kv.Key) == own.Key && (perr != nil || o.isOurs(l))
 			} else {
-				ours = perr == nil && l.PublicIP == o.claim.PublicIP && o.compatible(p)
+				ours = perr == nil && o.isOurs(l) && o.fits(p4, p6)
 			}
 			if !ours {
-				taken.add(p)
+				taken4.add(p4, kv.CreateRevision)
+				taken6.add(p6, kv.CreateRevision)
 				return
 			}
 			if perr != nil {
-				l = Lease{Subnet: p, PublicIP: o.claim.PublicIP}
+				l = o.want(p4, p6)
 			}
 			l.Key, l.CreateRevision, l.ModRevision, l.EtcdLease = string(kv.Key), kv.CreateRevision, kv.ModRevision, kv.Lease
-			mine = &l
+			candidates = append(candidates, l)
 		})
 		if err != nil {
 			return fmt.Errorf("store: list leases: %w", err)
 		}
+		// Of several leases of ours, one with the config's families (no new
+		// key); the others occupy their subnets as anyone's do.
+		var mine *Lease
+		sameFamilies := func(l *Lease) bool { return l.Subnet.IsValid() == v4on && l.IPv6Subnet.IsValid() == v6on }
+		for i := range candidates {
+			if c := &candidates[i]; mine == nil || sameFamilies(c) && !sameFamilies(mine) {
+				mine = c
+			}
+		}
+		for _, c := range candidates {
+			if mine != nil && c.Key != mine.Key {
+				taken4.add(c.Subnet, c.CreateRevision)
+				taken6.add(c.IPv6Subnet, c.CreateRevision)
+			}
+		}
+
+		// The subnets to hold: mine's of each family the overlay has, unless
+		// an older lease (the one every table believes) overlaps it; else
+		// the previous ones, or free ones.
+		var keep4, keep6 netip.Prefix
+		if mine != nil {
+			if !taken4.overlapsOlder(mine.Subnet, mine.CreateRevision) {
+				keep4 = mine.Subnet
+			}
+			if !taken6.overlapsOlder(mine.IPv6Subnet, mine.CreateRevision) {
+				keep6 = mine.IPv6Subnet
+			}
+		}
+		var v4, v6 netip.Prefix
+		if v4on {
+			if v4, err = o.choose(keep4, o.claim.Previous, taken4, renewing, o.compatible4, o.pickFree4); err != nil {
+				return err
+			}
+		}
+		if v6on {
+			if v6, err = o.choose(keep6, o.claim.PreviousIPv6, taken6, renewing, o.compatible6, o.pickFree6); err != nil {
+				return err
+			}
+		}
+		want := o.want(v4, v6)
 
 		var won bool
 		var l Lease
-		if mine != nil {
+		switch {
+		case mine != nil && mine.Key == want.Key:
 			l, won, err = o.takeOver(ctx, *mine, grant)
-		} else {
-			var subnet netip.Prefix
-			if p := o.claim.Previous; p.IsValid() && o.compatible(p) && !taken.overlaps(p) {
-				subnet = p
-			} else if renewing {
-				return errPreviousTaken
-			} else if subnet, err = o.pickFree(taken); err != nil {
-				return err
-			}
-			l, won, err = o.create(ctx, subnet, grant)
+		case mine != nil:
+			l, won, err = o.moveKey(ctx, *mine, want, grant)
+		default:
+			l, won, err = o.create(ctx, want, grant)
 		}
 		if err != nil {
 			return err
 		}
-		if won {
-			if l.EtcdLease == int64(granted) {
-				granted = 0 // bound to our key now: keep it
+		if won && l.EtcdLease == int64(granted) {
+			granted = 0 // bound to our key now: keep it
+		}
+		if won && l.IPv6Subnet.IsValid() && (mine == nil || mine.Key != l.Key) {
+			// A new key's IPv6 part: no transaction could see a key with
+			// another IPv4 part and the same IPv6 one. Look now; if an older
+			// one has it, the next round moves our key off it (keeping its
+			// IPv4 part), as the older one's writer keeps it.
+			elder, err := o.elder6(ctx, l)
+			if err != nil {
+				return err
 			}
+			if elder != "" {
+				o.log.Debug("lost a race for an IPv6 subnet; moving off it", zap.String("key", l.Key), zap.String("elder", elder))
+				continue
+			}
+		}
+		if won {
 			o.set(l, o.ttlOf(ctx, l))
-			o.log.Info("own lease acquired", zap.String("key", l.Key), zap.Stringer("subnet", l.Subnet),
-				zap.Stringer("public_ip", l.PublicIP), zap.Stringer("vtep_mac", l.VtepMAC), zap.Int("attempt", attempt))
+			fields := []zap.Field{zap.String("key", l.Key), zap.Int("attempt", attempt)}
+			if p, ok := l.IPv4(); ok {
+				fields = append(fields, zap.Stringer("subnet", p.Subnet), zap.Stringer("public_ip", p.PublicIP), zap.Stringer("vtep_mac", p.VtepMAC))
+			}
+			if p, ok := l.IPv6(); ok {
+				fields = append(fields, zap.Stringer("ipv6_subnet", p.Subnet), zap.Stringer("public_ipv6", p.PublicIP), zap.Stringer("vtep_mac_v6", p.VtepMAC))
+			}
+			if mine != nil && mine.Key != l.Key {
+				fields = append(fields, zap.String("old_key", mine.Key))
+			}
+			o.log.Info("own lease acquired", fields...)
 			return nil
 		}
 		// Someone wrote first. Re-list and try again; the random pick
@@ -402,30 +557,47 @@ func (o *OwnLease) acquire(ctx context.Context) error {
 	}
 }
 
+// choose returns the subnet of one family to hold: keep (what our lease
+// has) if valid, else previous if it may be held and is free, else (not
+// when renewing, which wants exactly the previous one) a free one.
+func (o *OwnLease) choose(keep, previous netip.Prefix, taken *takenSet, renewing bool,
+	compatible func(netip.Prefix) bool, pickFree func(*takenSet) (netip.Prefix, error)) (netip.Prefix, error) {
+	switch {
+	case keep.IsValid():
+		return keep, nil
+	case previous.IsValid() && compatible(previous) && !taken.overlaps(previous):
+		return previous, nil
+	case renewing:
+		return netip.Prefix{}, errPreviousTaken
+	default:
+		return pickFree(taken)
+	}
+}
+
+// fits reports whether a lease of ours with the key's subnets v4 and v6 may
+// be kept: each family the overlay has and the key has is a subnet this
+// host may hold. A family the key lacks is added, one the overlay lacks
+// dropped, both by a new key.
+func (o *OwnLease) fits(v4, v6 netip.Prefix) bool {
+	_, v4on := o.cfg.IPv4()
+	_, v6on := o.cfg.IPv6()
+	return (!v4on || !v4.IsValid() || o.compatible4(v4)) && (!v6on || !v6.IsValid() || o.compatible6(v6))
+}
+
 // takeOver makes an existing lease with our public IP ours: no write at all
 // if it already says what we would write and its etcd lease is alive, so a
 // restart is invisible to peers.
 func (o *OwnLease) takeOver(ctx context.Context, mine Lease, grant func() (clientv3.LeaseID, error)) (Lease, bool, error) {
-	want := mine
-	want.VtepMAC, want.VNI = o.claim.VtepMAC, o.cfg.Backend.VNI
-	id := clientv3.LeaseID(mine.EtcdLease)
-	if id != 0 {
-		ttl, err := o.c.TimeToLive(ctx, id)
-		if err != nil {
-			return Lease{}, false, fmt.Errorf("store: read etcd lease of %s: %w", mine.Key, err)
-		}
-		if ttl.TTL <= 0 || ttl.GrantedTTL != int64(o.claim.TTL/time.Second) {
-			id = 0
-		}
+	want := o.want(mine.Subnet, mine.IPv6Subnet)
+	want.Key, want.CreateRevision = mine.Key, mine.CreateRevision
+	id, err := o.reusable(ctx, mine, grant)
+	if err != nil {
+		return Lease{}, false, err
 	}
-	if id != 0 && mine.SameTarget(want) && mine.VNI == want.VNI {
+	if id == clientv3.LeaseID(mine.EtcdLease) && mine.SameTarget(want) && mine.VNI == want.VNI {
 		if _, err := o.c.KeepAliveOnce(ctx, id); err == nil {
 			return mine, true, nil
 		}
-		id = 0
-	}
-	if id == 0 {
-		var err error
 		if id, err = grant(); err != nil {
 			return Lease{}, false, err
 		}
@@ -446,29 +618,106 @@ func (o *OwnLease) takeOver(ctx context.Context, mine Lease, grant func() (clien
 	return want, txn.Succeeded, nil
 }
 
-// create claims a free subnet with a compare-and-create transaction.
-func (o *OwnLease) create(ctx context.Context, subnet netip.Prefix, grant func() (clientv3.LeaseID, error)) (Lease, bool, error) {
+// reusable returns mine's etcd lease if it is alive with our TTL, else a
+// granted one.
+func (o *OwnLease) reusable(ctx context.Context, mine Lease, grant func() (clientv3.LeaseID, error)) (clientv3.LeaseID, error) {
+	if id := clientv3.LeaseID(mine.EtcdLease); id != 0 {
+		ttl, err := o.c.TimeToLive(ctx, id)
+		if err != nil {
+			return 0, fmt.Errorf("store: read etcd lease of %s: %w", mine.Key, err)
+		}
+		if ttl.TTL > 0 && ttl.GrantedTTL == int64(o.claim.TTL/time.Second) {
+			return id, nil
+		}
+	}
+	return grant()
+}
+
+// moveKey replaces our lease mine by want under another key (the families
+// changed), in one transaction that fails if mine changed or want's key
+// exists. mine's subnets are kept where want has their family.
+func (o *OwnLease) moveKey(ctx context.Context, mine, want Lease, grant func() (clientv3.LeaseID, error)) (Lease, bool, error) {
+	id, err := o.reusable(ctx, mine, grant)
+	if err != nil {
+		return Lease{}, false, err
+	}
+	conds := append(o.freeKey(want, mine.Key), clientv3.Compare(clientv3.ModRevision(mine.Key), "=", mine.ModRevision))
+	txn, err := o.c.Txn(ctx).
+		If(conds...).
+		Then(clientv3.OpDelete(mine.Key), clientv3.OpPut(want.Key, string(want.Value()), clientv3.WithLease(id))).
+		Commit()
+	if err != nil {
+		return Lease{}, false, fmt.Errorf("store: move %s to %s: %w", mine.Key, want.Key, err)
+	}
+	want.EtcdLease, want.CreateRevision, want.ModRevision = int64(id), txn.Header.Revision, txn.Header.Revision
+	if txn.Succeeded {
+		o.log.Info("own lease moves to a new key: the network config's families changed", zap.String("old_key", mine.Key), zap.String("key", want.Key))
+		if mine.EtcdLease != 0 && mine.EtcdLease != int64(id) {
+			o.c.Revoke(ctx, clientv3.LeaseID(mine.EtcdLease)) // tidiness, as in takeOver
+		}
+	}
+	return want, txn.Succeeded, nil
+}
+
+// create claims free subnets with a compare-and-create transaction.
+func (o *OwnLease) create(ctx context.Context, want Lease, grant func() (clientv3.LeaseID, error)) (Lease, bool, error) {
 	id, err := grant()
 	if err != nil {
 		return Lease{}, false, err
 	}
-	l := Lease{
-		Key:       SubnetsPrefix(o.prefix) + SubnetKey(subnet),
-		Subnet:    subnet,
-		PublicIP:  o.claim.PublicIP,
-		VtepMAC:   o.claim.VtepMAC,
-		VNI:       o.cfg.Backend.VNI,
-		EtcdLease: int64(id),
-	}
+	want.EtcdLease = int64(id)
 	txn, err := o.c.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(l.Key), "=", 0)).
-		Then(clientv3.OpPut(l.Key, string(l.Value()), clientv3.WithLease(id))).
+		If(o.freeKey(want, "")...).
+		Then(clientv3.OpPut(want.Key, string(want.Value()), clientv3.WithLease(id))).
 		Commit()
 	if err != nil {
-		return Lease{}, false, fmt.Errorf("store: create %s: %w", l.Key, err)
+		return Lease{}, false, fmt.Errorf("store: create %s: %w", want.Key, err)
 	}
-	l.CreateRevision, l.ModRevision = txn.Header.Revision, txn.Header.Revision
-	return l, txn.Succeeded, nil
+	want.CreateRevision, want.ModRevision = txn.Header.Revision, txn.Header.Revision
+	return want, txn.Succeeded, nil
+}
+
+// freeKey is the condition that want's key may be created: it does not
+// exist, nor does another key with its IPv4 part, with or without an IPv6
+// part (those share the prefix "<v4>&"), but for our own key mine (which a
+// move deletes in the same transaction). A key with the same IPv6 part and
+// another IPv4 part has no prefix in common with it: elder6 looks for one.
+func (o *OwnLease) freeKey(want Lease, mine string) []clientv3.Cmp {
+	free := func(from, to string) clientv3.Cmp {
+		return clientv3.Compare(clientv3.CreateRevision(from), "=", 0).WithRange(to)
+	}
+	conds := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(want.Key), "=", 0)}
+	if !want.Subnet.IsValid() {
+		return conds
+	}
+	base := SubnetsPrefix(o.prefix) + SubnetKey(want.Subnet)
+	if mine != base {
+		conds = append(conds, clientv3.Compare(clientv3.CreateRevision(base), "=", 0))
+	}
+	from, end := base+"&", clientv3.GetPrefixRangeEnd(base+"&")
+	if mine > from && mine < end {
+		// The range around mine.
+		return append(conds, free(from, mine), free(mine+"\x00", end))
+	}
+	return append(conds, free(from, end))
+}
+
+// elder6 returns a key, if there is one, that overlaps the IPv6 subnet of
+// our key l and is older (by etcd's create revision, as every lease table
+// decides).
+func (o *OwnLease) elder6(ctx context.Context, l Lease) (string, error) {
+	prefix := SubnetsPrefix(o.prefix)
+	var elder string
+	_, err := rangePages(ctx, o.c, prefix, o.pageSize, func(kv *mvccpb.KeyValue, _ int64) {
+		_, p6, err := ParseLeaseKey(string(kv.Key[len(prefix):]))
+		if err == nil && string(kv.Key) != l.Key && p6.IsValid() && p6.Overlaps(l.IPv6Subnet) && kv.CreateRevision < l.CreateRevision {
+			elder = string(kv.Key)
+		}
+	})
+	if err != nil {
+		return "", fmt.Errorf("store: list leases: %w", err)
+	}
+	return elder, nil
 }
 
 func (o *OwnLease) ttlOf(ctx context.Context, l Lease) time.Duration {
@@ -478,14 +727,19 @@ func (o *OwnLease) ttlOf(ctx context.Context, l Lease) time.Duration {
 	return o.claim.TTL
 }
 
-// compatible reports whether p is a subnet this host may hold under the
-// current configuration.
-func (o *OwnLease) compatible(p netip.Prefix) bool {
-	return p.Bits() == o.cfg.SubnetLen && !p.Addr().Less(o.cfg.SubnetMin) && !o.cfg.SubnetMax.Less(p.Addr())
+// compatible4 reports whether p is an IPv4 subnet this host may hold under
+// the current configuration.
+func (o *OwnLease) compatible4(p netip.Prefix) bool {
+	return p.Addr().Is4() && p.Bits() == o.cfg.SubnetLen && !p.Addr().Less(o.cfg.SubnetMin) && !o.cfg.SubnetMax.Less(p.Addr())
 }
 
-// pickFree returns a random free subnet between SubnetMin and SubnetMax.
-func (o *OwnLease) pickFree(taken *takenSet) (netip.Prefix, error) {
+// compatible6 is compatible4 for IPv6.
+func (o *OwnLease) compatible6(p netip.Prefix) bool {
+	return p.Addr().Is6() && p.Bits() == o.cfg.IPv6SubnetLen && !p.Addr().Less(o.cfg.IPv6SubnetMin) && !o.cfg.IPv6SubnetMax.Less(p.Addr())
+}
+
+// pickFree4 returns a random free subnet between SubnetMin and SubnetMax.
+func (o *OwnLease) pickFree4(taken *takenSet) (netip.Prefix, error) {
 	n := o.cfg.SubnetCount()
 	at := func(i int) netip.Prefix {
 		return netip.PrefixFrom(addrFrom(u32(o.cfg.SubnetMin)+uint32(i)<<(32-o.cfg.SubnetLen)), o.cfg.SubnetLen)
@@ -510,30 +764,103 @@ func (o *OwnLease) pickFree(taken *takenSet) (netip.Prefix, error) {
 	return free[rand.IntN(len(free))], nil
 }
 
+// maxScan6 is how many IPv6 subnets pickFree6 enumerates at most, when
+// random probes found none free: a range that small may be full.
+const maxScan6 = 1 << 16
+
+// pickFree6 returns a random free subnet between IPv6SubnetMin and
+// IPv6SubnetMax: random probes, then, if the range is small enough to
+// enumerate (at most maxScan6 subnets, or twice the leases there are), a
+// scan of it all.
+func (o *OwnLease) pickFree6(taken *takenSet) (netip.Prefix, error) {
+	n := o.cfg.ipv6SubnetCount()
+	min, shift := u128Of(o.cfg.IPv6SubnetMin), uint(128-o.cfg.IPv6SubnetLen)
+	at := func(i u128) netip.Prefix { return netip.PrefixFrom(min.add(i.shl(shift)).addr(), o.cfg.IPv6SubnetLen) }
+	for range 64 {
+		if p := at(randBelow(n)); !taken.overlaps(p) {
+			return p, nil
+		}
+	}
+	if limit := max(maxScan6, 2*uint64(taken.len())); n.hi == 0 && n.lo <= limit {
+		var free []netip.Prefix
+		for i := range n.lo {
+			if p := at(u128{0, i}); !taken.overlaps(p) {
+				free = append(free, p)
+			}
+		}
+		if len(free) > 0 {
+			return free[rand.IntN(len(free))], nil
+		}
+		return netip.Prefix{}, fmt.Errorf("store: IPv6 network %s has no free /%d subnet: all %d between %s and %s are leased: %w",
+			o.cfg.IPv6Network, o.cfg.IPv6SubnetLen, n.lo, o.cfg.IPv6SubnetMin, o.cfg.IPv6SubnetMax, ErrNoFreeSubnet)
+	}
+	// Too many to enumerate, and so few of them leased that 64 random
+	// probes all finding a leased one is as good as impossible.
+	return netip.Prefix{}, fmt.Errorf("store: IPv6 network %s: 64 random /%d subnets between %s and %s were all leased: %w",
+		o.cfg.IPv6Network, o.cfg.IPv6SubnetLen, o.cfg.IPv6SubnetMin, o.cfg.IPv6SubnetMax, ErrNoFreeSubnet)
+}
+
+// randBelow is a random number in [0, n), n > 0.
+func randBelow(n u128) u128 {
+	if n.hi == 0 {
+		return u128{0, rand.Uint64N(n.lo)}
+	}
+	// Rejection sampling over the bits n needs: fewer than two draws on
+	// average.
+	mask := u128{^uint64(0) >> bits.LeadingZeros64(n.hi), ^uint64(0)}
+	for {
+		if r := (u128{rand.Uint64(), rand.Uint64()}).and(mask); r.less(n) {
+			return r
+		}
+	}
+}
+
 // takenSet answers "does any lease overlap this subnet" in O(1) for leases
-// of the configured length, which is nearly all of them.
+// of the configured length, which is nearly all of them, and whether an
+// older one does. An invalid prefix (a family a key does not have)
+// occupies nothing.
 type takenSet struct {
 	bits   int
-	starts map[uint32]bool
-	other  []netip.Prefix
+	starts map[netip.Addr]int64 // the oldest create revision at the start
+	other  []takenPrefix
 }
 
-func newTakenSet(bits int) *takenSet { return &takenSet{bits: bits, starts: make(map[uint32]bool)} }
+type takenPrefix struct {
+	p   netip.Prefix
+	rev int64
+}
 
-func (s *takenSet) add(p netip.Prefix) {
-	if p.Bits() == s.bits {
-		s.starts[u32(p.Addr())] = true
-		return
+func newTakenSet(bits int) *takenSet {
+	return &takenSet{bits: bits, starts: make(map[netip.Addr]int64)}
+}
+
+// add records a lease of subnet p created at rev.
+func (s *takenSet) add(p netip.Prefix, rev int64) {
+	switch {
+	case !p.IsValid():
+	case p.Bits() == s.bits:
+		if r, ok := s.starts[p.Addr()]; !ok || rev < r {
+			s.starts[p.Addr()] = rev
+		}
+	default:
+		s.other = append(s.other, takenPrefix{p, rev})
 	}
-	s.other = append(s.other, p)
 }
 
-func (s *takenSet) overlaps(p netip.Prefix) bool {
-	if p.Bits() == s.bits && s.starts[u32(p.Addr())] {
+func (s *takenSet) len() int { return len(s.starts) + len(s.other) }
+
+func (s *takenSet) overlaps(p netip.Prefix) bool { return s.overlapsOlder(p, math.MaxInt64) }
+
+// overlapsOlder reports whether a lease created before rev overlaps p.
+func (s *takenSet) overlapsOlder(p netip.Prefix, rev int64) bool {
+	if !p.IsValid() {
+		return false
+	}
+	if r, ok := s.starts[p.Addr()]; ok && p.Bits() == s.bits && r < rev {
 		return true
 	}
 	for _, o := range s.other {
-		if o.Overlaps(p) {
+		if o.rev < rev && o.p.Overlaps(p) {
 			return true
 		}
 	}

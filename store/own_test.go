@@ -52,17 +52,35 @@ func etcdLeaseCount(t *testing.T, c *clientv3.Client) int {
 }
 
 // expectOwn checks o's lease against etcd: the key holds exactly flannel's
-// value for claim, bound to a live etcd lease of claim's TTL.
+// value for claim, with a subnet of each family of cfg (and no other),
+// bound to a live etcd lease of claim's TTL.
 func expectOwn(t *testing.T, c *clientv3.Client, cfg Config, o *OwnLease, claim Claim) Lease {
 	t.Helper()
 	l := o.Lease()
-	if l.Subnet.Bits() != cfg.SubnetLen || l.Subnet.Addr().Less(cfg.SubnetMin) || cfg.SubnetMax.Less(l.Subnet.Addr()) || l.Subnet.Masked() != l.Subnet {
-		t.Errorf("subnet %s is not a /%d between %s and %s", l.Subnet, cfg.SubnetLen, cfg.SubnetMin, cfg.SubnetMax)
+	f4, v4 := cfg.IPv4()
+	f6, v6 := cfg.IPv6()
+	for _, f := range []struct {
+		on     bool
+		fc     FamilyConfig
+		subnet netip.Prefix
+	}{{v4, f4, l.Subnet}, {v6, f6, l.IPv6Subnet}} {
+		if !f.on {
+			if f.subnet.IsValid() {
+				t.Errorf("subnet %s of a family the overlay does not have", f.subnet)
+			}
+			continue
+		}
+		if s := f.subnet; s.Bits() != f.fc.SubnetLen || s.Addr().Less(f.fc.SubnetMin) || f.fc.SubnetMax.Less(s.Addr()) || s.Masked() != s {
+			t.Errorf("subnet %s is not a /%d between %s and %s", s, f.fc.SubnetLen, f.fc.SubnetMin, f.fc.SubnetMax)
+		}
 	}
-	if want := testSubnetsPrefix + SubnetKey(l.Subnet); l.Key != want {
+	if want := testSubnetsPrefix + LeaseKey(l.Subnet, l.IPv6Subnet); l.Key != want {
 		t.Errorf("key %q, want %q", l.Key, want)
 	}
-	if l.PublicIP != claim.PublicIP || l.VtepMAC != claim.VtepMAC || l.VNI != cfg.Backend.VNI {
+	if !v6 && strings.Contains(l.Key, "&") {
+		t.Errorf("key %q has an IPv6 part, and the config has EnableIPv6 false", l.Key)
+	}
+	if l.PublicIP != claim.PublicIP || v4 && l.VtepMAC != claim.VtepMAC || v6 && (l.PublicIPv6 != claim.PublicIPv6 || l.VtepMACv6 != claim.VtepMACv6) || l.VNI != cfg.Backend.VNI {
 		t.Errorf("lease %s does not carry the claim %+v and VNI %d", fmtLease(&l), claim, cfg.Backend.VNI)
 	}
 	resp := mustGet(t, c, l.Key)
@@ -70,8 +88,7 @@ func expectOwn(t *testing.T, c *clientv3.Client, cfg Config, o *OwnLease, claim 
 		t.Fatalf("own lease %s is not in etcd", l.Key)
 	}
 	kv := resp.Kvs[0]
-	want := fmt.Sprintf(`{"PublicIP":"%s","BackendType":"vxlan","BackendData":{"VNI":%d,"VtepMAC":"%s"}}`, claim.PublicIP, cfg.Backend.VNI, claim.VtepMAC)
-	if string(kv.Value) != want {
+	if want := flannelValueFor(cfg, claim); string(kv.Value) != want {
 		t.Errorf("etcd holds\n  %s\nwant flannel's\n  %s", kv.Value, want)
 	}
 	if kv.Lease == 0 || kv.Lease != l.EtcdLease || kv.CreateRevision != l.CreateRevision || kv.ModRevision != l.ModRevision {
@@ -85,6 +102,30 @@ func expectOwn(t *testing.T, c *clientv3.Client, cfg Config, o *OwnLease, claim 
 		t.Errorf("etcd lease of %s: granted TTL %d, remaining %d; want granted %v", l.Key, ttl.GrantedTTL, ttl.TTL, claim.TTL)
 	}
 	return l
+}
+
+// flannelValueFor is, written out by hand, the value flanneld's vxlan
+// backend writes for a host with claim's addresses and MACs in the overlay
+// of cfg (its LeaseAttrs: PublicIP "0.0.0.0" for none, PublicIPv6 null for
+// none, the backend data of each family the host has).
+func flannelValueFor(cfg Config, claim Claim) string {
+	_, v4 := cfg.IPv4()
+	_, v6 := cfg.IPv6()
+	public, public6 := "0.0.0.0", "null"
+	if claim.PublicIP.IsValid() {
+		public = claim.PublicIP.String()
+	}
+	if v6 && claim.PublicIPv6.IsValid() {
+		public6 = `"` + claim.PublicIPv6.String() + `"`
+	}
+	v := fmt.Sprintf(`{"PublicIP":"%s","PublicIPv6":%s,"BackendType":"vxlan"`, public, public6)
+	if v4 {
+		v += fmt.Sprintf(`,"BackendData":{"VNI":%d,"VtepMAC":"%s"}`, cfg.Backend.VNI, claim.VtepMAC)
+	}
+	if v6 {
+		v += fmt.Sprintf(`,"BackendV6Data":{"VNI":%d,"VtepMAC":"%s"}`, cfg.Backend.VNI, claim.VtepMACv6)
+	}
+	return v + "}"
 }
 
 func TestAcquireLeaseFresh(t *testing.T) {
@@ -419,6 +460,14 @@ func TestAcquireLeaseTakeOverRace(t *testing.T) {
 	// Restarting with a new MAC, this host is about to update its key in
 	// place when another host writes the key: the update must not land.
 	claim.VtepMAC = MAC{0x02, 0xbb, 0, 0, 0, 1}
+	expectTakeOverLost(t, c, cfg, claim, first)
+}
+
+// expectTakeOverLost acquires a lease for claim, with another host writing
+// the key of first, our lease, just before we would rewrite it: we must not,
+// and take another subnet.
+func expectTakeOverLost(t *testing.T, c *clientv3.Client, cfg Config, claim Claim, first Lease) {
+	t.Helper()
 	theirs := mkLease(first.Subnet.String(), 66, 0)
 	theirs.PublicIP = netip.MustParseAddr("198.51.100.66")
 	hl := &hookLease{Lease: c.Lease}
@@ -438,8 +487,8 @@ func TestAcquireLeaseTakeOverRace(t *testing.T) {
 	if l.Subnet == first.Subnet {
 		t.Errorf("kept %s, which another host wrote", l.Subnet)
 	}
-	if got := string(mustGet(t, c, first.Key).Kvs[0].Value); got != string(theirs.Value()) {
-		t.Errorf("the other host's value was overwritten with %s", got)
+	if got := mustGet(t, c, first.Key).Kvs; len(got) != 1 || string(got[0].Value) != string(theirs.Value()) {
+		t.Errorf("the other host's key was deleted or overwritten: %v", got)
 	}
 }
 

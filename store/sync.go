@@ -324,6 +324,7 @@ func (s *syncer) parseKV(kv *mvccpb.KeyValue) (Lease, error) {
 	if err := s.t.check(l); err != nil {
 		return Lease{}, err
 	}
+	l = s.t.trim(l)
 	l.Key, l.CreateRevision, l.ModRevision, l.EtcdLease = string(kv.Key), kv.CreateRevision, kv.ModRevision, kv.Lease
 	return l, nil
 }

@@ -624,7 +624,7 @@ func TestSyncWatchingTracksEtcd(t *testing.T) {
 
 func sortedBySubnet(leases []Lease) []Lease {
 	leases = slices.Clone(leases)
-	slices.SortFunc(leases, func(a, b Lease) int { return comparePrefix(a.Subnet, b.Subnet) })
+	slices.SortFunc(leases, compareLeases)
 	return leases
 }
 

@@ -2,6 +2,8 @@ package store
 
 import (
 	"cmp"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -19,10 +21,12 @@ type Change struct {
 }
 
 // Table is the in-memory set of every lease in the overlay that passed
-// validation, indexed for the miss path: by address (longest prefix) and by
-// VTEP MAC.
+// validation, indexed for the miss path: by address of either family
+// (longest prefix within the family) and by VTEP MAC of either part.
 //
-// Two leases that overlap, or that share a VTEP MAC, cannot both be right.
+// Two leases that overlap within a family, or that share a VTEP MAC (in
+// any part: a MAC names one lease, so that a lookup by MAC is never
+// ambiguous), cannot both be right.
 // Which are admitted is a function of the set of leases alone: this host's
 // own lease first, then oldest first (by etcd create revision, ties by key),
 // each admitted unless it conflicts with one admitted before it. So a table
@@ -40,14 +44,19 @@ type Table struct {
 	mu sync.RWMutex
 	// slots holds the admitted leases, packed (index.go); the indexes name
 	// a lease by its position in it. A free slot is zero and listed in
-	// free. odd holds the rare lease that does not pack, by slot.
+	// free. slots6 holds their IPv6 parts by the same positions, once a
+	// lease with one is admitted (nil before). odd holds the rare lease
+	// that does not pack, by slot.
 	slots   []record
+	slots6  []record6
 	free    []int32
 	odd     map[int32]Lease
 	byKey   map[string]int32
-	byMAC   slotIndex // by macFingerprint(VtepMAC, macMul)
+	byMAC   slotIndex // by macFingerprint of either part's VtepMAC, macMul
 	macMul  uint64
-	lengths []lengthIndex // one per prefix length present, longest first
+	lengths []lengthIndex // one per IPv4 prefix length present, longest first
+	// lengths6 is lengths for the IPv6 subnets.
+	lengths6 []lengthIndex6
 	// rejected holds leases that are valid on their own but conflict with an
 	// admitted lease, with the reason.
 	rejected map[string]rejectedLease
@@ -97,7 +106,7 @@ type TableStats struct {
 }
 
 // NewTable returns an empty table for the overlay described by cfg. Leases
-// outside cfg.Network or with another VNI are refused.
+// outside cfg.Network (or cfg.IPv6Network) or with another VNI are refused.
 func NewTable(cfg Config) *Table {
 	return &Table{
 		cfg:      cfg,
@@ -135,12 +144,15 @@ func (t *Table) OnChange(fn func(Change)) {
 // Synced is closed once the table holds a complete list from etcd.
 func (t *Table) Synced() <-chan struct{} { return t.synced }
 
-// LookupIP returns the lease whose subnet holds a, preferring the longest
-// prefix. It allocates nothing and holds a read lock only for an index probe
-// and the read of one record.
+// LookupIP returns the lease whose subnet holds a, an IPv4 or an IPv6
+// address, preferring the longest prefix. It allocates nothing and holds a
+// read lock only for an index probe and the read of the slot's records.
 func (t *Table) LookupIP(a netip.Addr) (l Lease, ok bool) {
 	if !a.Is4() {
-		return Lease{}, false
+		// Filled in place: a Lease returned and returned again is copied
+		// twice.
+		ok = t.lookupIP6(a, &l)
+		return l, ok
 	}
 	v := u32(a)
 	t.mu.RLock()
@@ -158,8 +170,12 @@ func (t *Table) LookupIP(a netip.Addr) (l Lease, ok bool) {
 			s, found = li.bySubnet.get(sub)
 		}
 		if found {
+			// t.fill(s, &l), by hand: the call costs.
 			if r := &t.slots[s]; !r.odd {
 				r.unpack(&l)
+				if r.flags&recV6 != 0 {
+					t.slots6[s].unpack(&l)
+				}
 			} else {
 				l = t.odd[s]
 			}
@@ -171,8 +187,73 @@ func (t *Table) LookupIP(a netip.Addr) (l Lease, ok bool) {
 	return Lease{}, false
 }
 
-// LookupMAC returns the lease that publishes m as its VTEP MAC. Like
-// LookupIP, it allocates nothing.
+// lookupIP6 is LookupIP for an IPv6 address: the same probe of a length
+// index, the same records read into *l.
+func (t *Table) lookupIP6(a netip.Addr, l *Lease) bool {
+	if !a.Is6() || a.Is4In6() {
+		return false
+	}
+	// Not As16: its result is copied whole, and the copy's 16-byte load of
+	// two 8-byte stores stalls. AppendBinary's bytes are read back as they
+	// were stored, and without a zone they fit buf.
+	var buf [16]byte
+	b, _ := a.WithZone("").AppendBinary(buf[:0])
+	hi, lo := binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:16])
+	t.mu.RLock()
+	for i := range t.lengths6 {
+		li := &t.lengths6[i]
+		sh, sl := hi&li.hiMask, lo&li.loMask
+		var s int32
+		found := false
+		if j, direct := li.inDirect(sh, sl); direct {
+			if j < uint64(len(li.direct)) && li.direct[j] != 0 {
+				s, found = int32(li.direct[j]-1), true
+			}
+		} else {
+			s, found = t.hashed6(li, sh, sl)
+		}
+		if found {
+			t.fill(s, l)
+			t.mu.RUnlock()
+			return true
+		}
+	}
+	t.mu.RUnlock()
+	return false
+}
+
+// hashed6 returns the slot of the lease of li's length whose IPv6 subnet
+// starts at hi:lo, among those under its fingerprint.
+func (t *Table) hashed6(li *lengthIndex6, hi, lo uint64) (int32, bool) {
+	h := &li.bySubnet
+	fp := li.fingerprint(hi, lo)
+	ents := h.ents
+	mask := uint64(len(ents)) - 1
+	for i := h.home(fp); i < uint64(len(ents)); i = (i + 1) & mask {
+		e := &ents[i]
+		if e.v == 0 {
+			break
+		}
+		if s := int32(e.v - 1); e.key == fp && t.subnet6Is(s, hi, lo) {
+			return s, true
+		}
+	}
+	return 0, false
+}
+
+// subnet6Is reports whether the IPv6 subnet of the lease in slot s starts
+// at hi:lo.
+func (t *Table) subnet6Is(s int32, hi, lo uint64) bool {
+	if r := &t.slots[s]; !r.odd {
+		sub := &t.slots6[s].sub
+		return binary.BigEndian.Uint64(sub[:8]) == hi && binary.BigEndian.Uint64(sub[8:]) == lo
+	}
+	u := u128Of(t.odd[s].IPv6Subnet.Addr())
+	return u.hi == hi && u.lo == lo
+}
+
+// LookupMAC returns the lease that publishes m as the VTEP MAC of either of
+// its parts. Like LookupIP, it allocates nothing.
 func (t *Table) LookupMAC(m MAC) (l Lease, ok bool) {
 	t.mu.RLock()
 	// macSlot, by hand: it is too big to be inlined, and the call costs.
@@ -185,11 +266,16 @@ func (t *Table) LookupMAC(m MAC) (l Lease, ok bool) {
 		if e.v == 0 {
 			break
 		}
-		if r := &t.slots[e.v-1]; e.key == fp && r.mac == m {
+		s := int32(e.v - 1)
+		if r := &t.slots[s]; e.key == fp && (r.mac == m && r.flags&recV4 != 0 || r.flags&recV6 != 0 && t.slots6[s].mac == m) {
+			// t.fill(s, &l), by hand.
 			if !r.odd {
 				r.unpack(&l)
+				if r.flags&recV6 != 0 {
+					t.slots6[s].unpack(&l)
+				}
 			} else {
-				l = t.odd[int32(e.v-1)]
+				l = t.odd[s]
 			}
 			t.mu.RUnlock()
 			return l, true
@@ -209,7 +295,8 @@ func (t *Table) LookupKey(key string) (Lease, bool) {
 	return Lease{}, false
 }
 
-// Leases returns a copy of every admitted lease, sorted by subnet.
+// Leases returns a copy of every admitted lease, sorted by subnet (IPv4,
+// then IPv6: IPv6-only leases first).
 func (t *Table) Leases() []Lease {
 	t.mu.RLock()
 	out := make([]Lease, 0, len(t.byKey))
@@ -217,7 +304,7 @@ func (t *Table) Leases() []Lease {
 		out = append(out, t.at(s))
 	}
 	t.mu.RUnlock()
-	slices.SortFunc(out, func(a, b Lease) int { return comparePrefix(a.Subnet, b.Subnet) })
+	slices.SortFunc(out, compareLeases)
 	return out
 }
 
@@ -231,7 +318,7 @@ func (t *Table) Find(match func(*Lease) bool) (Lease, bool) {
 	var best, l Lease
 	found := false
 	for _, s := range t.byKey {
-		if l = t.at(s); match(&l) && (!found || comparePrefix(l.Subnet, best.Subnet) < 0) {
+		if l = t.at(s); match(&l) && (!found || compareLeases(l, best) < 0) {
 			best, found = l, true
 		}
 	}
@@ -307,15 +394,53 @@ func (t *Table) Rejected() []RejectedLease {
 	return out
 }
 
-// check validates a parsed lease against the network configuration.
+// check validates a parsed lease against the network configuration, each
+// part against its family: the IPv4 part inside Network (an IPv4 part in an
+// IPv6-only overlay is an error), the IPv6 part inside IPv6Network. An IPv6
+// part in an IPv4-only overlay is no error, only of no use: trim drops it.
+// At least one part must be of use.
 func (t *Table) check(l Lease) error {
-	if !t.cfg.Network.Contains(l.Subnet.Addr()) || l.Subnet.Bits() < t.cfg.Network.Bits() {
-		return fmt.Errorf("subnet %s is outside the overlay network %s", l.Subnet, t.cfg.Network)
+	usable := false
+	if l.Subnet.IsValid() {
+		if !t.cfg.Network.IsValid() {
+			return fmt.Errorf("subnet %s is IPv4, but the overlay is IPv6-only (EnableIPv4 false)", l.Subnet)
+		}
+		if !t.cfg.Network.Contains(l.Subnet.Addr()) || l.Subnet.Bits() < t.cfg.Network.Bits() {
+			return fmt.Errorf("subnet %s is outside the overlay network %s", l.Subnet, t.cfg.Network)
+		}
+		usable = true
+	}
+	if l.IPv6Subnet.IsValid() && t.cfg.IPv6Network.IsValid() {
+		if n := t.cfg.IPv6Network; !n.Contains(l.IPv6Subnet.Addr()) || l.IPv6Subnet.Bits() < n.Bits() {
+			return fmt.Errorf("IPv6 subnet %s is outside the overlay's IPv6Network %s", l.IPv6Subnet, n)
+		}
+		usable = true
+	}
+	switch {
+	case usable:
+	case l.IPv6Subnet.IsValid():
+		return fmt.Errorf("IPv6 subnet %s is the lease's only one, but the overlay is IPv4-only (EnableIPv6 false)", l.IPv6Subnet)
+	default:
+		return errors.New("the lease has no subnet")
 	}
 	if l.VNI != t.cfg.Backend.VNI {
-		return fmt.Errorf("BackendData.VNI %d differs from the network's VNI %d", l.VNI, t.cfg.Backend.VNI)
+		field := "BackendData.VNI"
+		if !l.Subnet.IsValid() {
+			field = "BackendV6Data.VNI"
+		}
+		return fmt.Errorf("%s %d differs from the network's VNI %d", field, l.VNI, t.cfg.Backend.VNI)
 	}
 	return nil
+}
+
+// trim is a lease that passed check as the table admits it: without an
+// IPv6 part in an overlay without IPv6 (a dual-stack flanneld's lease in
+// an IPv4-only overlay is its IPv4 part).
+func (t *Table) trim(l Lease) Lease {
+	if !t.cfg.IPv6Network.IsValid() {
+		l.IPv6Subnet, l.PublicIPv6, l.VtepMACv6 = netip.Prefix{}, netip.Addr{}, MAC{}
+	}
+	return l
 }
 
 // put stores l under its key, admitted or rejected, and returns the changes
@@ -420,8 +545,8 @@ func (t *Table) admitted(key string) *Lease {
 
 func ptr(l Lease) *Lease { return &l }
 
-// macSlot returns the slot of the admitted lease whose VTEP MAC is m: the
-// entry under m's fingerprint whose record holds m.
+// macSlot returns the slot of the admitted lease whose VTEP MAC (of either
+// part) is m: the entry under m's fingerprint whose records hold m.
 func (t *Table) macSlot(m MAC) (int32, bool) {
 	h := &t.byMAC
 	fp := macFingerprint(m, t.macMul)
@@ -432,58 +557,126 @@ func (t *Table) macSlot(m MAC) (int32, bool) {
 		if e.v == 0 {
 			break
 		}
-		if s := int32(e.v - 1); e.key == fp && t.slots[s].mac == m {
+		if s := int32(e.v - 1); e.key == fp && t.hasMAC(s, m) {
 			return s, true
 		}
 	}
 	return 0, false
 }
 
-// at returns the lease in slot s.
-func (t *Table) at(s int32) Lease {
-	if r := &t.slots[s]; !r.odd {
-		return r.lease()
-	}
-	return t.odd[s]
+// hasMAC reports whether the lease in slot s publishes m in either part.
+func (t *Table) hasMAC(s int32, m MAC) bool {
+	r := &t.slots[s]
+	return r.mac == m && r.flags&recV4 != 0 || r.flags&recV6 != 0 && t.slots6[s].mac == m
 }
 
-// conflict reports an admitted lease that l overlaps or shares a MAC with.
-func (t *Table) conflict(l Lease) error {
-	if s, ok := t.macSlot(l.VtepMAC); ok && t.slots[s].key != l.Key {
-		o := t.at(s)
-		if o.Key == t.ownKey {
-			return fmt.Errorf("VtepMAC %s is this host's own", l.VtepMAC)
-		}
-		return fmt.Errorf("VtepMAC %s is already used by %s", l.VtepMAC, o.Key)
+// macs returns the VTEP MACs l publishes: its IPv4 part's, its IPv6 part's
+// if that is another.
+func macs(l Lease) []MAC {
+	var out []MAC
+	if l.Subnet.IsValid() {
+		out = append(out, l.VtepMAC)
 	}
-	for i := range t.lengths {
-		li := &t.lengths[i]
-		if li.bits <= l.Subnet.Bits() {
-			// A lease as long or shorter overlaps l only if it holds l's address.
-			if s, ok := li.get(u32(l.Subnet.Addr()) & li.mask); ok {
-				return t.overlapError(l, t.at(s))
+	if l.IPv6Subnet.IsValid() && (!l.Subnet.IsValid() || l.VtepMACv6 != l.VtepMAC) {
+		out = append(out, l.VtepMACv6)
+	}
+	return out
+}
+
+// at returns the lease in slot s.
+func (t *Table) at(s int32) Lease {
+	var l Lease
+	t.fill(s, &l)
+	return l
+}
+
+// fill writes the lease in slot s into *l, the zero Lease: in place, for
+// the lookups, which fill their result with it.
+func (t *Table) fill(s int32, l *Lease) {
+	r := &t.slots[s]
+	if r.odd {
+		*l = t.odd[s]
+		return
+	}
+	r.unpack(l)
+	if r.flags&recV6 != 0 {
+		t.slots6[s].unpack(l)
+	}
+}
+
+// conflict reports an admitted lease that l overlaps within a family or
+// shares a MAC with.
+func (t *Table) conflict(l Lease) error {
+	for _, m := range macs(l) {
+		if s, ok := t.macSlot(m); ok && t.slots[s].key != l.Key {
+			o := t.at(s)
+			if o.Key == t.ownKey {
+				return fmt.Errorf("VtepMAC %s is this host's own", m)
 			}
-			continue
+			return fmt.Errorf("VtepMAC %s is already used by %s", m, o.Key)
 		}
-		// Longer leases inside l: mixed lengths are rare, a scan is fine.
-		for _, s := range li.all() {
-			if o := t.at(s); l.Subnet.Contains(o.Subnet.Addr()) {
-				return t.overlapError(l, o)
+	}
+	if l.Subnet.IsValid() {
+		for i := range t.lengths {
+			li := &t.lengths[i]
+			if li.bits <= l.Subnet.Bits() {
+				// A lease as long or shorter overlaps l only if it holds l's address.
+				if s, ok := li.get(u32(l.Subnet.Addr()) & li.mask); ok {
+					return t.overlapError("subnet", l.Subnet, t.at(s), t.at(s).Subnet)
+				}
+				continue
+			}
+			// Longer leases inside l: mixed lengths are rare, a scan is fine.
+			for _, s := range li.all() {
+				if o := t.at(s); l.Subnet.Contains(o.Subnet.Addr()) {
+					return t.overlapError("subnet", l.Subnet, o, o.Subnet)
+				}
+			}
+		}
+	}
+	if l.IPv6Subnet.IsValid() {
+		u := u128Of(l.IPv6Subnet.Addr())
+		for i := range t.lengths6 {
+			li := &t.lengths6[i]
+			if li.bits <= l.IPv6Subnet.Bits() {
+				if s, ok := t.get6(li, u.hi&li.hiMask, u.lo&li.loMask); ok {
+					return t.overlapError("IPv6 subnet", l.IPv6Subnet, t.at(s), t.at(s).IPv6Subnet)
+				}
+				continue
+			}
+			for s := range li.all() {
+				if o := t.at(s); l.IPv6Subnet.Contains(o.IPv6Subnet.Addr()) {
+					return t.overlapError("IPv6 subnet", l.IPv6Subnet, o, o.IPv6Subnet)
+				}
 			}
 		}
 	}
 	return nil
 }
 
-func (t *Table) overlapError(l Lease, o Lease) error {
-	if o.Key == t.ownKey {
-		return fmt.Errorf("subnet %s claims this host's own subnet %s", l.Subnet, o.Subnet)
+// get6 returns the slot of the lease of li's length whose IPv6 subnet
+// starts at hi:lo.
+func (t *Table) get6(li *lengthIndex6, hi, lo uint64) (int32, bool) {
+	if j, direct := li.inDirect(hi, lo); direct {
+		if v := li.direct[j]; v != 0 {
+			return int32(v - 1), true
+		}
+		return 0, false
 	}
-	return fmt.Errorf("subnet %s overlaps %s of %s", l.Subnet, o.Subnet, o.Key)
+	return t.hashed6(li, hi, lo)
 }
 
-// index admits l: stores it in a slot and indexes it by key, MAC and
-// subnet.
+// overlapError says that l's subnet sub (of the family what names)
+// overlaps o's subnet osub.
+func (t *Table) overlapError(what string, sub netip.Prefix, o Lease, osub netip.Prefix) error {
+	if o.Key == t.ownKey {
+		return fmt.Errorf("%s %s claims this host's own %s %s", what, sub, what, osub)
+	}
+	return fmt.Errorf("%s %s overlaps %s of %s", what, sub, osub, o.Key)
+}
+
+// index admits l: stores it in a slot and indexes it by key, MACs and
+// subnets.
 func (t *Table) index(l Lease) {
 	var s int32
 	if n := len(t.free); n > 0 {
@@ -491,9 +684,18 @@ func (t *Table) index(l Lease) {
 	} else {
 		s = int32(len(t.slots))
 		t.slots = append(t.slots, record{})
+		if t.slots6 != nil {
+			t.slots6 = append(t.slots6, record6{})
+		}
 	}
-	r, exact := pack(l)
+	r, r6, exact := t.pack(l)
 	t.slots[s] = r
+	if r.flags&recV6 != 0 {
+		if t.slots6 == nil {
+			t.slots6 = make([]record6, len(t.slots), cap(t.slots))
+		}
+		t.slots6[s] = r6
+	}
 	if !exact {
 		if t.odd == nil {
 			t.odd = make(map[int32]Lease)
@@ -501,13 +703,26 @@ func (t *Table) index(l Lease) {
 		t.odd[s] = l
 	}
 	t.byKey[l.Key] = s
-	t.byMAC.put(macFingerprint(l.VtepMAC, t.macMul), s, func(o int32) bool { return t.slots[o].mac == l.VtepMAC })
-	bits := l.Subnet.Bits()
-	i, found := slices.BinarySearchFunc(t.lengths, bits, func(li lengthIndex, b int) int { return cmp.Compare(b, li.bits) })
-	if !found {
-		t.lengths = slices.Insert(t.lengths, i, newLengthIndex(bits, t.cfg.Network))
+	for _, m := range macs(l) {
+		t.byMAC.put(macFingerprint(m, t.macMul), s, func(o int32) bool { return t.hasMAC(o, m) })
 	}
-	t.lengths[i].put(u32(l.Subnet.Addr()), s)
+	if l.Subnet.IsValid() {
+		bits := l.Subnet.Bits()
+		i, found := slices.BinarySearchFunc(t.lengths, bits, func(li lengthIndex, b int) int { return cmp.Compare(b, li.bits) })
+		if !found {
+			t.lengths = slices.Insert(t.lengths, i, newLengthIndex(bits, t.cfg.Network))
+		}
+		t.lengths[i].put(u32(l.Subnet.Addr()), s)
+	}
+	if l.IPv6Subnet.IsValid() {
+		bits := l.IPv6Subnet.Bits()
+		i, found := slices.BinarySearchFunc(t.lengths6, bits, func(li lengthIndex6, b int) int { return cmp.Compare(b, li.bits) })
+		if !found {
+			t.lengths6 = slices.Insert(t.lengths6, i, newLengthIndex6(bits, t.cfg.IPv6Network))
+		}
+		u := u128Of(l.IPv6Subnet.Addr())
+		t.lengths6[i].put(u.hi, u.lo, s)
+	}
 }
 
 // unindex drops the admitted lease stored under key from the indexes and
@@ -519,21 +734,42 @@ func (t *Table) unindex(key string) {
 	}
 	l := t.at(s)
 	delete(t.byKey, key)
-	// The MAC's entry goes if it is this lease's (it always is: admitted
-	// leases do not share MACs).
-	t.byMAC.del(macFingerprint(l.VtepMAC, t.macMul), func(o int32) bool { return o == s })
-	for i := range t.lengths {
-		li := &t.lengths[i]
-		if li.bits != l.Subnet.Bits() {
-			continue
+	// The MACs' entries go if they are this lease's (they always are:
+	// admitted leases do not share MACs).
+	for _, m := range macs(l) {
+		t.byMAC.del(macFingerprint(m, t.macMul), func(o int32) bool { return o == s })
+	}
+	if l.Subnet.IsValid() {
+		for i := range t.lengths {
+			li := &t.lengths[i]
+			if li.bits != l.Subnet.Bits() {
+				continue
+			}
+			li.del(u32(l.Subnet.Addr()))
+			if li.len() == 0 {
+				t.lengths = slices.Delete(t.lengths, i, i+1)
+			}
+			break
 		}
-		li.del(u32(l.Subnet.Addr()))
-		if li.len() == 0 {
-			t.lengths = slices.Delete(t.lengths, i, i+1)
+	}
+	if l.IPv6Subnet.IsValid() {
+		u := u128Of(l.IPv6Subnet.Addr())
+		for i := range t.lengths6 {
+			li := &t.lengths6[i]
+			if li.bits != l.IPv6Subnet.Bits() {
+				continue
+			}
+			li.del(u.hi, u.lo, s)
+			if li.len() == 0 {
+				t.lengths6 = slices.Delete(t.lengths6, i, i+1)
+			}
+			break
 		}
-		break
 	}
 	t.slots[s] = record{} // let the key's string go
+	if t.slots6 != nil {
+		t.slots6[s] = record6{}
+	}
 	delete(t.odd, s)
 	t.free = append(t.free, s)
 }
@@ -584,7 +820,8 @@ func (t *Table) replaceAll(leases []Lease) ([]Change, map[string]error) {
 		}
 		return strings.Compare(changeKey(a), changeKey(b))
 	})
-	t.slots, t.free, t.odd, t.byKey, t.byMAC, t.macMul, t.lengths, t.rejected = fresh.slots, fresh.free, fresh.odd, fresh.byKey, fresh.byMAC, fresh.macMul, fresh.lengths, fresh.rejected
+	t.slots, t.slots6, t.free, t.odd, t.byKey, t.byMAC, t.macMul = fresh.slots, fresh.slots6, fresh.free, fresh.odd, fresh.byKey, fresh.byMAC, fresh.macMul
+	t.lengths, t.lengths6, t.rejected = fresh.lengths, fresh.lengths6, fresh.rejected
 	return changes, rejected
 }
 
@@ -615,6 +852,18 @@ func (t *Table) notify(changes []Change) {
 }
 
 func (t *Table) markSynced() { t.syncOnce.Do(func() { close(t.synced) }) }
+
+// compareLeases orders leases by IPv4 subnet, then IPv6 subnet (a part a
+// lease does not have first), then key.
+func compareLeases(a, b Lease) int {
+	if c := comparePrefix(a.Subnet, b.Subnet); c != 0 {
+		return c
+	}
+	if c := comparePrefix(a.IPv6Subnet, b.IPv6Subnet); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Key, b.Key)
+}
 
 func comparePrefix(a, b netip.Prefix) int {
 	if c := a.Addr().Compare(b.Addr()); c != 0 {

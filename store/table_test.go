@@ -90,8 +90,12 @@ func fmtLease(l *Lease) string {
 	if l == nil {
 		return "nil"
 	}
-	return fmt.Sprintf("{%s %s %s %s vni=%d c=%d m=%d e=%d}", strings.TrimPrefix(l.Key, testSubnetsPrefix),
-		l.Subnet, l.PublicIP, l.VtepMAC, l.VNI, l.CreateRevision, l.ModRevision, l.EtcdLease)
+	v6 := ""
+	if l.IPv6Subnet.IsValid() || l.PublicIPv6.IsValid() || l.VtepMACv6 != (MAC{}) {
+		v6 = fmt.Sprintf(" %s %s %s", l.IPv6Subnet, l.PublicIPv6, l.VtepMACv6)
+	}
+	return fmt.Sprintf("{%s %s %s %s%s vni=%d c=%d m=%d e=%d}", strings.TrimPrefix(l.Key, testSubnetsPrefix),
+		l.Subnet, l.PublicIP, l.VtepMAC, v6, l.VNI, l.CreateRevision, l.ModRevision, l.EtcdLease)
 }
 
 func fmtChange(c Change) string { return fmtLease(c.Old) + " -> " + fmtLease(c.New) }
@@ -148,14 +152,22 @@ func checkInvariants(t *testing.T, tb *Table) {
 	t.Helper()
 	tb.mu.RLock()
 	defer tb.mu.RUnlock()
-	if tb.byMAC.len() != len(tb.byKey) {
-		t.Errorf("%d MACs indexed for %d leases", tb.byMAC.len(), len(tb.byKey))
+	nMACs := 0
+	for _, s := range tb.byKey {
+		nMACs += len(macs(tb.at(s)))
+	}
+	if tb.byMAC.len() != nMACs {
+		t.Errorf("%d MACs indexed for %d leases, which have %d", tb.byMAC.len(), len(tb.byKey), nMACs)
 	}
 	checkSlotIndex(t, "MAC", &tb.byMAC, false)
 	for fp, s := range tb.byMAC.all() {
-		if r := tb.slots[s]; r.key == "" || macFingerprint(r.mac, tb.macMul) != fp {
+		r := tb.slots[s]
+		if r.key == "" || !slices.ContainsFunc(macs(tb.at(s)), func(m MAC) bool { return macFingerprint(m, tb.macMul) == fp }) {
 			t.Errorf("MAC index entry %x names slot %d (%s, %s)", fp, s, r.key, r.mac)
 		}
+	}
+	if tb.slots6 != nil && len(tb.slots6) != len(tb.slots) {
+		t.Errorf("%d IPv6 records for %d slots", len(tb.slots6), len(tb.slots))
 	}
 	n := 0
 	for i := range tb.lengths {
@@ -178,8 +190,39 @@ func checkInvariants(t *testing.T, tb *Table) {
 			}
 		}
 	}
-	if n != len(tb.byKey) {
-		t.Errorf("%d subnets indexed for %d leases", n, len(tb.byKey))
+	n6 := 0
+	for i := range tb.lengths6 {
+		li := &tb.lengths6[i]
+		if li.len() == 0 {
+			t.Errorf("empty index for IPv6 /%d", li.bits)
+		}
+		if m := mask128(li.bits); li.hiMask != m.hi || li.loMask != m.lo {
+			t.Errorf("IPv6 index /%d has mask %x:%x", li.bits, li.hiMask, li.loMask)
+		}
+		if i > 0 && tb.lengths6[i-1].bits <= li.bits {
+			t.Errorf("IPv6 prefix length indexes out of order: /%d before /%d", tb.lengths6[i-1].bits, li.bits)
+		}
+		checkLengthIndex6(t, tb, li)
+		for s := range li.all() {
+			n6++
+			l := tb.at(s)
+			if ks, ok := tb.byKey[l.Key]; !ok || ks != s || l.IPv6Subnet.Bits() != li.bits {
+				t.Errorf("stale IPv6 /%d index entry %s", li.bits, fmtLease(&l))
+			}
+		}
+	}
+	n4, want6 := 0, 0
+	for _, s := range tb.byKey {
+		l := tb.at(s)
+		if l.Subnet.IsValid() {
+			n4++
+		}
+		if l.IPv6Subnet.IsValid() {
+			want6++
+		}
+	}
+	if n != n4 || n6 != want6 {
+		t.Errorf("%d IPv4 and %d IPv6 subnets indexed for %d leases, which have %d and %d", n, n6, len(tb.byKey), n4, want6)
 	}
 	// Every slot is either a lease's, named by byKey, or free and zero.
 	used := make(map[int32]bool, len(tb.byKey))
@@ -190,7 +233,7 @@ func checkInvariants(t *testing.T, tb *Table) {
 		used[s] = true
 	}
 	for _, s := range tb.free {
-		if used[s] || tb.slots[s] != (record{}) {
+		if used[s] || tb.slots[s] != (record{}) || tb.slots6 != nil && tb.slots6[s] != (record6{}) {
 			t.Errorf("free slot %d is in use", s)
 		}
 		used[s] = true
@@ -204,7 +247,7 @@ func checkInvariants(t *testing.T, tb *Table) {
 		if r := tb.slots[s]; !r.odd || r.key != l.Key || tb.byKey[l.Key] != s {
 			t.Errorf("odd lease %s is not in its slot %d", fmtLease(&l), s)
 		}
-		if _, exact := pack(l); exact {
+		if _, _, exact := tb.pack(l); exact {
 			t.Errorf("odd lease %s packs", fmtLease(&l))
 		}
 	}
@@ -221,8 +264,10 @@ func checkInvariants(t *testing.T, tb *Table) {
 		if l.Key != key {
 			t.Errorf("lease %s stored under key %s", fmtLease(&l), key)
 		}
-		if ms, ok := tb.macSlot(l.VtepMAC); !ok || ms != s {
-			t.Errorf("MAC index does not point at %s", fmtLease(&l))
+		for _, m := range macs(l) {
+			if ms, ok := tb.macSlot(m); !ok || ms != s {
+				t.Errorf("MAC index does not point at %s for %s", fmtLease(&l), m)
+			}
 		}
 		if _, ok := tb.rejected[key]; ok {
 			t.Errorf("key %s both admitted and rejected", key)
@@ -231,11 +276,13 @@ func checkInvariants(t *testing.T, tb *Table) {
 	}
 	for i, a := range admitted {
 		for _, b := range admitted[i+1:] {
-			if a.Subnet.Overlaps(b.Subnet) {
+			if a.Subnet.Overlaps(b.Subnet) || a.IPv6Subnet.Overlaps(b.IPv6Subnet) {
 				t.Errorf("admitted leases overlap: %s and %s", fmtLease(a), fmtLease(b))
 			}
-			if a.VtepMAC == b.VtepMAC {
-				t.Errorf("admitted leases share a MAC: %s and %s", fmtLease(a), fmtLease(b))
+			for _, m := range macs(*a) {
+				if slices.Contains(macs(*b), m) {
+					t.Errorf("admitted leases share a MAC: %s and %s", fmtLease(a), fmtLease(b))
+				}
 			}
 		}
 	}
@@ -250,15 +297,24 @@ func checkInvariants(t *testing.T, tb *Table) {
 	// Lookups outside the lock see the same thing; do them after.
 	defer func() {
 		for _, l := range admitted {
-			first := l.Subnet.Addr()
-			last := addrFrom(u32(first) | ^prefixMask(l.Subnet.Bits()))
-			for _, a := range []netip.Addr{first, last} {
+			var ends []netip.Addr
+			if l.Subnet.IsValid() {
+				first := l.Subnet.Addr()
+				ends = append(ends, first, addrFrom(u32(first)|^prefixMask(l.Subnet.Bits())))
+			}
+			if l.IPv6Subnet.IsValid() {
+				first := u128Of(l.IPv6Subnet.Addr())
+				ends = append(ends, first.addr(), first.or(mask128(l.IPv6Subnet.Bits()).not()).addr())
+			}
+			for _, a := range ends {
 				if got, ok := tb.LookupIP(a); !ok || got != *l {
 					t.Errorf("LookupIP(%s) = %s, %v; want %s", a, fmtLease(&got), ok, fmtLease(l))
 				}
 			}
-			if got, ok := tb.LookupMAC(l.VtepMAC); !ok || got != *l {
-				t.Errorf("LookupMAC(%s) = %s, %v; want %s", l.VtepMAC, fmtLease(&got), ok, fmtLease(l))
+			for _, m := range macs(*l) {
+				if got, ok := tb.LookupMAC(m); !ok || got != *l {
+					t.Errorf("LookupMAC(%s) = %s, %v; want %s", m, fmtLease(&got), ok, fmtLease(l))
+				}
 			}
 			if got, ok := tb.LookupKey(l.Key); !ok || got != *l {
 				t.Errorf("LookupKey(%s) = %s, %v; want %s", l.Key, fmtLease(&got), ok, fmtLease(l))
@@ -906,9 +962,6 @@ func TestTableObservers(t *testing.T) {
 func TestTableRandomOps(t *testing.T) {
 	rng := rand.New(rand.NewPCG(42, 7))
 	tb := NewTable(testConfig())
-	etcd := map[string]Lease{} // what etcd holds: admitted or not
-	mirror := map[string]Lease{}
-	var rev int64
 	randomLease := func() Lease {
 		bits := 22 + rng.IntN(6) // /22../27 inside 10.5.0.0/21
 		start := uint32(10<<24|5<<16) + rng.Uint32N(1<<11)
@@ -920,6 +973,17 @@ func TestTableRandomOps(t *testing.T) {
 		}
 		return l
 	}
+	testRandomOps(t, tb, rng, randomLease)
+}
+
+// testRandomOps drives tb through 3000 random puts, updates and removes of
+// leases from randomLease, and re-lists now and then, checking the table's
+// invariants, that it holds what etcd would, and that an observer applying
+// its changes holds what it holds.
+func testRandomOps(t *testing.T, tb *Table, rng *rand.Rand, randomLease func() Lease) {
+	etcd := map[string]Lease{} // what etcd holds: admitted or not
+	mirror := map[string]Lease{}
+	var rev int64
 	apply := func(step int, changes []Change) {
 		for _, c := range changes {
 			var key string
@@ -955,10 +1019,21 @@ func TestTableRandomOps(t *testing.T) {
 			delete(etcd, key)
 			changes = tremove(tb, key)
 		case op < 6 && len(keys) > 0:
-			// Update: same key, same subnet, new MAC or public IP.
+			// Update: same key, same subnets, new MAC or public IP.
 			old := etcd[keys[rng.IntN(len(keys))]]
 			l := randomLease()
 			l.Key, l.Subnet, l.CreateRevision, l.ModRevision = old.Key, old.Subnet, old.CreateRevision, rev
+			l.IPv6Subnet = old.IPv6Subnet
+			if !l.IPv6Subnet.IsValid() {
+				l.PublicIPv6, l.VtepMACv6 = netip.Addr{}, MAC{}
+			} else if l.VtepMACv6 == (MAC{}) {
+				l.VtepMACv6 = MAC{0x02, 0x66, 0, 0, 0, byte(rng.IntN(12))}
+			}
+			if !l.Subnet.IsValid() {
+				l.VtepMAC = MAC{}
+			} else if l.VtepMAC == (MAC{}) {
+				l.VtepMAC = MAC{0x02, 0, 0, 0, 0, byte(1 + rng.IntN(12))}
+			}
 			etcd[l.Key] = l
 			changes, _ = tput(tb, l)
 		default:
@@ -1097,6 +1172,49 @@ func TestTableLookupsDoNotAllocate(t *testing.T) {
 	if got, ok := tb.LookupMAC(mac); !ok || got.Subnet.String() != "10.5.77.0/24" || got.VtepMAC != mac {
 		t.Errorf("LookupMAC(%s) = %s, %v", mac, fmtLease(&got), ok)
 	}
+
+	// Both families of a dual-stack table, numbered (fd00:10::/48) and
+	// hashed (fd00::/8) IPv6 subnets, and an IPv6-only table.
+	hashed := dualConfig()
+	hashed.IPv6Network = netip.MustParsePrefix("fd00::/8")
+	for _, cfg := range []Config{dualConfig(), hashed, v6OnlyConfig()} {
+		tb := NewTable(cfg)
+		v4 := cfg.Network.IsValid()
+		for i := range 200 {
+			subnet4 := ""
+			if v4 {
+				subnet4 = fmt.Sprintf("10.5.%d.0/24", i+1)
+			}
+			tput(tb, mkLease6(subnet4, fmt.Sprintf("fd00:10:0:%x::/64", i+1), byte(i+1), int64(i+1)))
+		}
+		tput(tb, mkLease6("", "fd00:10:0:fa::/80", 250, 1000))
+		hit6, miss6 := netip.MustParseAddr("fd00:10:0:4d::7"), netip.MustParseAddr("fd00:10:0:fb::1")
+		mac6 := MAC{0x02, 0x66, 0, 0, 0, 77}
+		for name, f := range map[string]func(){
+			"LookupIP IPv4 hit":    func() { sink, _ = tb.LookupIP(hit) },
+			"LookupIP IPv4 miss":   func() { sink, _ = tb.LookupIP(miss) },
+			"LookupIP IPv6 hit":    func() { sink, _ = tb.LookupIP(hit6) },
+			"LookupIP IPv6 miss":   func() { sink, _ = tb.LookupIP(miss6) },
+			"LookupIP IPv6 in /80": func() { sink, _ = tb.LookupIP(netip.MustParseAddr("fd00:10:0:fa::1")) },
+			"LookupIP with a zone": func() { sink, _ = tb.LookupIP(hit6.WithZone("flannel-v6.1")) },
+			"LookupMAC IPv4 hit":   func() { sink, _ = tb.LookupMAC(mac) },
+			"LookupMAC IPv6 hit":   func() { sink, _ = tb.LookupMAC(mac6) },
+			"LookupMAC miss":       func() { sink, _ = tb.LookupMAC(nomac) },
+		} {
+			if n := testing.AllocsPerRun(1000, f); n != 0 {
+				t.Errorf("%s in %s: %v allocations per call, want 0", name, cfg.IPv6Network, n)
+			}
+		}
+		if got, ok := tb.LookupIP(hit6); !ok || got.IPv6Subnet.String() != "fd00:10:0:4d::/64" {
+			t.Errorf("LookupIP(%s) = %s, %v", hit6, fmtLease(&got), ok)
+		}
+		if got, ok := tb.LookupMAC(mac6); !ok || got.IPv6Subnet.String() != "fd00:10:0:4d::/64" || got.VtepMACv6 != mac6 {
+			t.Errorf("LookupMAC(%s) = %s, %v", mac6, fmtLease(&got), ok)
+		}
+		if got, ok := tb.LookupIP(hit); ok != v4 || v4 && got.Subnet.String() != "10.5.77.0/24" {
+			t.Errorf("LookupIP(%s) = %s, %v", hit, fmtLease(&got), ok)
+		}
+	}
 	_ = sink
 }
 
@@ -1203,20 +1321,139 @@ func lookupPatterns[K any](b *testing.B, keys []K, want bool, lookup func(K) (Le
 	}
 }
 
+// BenchmarkLookupIP: spread and peers are an IPv4-only table's, as they
+// always were; then a dual-stack table's lookups of each family, an
+// IPv6-only table's, and one whose IPv6 subnets are too many to number
+// (fd00::/8 of /64s), so hashed.
 func BenchmarkLookupIP(b *testing.B) {
 	tb, addrs, _ := bigTable(b, 50000)
 	lookupPatterns(b, addrs, true, tb.LookupIP)
+	for _, t := range bigTables6(b, 50000) {
+		b.Run(t.name+"-IPv6", func(b *testing.B) { lookupPatterns(b, t.addrs6, true, t.tb.LookupIP) })
+		if len(t.addrs4) > 0 {
+			b.Run(t.name+"-IPv4", func(b *testing.B) { lookupPatterns(b, t.addrs4, true, t.tb.LookupIP) })
+		}
+	}
 }
 
+// BenchmarkLookupMAC: as BenchmarkLookupIP, by either part's MAC.
 func BenchmarkLookupMAC(b *testing.B) {
 	tb, _, macs := bigTable(b, 50000)
 	lookupPatterns(b, macs, true, tb.LookupMAC)
+	for _, t := range bigTables6(b, 50000)[:2] {
+		b.Run(t.name+"-IPv6", func(b *testing.B) { lookupPatterns(b, t.macs6, true, t.tb.LookupMAC) })
+		if len(t.macs4) > 0 {
+			b.Run(t.name+"-IPv4", func(b *testing.B) { lookupPatterns(b, t.macs4, true, t.tb.LookupMAC) })
+		}
+	}
 }
 
 func BenchmarkLookupIPMiss(b *testing.B) {
 	tb, _, _ := bigTable(b, 50000)
 	addrs, _ := bigTableMisses(50000)
 	lookupPatterns(b, addrs, false, tb.LookupIP)
+	for _, t := range bigTables6(b, 50000)[:1] {
+		misses := make([]netip.Addr, len(addrs))
+		for i, a := range addrs {
+			// The same subnet numbers, in the IPv6 network.
+			misses[i] = u128{0xfd00_0010_0000_0000 | uint64(u32(a)>>8&0xffff), uint64(u32(a) & 0xff)}.addr()
+		}
+		b.Run(t.name+"-IPv6", func(b *testing.B) { lookupPatterns(b, misses, false, t.tb.LookupIP) })
+	}
+}
+
+// bigTable6 is a big table of IPv6 or dual-stack leases, with its leases'
+// addresses and MACs of each family, shuffled.
+type bigTable6 struct {
+	name           string
+	tb             *Table
+	addrs4, addrs6 []netip.Addr
+	macs4, macs6   []MAC
+}
+
+// bigTables6 are the big tables of the IPv6 benchmarks: n leases each,
+// lease i (from 1) holding 10.<i>.0/24 (as in bigTable) and
+// fd00:10:0:<i>::/64, in a dual-stack overlay (fd00:10::/48: subnets
+// numbered), an IPv6-only one, and a dual-stack one with IPv6Network
+// fd00::/8 (hashed).
+func bigTables6(tb testing.TB, n int) []bigTable6 {
+	dual := bigConfig()
+	dual.EnableIPv6, dual.IPv6Network, dual.IPv6SubnetLen = true, netip.MustParsePrefix("fd00:10::/48"), 64
+	dual.IPv6SubnetMin, dual.IPv6SubnetMax = netip.MustParseAddr("fd00:10:0:1::"), netip.MustParseAddr("fd00:10:0:ffff::")
+	v6only := dual
+	v6only.EnableIPv4, v6only.Network, v6only.SubnetLen, v6only.SubnetMin, v6only.SubnetMax = false, netip.Prefix{}, 0, netip.Addr{}, netip.Addr{}
+	hashed := dual
+	hashed.IPv6Network, hashed.IPv6SubnetMin, hashed.IPv6SubnetMax = netip.MustParsePrefix("fd00::/8"), netip.MustParseAddr("fd00:0:0:1::"), netip.MustParseAddr("fdff:ffff:ffff:ffff::")
+	var out []bigTable6
+	r := rand.New(rand.NewPCG(7, 8))
+	for _, c := range []struct {
+		name string
+		cfg  Config
+	}{{"dual-stack", dual}, {"IPv6-only", v6only}, {"IPv6-hashed", hashed}} {
+		t := bigTable6{name: c.name, tb: NewTable(c.cfg)}
+		leases := make([]Lease, 0, n)
+		for i := 1; i <= n; i++ {
+			l := bigLease(i)
+			l.IPv6Subnet = netip.PrefixFrom(u128{0xfd00_0010_0000_0000 | uint64(i), 0}.addr(), 64)
+			l.PublicIPv6 = u128{0x2001_0db8_0000_0000, uint64(i)}.addr()
+			l.VtepMACv6 = MAC{0x02, 0x46, 0, byte(i >> 16), byte(i >> 8), byte(i)}
+			if !c.cfg.Network.IsValid() {
+				l.Subnet, l.PublicIP, l.VtepMAC = netip.Prefix{}, netip.Addr{}, MAC{}
+			} else {
+				t.addrs4 = append(t.addrs4, addrFrom(10<<24|uint32(i)<<8|uint32(i%254+1)))
+				t.macs4 = append(t.macs4, l.VtepMAC)
+			}
+			l.Key = "/coreos.com/network/subnets/" + LeaseKey(l.Subnet, l.IPv6Subnet)
+			leases = append(leases, l)
+			t.addrs6 = append(t.addrs6, u128{0xfd00_0010_0000_0000 | uint64(i), uint64(i%254 + 1)}.addr())
+			t.macs6 = append(t.macs6, l.VtepMACv6)
+		}
+		if _, rejected := treplace(t.tb, leases); len(rejected) != 0 || t.tb.Len() != n {
+			tb.Fatalf("%s: %d leases rejected, %d admitted", c.name, len(rejected), t.tb.Len())
+		}
+		t.tb.mu.RLock()
+		odd := len(t.tb.odd)
+		t.tb.mu.RUnlock()
+		if odd != 0 {
+			tb.Fatalf("%s: %d leases do not pack", c.name, odd)
+		}
+		for _, s := range [][]netip.Addr{t.addrs4, t.addrs6} {
+			r.Shuffle(len(s), func(i, j int) { s[i], s[j] = s[j], s[i] })
+		}
+		for _, s := range [][]MAC{t.macs4, t.macs6} {
+			r.Shuffle(len(s), func(i, j int) { s[i], s[j] = s[j], s[i] })
+		}
+		out = append(out, t)
+	}
+	return out
+}
+
+// TestBigTables6 checks what the IPv6 benchmarks build on.
+func TestBigTables6(t *testing.T) {
+	for _, bt := range bigTables6(t, 20000) {
+		for i := range 1000 {
+			if l, ok := bt.tb.LookupIP(bt.addrs6[i]); !ok || !l.IPv6Subnet.Contains(bt.addrs6[i]) {
+				t.Fatalf("%s: LookupIP(%s) = %s, %v", bt.name, bt.addrs6[i], fmtLease(&l), ok)
+			}
+			if l, ok := bt.tb.LookupMAC(bt.macs6[i]); !ok || l.VtepMACv6 != bt.macs6[i] {
+				t.Fatalf("%s: LookupMAC(%s) = %s, %v", bt.name, bt.macs6[i], fmtLease(&l), ok)
+			}
+			if len(bt.addrs4) > 0 {
+				if l, ok := bt.tb.LookupIP(bt.addrs4[i]); !ok || !l.Subnet.Contains(bt.addrs4[i]) || !l.IPv6Subnet.IsValid() {
+					t.Fatalf("%s: LookupIP(%s) = %s, %v", bt.name, bt.addrs4[i], fmtLease(&l), ok)
+				}
+			}
+		}
+		bt.tb.mu.RLock()
+		direct := bt.tb.lengths6[0].direct != nil
+		bt.tb.mu.RUnlock()
+		if direct != (bt.name != "IPv6-hashed") {
+			t.Errorf("%s: IPv6 subnets numbered %v", bt.name, direct)
+		}
+		if n := testing.AllocsPerRun(100, func() { bt.tb.LookupIP(bt.addrs6[7]) }); n != 0 {
+			t.Errorf("%s: LookupIP allocates %v times in a big table", bt.name, n)
+		}
+	}
 }
 
 func BenchmarkLookupMACMiss(b *testing.B) {

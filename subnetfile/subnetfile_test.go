@@ -172,8 +172,109 @@ a line without an equals sign
 	}
 	want := testEnv
 	want.IPMasq = true
+	want.IPv6Network = netip.MustParsePrefix("fd00:10::/48")
+	want.IPv6Subnet = netip.MustParsePrefix("fd00:10:0:30::1/64")
 	if got != want {
 		t.Errorf("Read = %+v, want %+v", got, want)
+	}
+}
+
+// flannelDualStackFile is flannel's documented dual-stack subnet file
+// (Documentation/configuration.md), in flanneld's order.
+const flannelDualStackFile = "FLANNEL_NETWORK=10.42.0.0/16\n" +
+	"FLANNEL_SUBNET=10.42.0.1/24\n" +
+	"FLANNEL_IPV6_NETWORK=2001:cafe:42::/56\n" +
+	"FLANNEL_IPV6_SUBNET=2001:cafe:42::1/64\n" +
+	"FLANNEL_MTU=1450\n" +
+	"FLANNEL_IPMASQ=true\n"
+
+func TestWriteDualStackAndIPv6Only(t *testing.T) {
+	dual := Env{
+		Network:     netip.MustParsePrefix("10.42.0.0/16"),
+		Subnet:      BridgeSubnet(netip.MustParsePrefix("10.42.0.0/24")),
+		IPv6Network: netip.MustParsePrefix("2001:cafe:42::/56"),
+		IPv6Subnet:  BridgeSubnet(netip.MustParsePrefix("2001:cafe:42::/64")),
+		MTU:         1450,
+		IPMasq:      true,
+	}
+	v6only := Env{
+		IPv6Network: netip.MustParsePrefix("fd00:10::/48"),
+		IPv6Subnet:  netip.MustParsePrefix("fd00:10:0:30::1/64"),
+		MTU:         1430,
+	}
+	for _, tt := range []struct {
+		name string
+		e    Env
+		want string
+	}{
+		{"dual-stack", dual, flannelDualStackFile},
+		// flanneld with EnableIPv4 false writes no IPv4 line at all.
+		{"IPv6-only", v6only, "FLANNEL_IPV6_NETWORK=fd00:10::/48\nFLANNEL_IPV6_SUBNET=fd00:10:0:30::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "subnet.env")
+			if err := Write(path, tt.e); err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != tt.want {
+				t.Errorf("content:\n%s\nwant flanneld's:\n%s", got, tt.want)
+			}
+			if back, err := Read(path); err != nil || back != tt.e {
+				t.Errorf("Read = %+v, %v; want %+v", back, err, tt.e)
+			}
+		})
+	}
+}
+
+func TestWriteRefusesHalfAFamily(t *testing.T) {
+	v4, v4sub := netip.MustParsePrefix("10.5.0.0/16"), netip.MustParsePrefix("10.5.48.1/24")
+	v6, v6sub := netip.MustParsePrefix("fd00:10::/48"), netip.MustParsePrefix("fd00:10:0:30::1/64")
+	for _, tt := range []struct {
+		name string
+		e    Env
+		says string
+	}{
+		{"nothing", Env{MTU: 1450}, "neither an IPv4 nor an IPv6 network"},
+		{"network without subnet", Env{Network: v4, MTU: 1450}, "FLANNEL_NETWORK=10.5.0.0/16 without FLANNEL_SUBNET"},
+		{"subnet without network", Env{Subnet: v4sub, MTU: 1450}, "FLANNEL_SUBNET=10.5.48.1/24 without FLANNEL_NETWORK"},
+		{"IPv6 network without subnet", Env{Network: v4, Subnet: v4sub, IPv6Network: v6}, "FLANNEL_IPV6_NETWORK=fd00:10::/48 without FLANNEL_IPV6_SUBNET"},
+		{"IPv6 subnet without network", Env{IPv6Subnet: v6sub}, "FLANNEL_IPV6_SUBNET=fd00:10:0:30::1/64 without FLANNEL_IPV6_NETWORK"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "subnet.env")
+			err := Write(path, tt.e)
+			if err == nil || !strings.Contains(err.Error(), tt.says) || !strings.Contains(err.Error(), path) {
+				t.Fatalf("Write(%+v) = %v, want an error naming %s and saying %q", tt.e, err, path, tt.says)
+			}
+			if names := dirNames(t, dir); len(names) != 0 {
+				t.Errorf("a refused Write left %q", names)
+			}
+		})
+	}
+}
+
+func TestReadIPv6(t *testing.T) {
+	path := writeFile(t, flannelDualStackFile)
+	got, err := Read(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Env{
+		Network: netip.MustParsePrefix("10.42.0.0/16"), Subnet: netip.MustParsePrefix("10.42.0.1/24"),
+		IPv6Network: netip.MustParsePrefix("2001:cafe:42::/56"), IPv6Subnet: netip.MustParsePrefix("2001:cafe:42::1/64"),
+		MTU: 1450, IPMasq: true,
+	}
+	if got != want {
+		t.Errorf("Read = %+v, want %+v", got, want)
+	}
+	// What flanneld reads back as its previous IPv6 subnet.
+	if got.IPv6Subnet.Masked() != netip.MustParsePrefix("2001:cafe:42::/64") {
+		t.Errorf("IPv6Subnet.Masked() = %s", got.IPv6Subnet.Masked())
 	}
 }
 
@@ -196,6 +297,9 @@ func TestReadBadValues(t *testing.T) {
 		{"subnet", "FLANNEL_SUBNET=10.5.300.1/24\n", 1, "FLANNEL_SUBNET"},
 		{"ipmasq", "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_IPMASQ=maybe\n", 2, "FLANNEL_IPMASQ"},
 		{"empty mtu", "FLANNEL_MTU=\n", 1, "FLANNEL_MTU"},
+		{"ipv6 network", "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_IPV6_NETWORK=fd00:10::\n", 2, "FLANNEL_IPV6_NETWORK"},
+		{"ipv6 subnet", "FLANNEL_IPV6_SUBNET=fd00:10:0:30::1/129\n", 1, "FLANNEL_IPV6_SUBNET"},
+		{"ipv6 subnet with a zone", "FLANNEL_IPV6_SUBNET=fe80::1%eth0/64\n", 1, "FLANNEL_IPV6_SUBNET"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -102,7 +102,14 @@ func TestBadInput(t *testing.T) {
 		{"key that does not parse", prefix + "/subnets/not-a-subnet", lease("198.51.100.207", good), netip.Prefix{}, `subnet key "not-a-subnet"`},
 		{"outside the network", prefix + "/subnets/10.6.1.0-24", lease("198.51.100.208", good), netip.Prefix{}, "outside the overlay network"},
 		{"overlapping another lease", prefix + "/subnets/" + subnetKey(peer, 25, 128), lease("198.51.100.209", "02:00:00:00:0b:09"), netip.Prefix{}, "overlaps " + peer.String()},
-		{"claiming our own subnet", prefix + "/subnets/" + subnetKey(own, 24, 0) + "&fd00:10::-64", lease("198.51.100.210", "02:00:00:00:0b:10"), netip.Prefix{}, "claims this host's own subnet"},
+		// A dual-stack flanneld's key and value, claiming our IPv4 subnet
+		// (the overlay is IPv4-only: its IPv6 part is not vtepd's here).
+		{"claiming our own subnet", prefix + "/subnets/" + subnetKey(own, 24, 0) + "&fd00:10::-64",
+			`{"PublicIP":"198.51.100.210","PublicIPv6":"2001:db8::210","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:0b:10"},"BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:0b:11"}}`,
+			netip.Prefix{}, "claims this host's own subnet"},
+		// An IPv6 part in the key and none in the value: which VTEP the
+		// IPv6 subnet is behind is anybody's guess.
+		{"a v6 key with a v4 value", f[7].Key() + "&fd00:10:0:77::-64", lease("198.51.100.211", "02:00:00:00:0b:12"), netip.Prefix{}, "BackendV6Data"},
 	}
 	for _, b := range bad {
 		put(t, c, b.key, b.value)
@@ -134,11 +141,11 @@ func TestBadInput(t *testing.T) {
 	})
 
 	t.Run("each is counted", func(t *testing.T) {
-		// 10 invalid values (one written twice) and 2 conflicts, on h1.
+		// 11 invalid values (one written twice) and 2 conflicts, on h1.
 		err := netns.Poll(10*time.Second, func() error {
 			invalid, conflicts := summed(h1, "invalid_leases"), summed(h1, "lease_conflicts")
-			if invalid != 10 || conflicts != 2 {
-				return fmt.Errorf("counted %d invalid leases and %d conflicts, want 10 and 2", invalid, conflicts)
+			if invalid != 11 || conflicts != 2 {
+				return fmt.Errorf("counted %d invalid leases and %d conflicts, want 11 and 2", invalid, conflicts)
 			}
 			return nil
 		})
