@@ -56,11 +56,12 @@ type Config struct {
 	Etcd       etcdclient.Config
 	EtcdPrefix string
 	Underlay   fabric.UnderlaySpec
-	// DeviceName overrides flannel.<VNI>.
-	DeviceName  string
-	SubnetFile  string
-	LeaseTTL    time.Duration
-	RenewMargin time.Duration
+	// DeviceName overrides flannel.<VNI>, DeviceNameV6 flannel-v6.<VNI>.
+	DeviceName   string
+	DeviceNameV6 string
+	SubnetFile   string
+	LeaseTTL     time.Duration
+	RenewMargin  time.Duration
 	// ReadBuffer is the miss socket's receive buffer in bytes (0: default).
 	ReadBuffer int
 	// ReportInterval is how often unusual counts (unanswered misses,
@@ -116,12 +117,12 @@ func run(ctx context.Context, cfg Config, log *zap.Logger) error {
 		name string
 		run  func(context.Context) error
 	}{
-		{"choosing the underlay interface", a.chooseUnderlay},
 		{"connecting to etcd", a.connectEtcd},
 		{"reading the network config", a.readNetworkConfig},
+		{"choosing the underlay interface", a.chooseUnderlay},
 		{"installing the forward rules", a.installForwardRules},
 		{"syncing the lease table from etcd", a.syncLeaseTable},
-		{"ensuring the VXLAN device", a.ensureDevice},
+		{"ensuring the VXLAN devices", a.ensureDevices},
 		{"subscribing to misses", a.subscribeToMisses},
 		{"acquiring a subnet lease", a.acquireLease},
 		{"reconciling the device's entries", a.reconcileEntries},
@@ -167,25 +168,34 @@ func retry(ctx context.Context, log *zap.Logger, tel *telemetry, what string, fn
 	}
 }
 
-// leaseOf finds the lease this host published before, by public IP.
-func leaseOf(t *store.Table, publicIP netip.Addr) (store.Lease, bool) {
-	return t.Find(func(l *store.Lease) bool { return l.PublicIP == publicIP && l.VtepMAC.IsUnicast() })
+// leaseOf finds the lease this host published before, by its public IP:
+// the IPv4 one, or for an IPv6-only overlay over IPv6, the IPv6 one.
+func leaseOf(t *store.Table, u fabric.Underlay) (store.Lease, bool) {
+	return t.Find(func(l *store.Lease) bool {
+		return u.PublicIP.IsValid() && l.PublicIP == u.PublicIP && (l.VtepMAC.IsUnicast() || l.VtepMACv6.IsUnicast()) ||
+			!l.PublicIP.IsValid() && u.PublicIPv6.IsValid() && l.PublicIPv6 == u.PublicIPv6 && l.VtepMACv6.IsUnicast()
+	})
 }
 
-// expectedSubnet is the subnet this host will most likely take: the one its
-// previous lease holds, or else the one its subnet file names if the table
-// does not show it held by another host.
-func expectedSubnet(t *store.Table, publicIP netip.Addr, hint netip.Prefix) (netip.Prefix, bool) {
-	if l, ok := leaseOf(t, publicIP); ok {
-		return l.Subnet, true
+// expectedLease is the lease this host will most likely hold: the one it
+// held before, or else the subnets its subnet file names if the table does
+// not show them held by another host.
+func expectedLease(t *store.Table, u fabric.Underlay, c store.Claim) (store.Lease, bool) {
+	if l, ok := leaseOf(t, u); ok {
+		return l, true
 	}
-	if !hint.IsValid() {
-		return netip.Prefix{}, false
+	free := func(p netip.Prefix) bool {
+		l, ok := t.LookupIP(p.Addr())
+		return !ok || l.PublicIP == c.PublicIP && c.PublicIP.IsValid() || l.PublicIPv6 == c.PublicIPv6 && c.PublicIPv6.IsValid()
 	}
-	if l, ok := t.LookupIP(hint.Addr()); ok && l.PublicIP != publicIP {
-		return netip.Prefix{}, false
+	var l store.Lease
+	if c.Previous.IsValid() && free(c.Previous) {
+		l.Subnet = c.Previous
 	}
-	return hint, true
+	if c.PreviousIPv6.IsValid() && free(c.PreviousIPv6) {
+		l.IPv6Subnet = c.PreviousIPv6
+	}
+	return l, l.Subnet.IsValid() || l.IPv6Subnet.IsValid()
 }
 
 // changeRouter hands the table's changes to a function set once the

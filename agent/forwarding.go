@@ -16,11 +16,13 @@ const forwardingGrace = 10 * time.Second
 // forwardingCheck is how often forwarding is looked at.
 const forwardingCheck = time.Second
 
-// watchForwarding warns once forwarding has been off for forwardingGrace
-// (without it, containers behind this host are unreachable through the
-// overlay), says so when it comes back on, and warns again if it goes off
-// later, until ctx is done. on reads the setting (fabric.IPForwarding).
-func watchForwarding(ctx context.Context, log *zap.Logger, on func() (bool, error), grace, every time.Duration) {
+// watchForwarding warns once a family's forwarding has been off for
+// forwardingGrace (without it, containers behind this host are unreachable
+// through the overlay), says so when it comes back on, and warns again if
+// it goes off later, until ctx is done. on reads the setting
+// (fabric.IPForwarding, fabric.IPv6Forwarding), sysctl names it.
+func watchForwarding(ctx context.Context, log *zap.Logger, family, sysctl string, on func() (bool, error), grace, every time.Duration) {
+	log = log.With(zap.String("family", family), zap.String("sysctl", sysctl))
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	var offSince time.Time
@@ -29,14 +31,14 @@ func watchForwarding(ctx context.Context, log *zap.Logger, on func() (bool, erro
 		if fwd, err := on(); err == nil {
 			switch {
 			case fwd && warned:
-				log.Info("IPv4 forwarding is on now: containers behind this host are reachable through the overlay", zap.Duration("was_off_for", time.Since(offSince).Round(time.Second)))
+				log.Info("forwarding is on now: containers behind this host are reachable through the overlay", zap.Duration("was_off_for", time.Since(offSince).Round(time.Second)))
 				warned, offSince = false, time.Time{}
 			case fwd:
 				offSince = time.Time{}
 			case offSince.IsZero():
 				offSince = time.Now()
 			case !warned && time.Since(offSince) >= grace:
-				log.Warn("IPv4 forwarding is off in this namespace: containers behind this host are unreachable through the overlay (sysctl net.ipv4.ip_forward=1; dockerd turns it on itself)",
+				log.Warn("forwarding is off in this namespace: containers behind this host are unreachable through the overlay (set the sysctl to 1; dockerd turns IPv4 forwarding on itself)",
 					zap.Duration("off_for", time.Since(offSince).Round(time.Second)))
 				warned = true
 			}

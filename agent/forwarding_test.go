@@ -21,7 +21,7 @@ func TestForwardingWarningStaysTrue(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		watchForwarding(ctx, zap.New(core), func() (bool, error) { return fwd.Load(), nil }, 200*time.Millisecond, 10*time.Millisecond)
+		watchForwarding(ctx, zap.New(core), "ipv4", "net.ipv4.ip_forward", func() (bool, error) { return fwd.Load(), nil }, 200*time.Millisecond, 10*time.Millisecond)
 	}()
 	defer func() { cancel(); <-done }()
 	count := func(snippet string) int { return logs.FilterMessageSnippet(snippet).Len() }

@@ -109,15 +109,15 @@ func (t *telemetry) serveLeases(w http.ResponseWriter, _ *http.Request) {
 		Rejected []leaseJSON `json:"rejected"`
 	}{Leases: []leaseJSON{}, Rejected: []leaseJSON{}}
 	if table != nil {
-		var ownSubnet netip.Prefix
+		var ownKey string
 		if own != nil {
-			ownSubnet = own.Lease().Subnet
+			ownKey = own.Lease().Key
 		}
 		for _, l := range table.Leases() {
-			out.Leases = append(out.Leases, toLeaseJSON(l, ownSubnet))
+			out.Leases = append(out.Leases, toLeaseJSON(l, ownKey))
 		}
 		for _, r := range table.Rejected() {
-			j := toLeaseJSON(r.Lease, ownSubnet)
+			j := toLeaseJSON(r.Lease, ownKey)
 			j.Rejected = r.Reason
 			out.Rejected = append(out.Rejected, j)
 		}

@@ -62,7 +62,7 @@ func TestProbes(t *testing.T) {
 	table := &fakeTable{synced: make(chan struct{})}
 	tel.setTable(table)
 	l := &fakeListener{}
-	tel.setMissPath(nil, l, nil, nil, nil)
+	tel.setListener(l, nil)
 	tel.setPhase("")
 	if code, body := get(h, local, "/readyz"); code != 503 || !strings.Contains(body, "lease table not synced yet") {
 		t.Errorf("/readyz with the table loading = %d %q", code, body)

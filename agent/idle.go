@@ -66,15 +66,22 @@ func (e *expiry) Stats() expiryStats {
 	return expiryStats{peers: e.peers.Load(), entries: e.entries.Load()}
 }
 
-// neighbourLimit is the limit of PERMANENT neighbour entries when none is
-// configured: the kernel's own table limit, gc_thresh3, where this
-// namespace can read it (the root namespace), else the kernel's default.
-func neighbourLimit(configured int) int {
+// neighbourLimit is the limit of PERMANENT neighbour entries of a family's
+// device when none is configured: the kernel's own table limit of that
+// family (net.ipv4.neigh.default.gc_thresh3, or net.ipv6's), where this
+// namespace can read it (the root namespace), else the kernel's default;
+// the error says why it could not be read.
+func neighbourLimit(configured int, ipv6 bool) (int, error) {
 	if configured > 0 {
-		return configured
+		return configured, nil
 	}
-	if n, err := fabric.NeighbourTableLimit(); err == nil && n > 0 {
-		return n
+	read := fabric.NeighbourTableLimit
+	if ipv6 {
+		read = fabric.NeighbourTableLimit6
 	}
-	return miss.DefaultNeighbourLimit
+	n, err := read()
+	if err != nil || n <= 0 {
+		return miss.DefaultNeighbourLimit, err
+	}
+	return n, nil
 }

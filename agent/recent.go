@@ -15,6 +15,7 @@ const recentSize = 512
 // recentMiss is one entry of the recent-miss log.
 type recentMiss struct {
 	at      time.Time
+	family  string
 	kind    miss.Kind
 	ip      netip.Addr
 	mac     store.MAC
@@ -35,10 +36,10 @@ type recentMisses struct {
 	n    int
 }
 
-func (r *recentMisses) record(m *miss.Miss, res miss.Result) {
+func (r *recentMisses) record(family string, m *miss.Miss, res miss.Result) {
 	r.mu.Lock()
 	r.ring[r.next] = recentMiss{
-		at: m.Received, kind: m.Kind, ip: m.IP, mac: m.MAC, hasMAC: m.HasMAC, state: m.State,
+		at: m.Received, family: family, kind: m.Kind, ip: m.IP, mac: m.MAC, hasMAC: m.HasMAC, state: m.State,
 		outcome: res.Outcome, lease: res.Lease, latency: res.Latency, err: res.Err,
 	}
 	r.next = (r.next + 1) % recentSize

@@ -21,13 +21,16 @@ type counts struct {
 	conflicts  uint64
 }
 
-func snapshot(r *miss.Responder, l *miss.Listener, t *store.Table) counts {
+func snapshot(responders []*miss.Responder, l *miss.Listener, t *store.Table) counts {
 	var c counts
 	for _, k := range []miss.Kind{miss.L2, miss.L3} {
 		c.unanswered[k] = make([]uint64, len(miss.Outcomes()))
 		for _, o := range miss.Outcomes() {
-			if o != miss.Answered {
-				c.unanswered[k][o] = r.Count(k, o)
+			if o == miss.Answered {
+				continue
+			}
+			for _, r := range responders {
+				c.unanswered[k][o] += r.Count(k, o)
 			}
 		}
 	}
@@ -40,7 +43,7 @@ func snapshot(r *miss.Responder, l *miss.Listener, t *store.Table) counts {
 // report logs, once per interval and only when something happened, what
 // went unanswered or was lost: one line however many packets it covers, so
 // that a miss storm or a misconfigured peer cannot flood the log.
-func report(ctx context.Context, interval time.Duration, log *zap.Logger, r *miss.Responder, l *miss.Listener, t *store.Table) {
+func report(ctx context.Context, interval time.Duration, log *zap.Logger, r []*miss.Responder, l *miss.Listener, t *store.Table) {
 	if interval <= 0 {
 		interval = DefaultReportInterval
 	}

@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"runtime/debug"
-	"strconv"
 	"strings"
 
 	"github.com/vtepd/vtepd/etcdclient"
@@ -38,20 +36,19 @@ type agent struct {
 	// cleanups run in reverse order when the agent is done.
 	cleanups []func()
 
-	kernel    *fabric.Reader
-	underlay  fabric.Underlay
-	etcd      *clientv3.Client
-	netCfg    store.Config
-	filters   *filters
-	table     *store.Table
-	changes   changeRouter
-	dev       *fabric.Device
-	listener  *miss.Listener
-	entries   *fabric.Entries
-	own       *store.OwnLease
-	responder *miss.Responder
-	sweeper   *sweeper
-	expiry    *expiry
+	kernel   *fabric.Reader
+	underlay fabric.Underlay
+	etcd     *clientv3.Client
+	netCfg   store.Config
+	filters  *filters
+	table    *store.Table
+	changes  changeRouter
+	// families are the overlay's address families, a VXLAN device each:
+	// IPv4 (flannel.<VNI>) first, then IPv6 (flannel-v6.<VNI>).
+	families []*family
+	listener *miss.Listener
+	own      *store.OwnLease
+	sweeper  *sweeper
 	// firewallDone is closed once the firewall rules the subnet file
 	// promises are in place: the forward rules, and the ip-masq rules when
 	// --ip-masq is on. They are written beside the other phases, not on
@@ -138,16 +135,23 @@ func (a *agent) wait() error {
 // built): it is waited for, saying what was tried, rather than exited on
 // into a restart loop.
 func (a *agent) chooseUnderlay(ctx context.Context) error {
+	spec := a.cfg.Underlay
+	switch {
+	case a.netCfg.EnableIPv4 && a.netCfg.EnableIPv6:
+		spec.Stack = fabric.DualStack
+	case a.netCfg.EnableIPv6:
+		spec.Stack = fabric.IPv6Stack
+	}
 	err := retry(ctx, a.log, a.tel, "choosing the underlay interface", func(context.Context) (err error) {
-		a.underlay, err = a.kernel.FindUnderlay(a.cfg.Underlay)
+		a.underlay, err = a.kernel.FindUnderlay(spec)
 		return err
 	})
 	if err != nil {
 		return err
 	}
 	u := a.underlay
-	a.log.Info("underlay chosen", zap.String("iface", u.Name), zap.Stringer("local", u.Addr),
-		zap.Stringer("public_ip", u.PublicIP), zap.Int("mtu", u.MTU))
+	a.log.Info("underlay chosen", zap.String("iface", u.Name), zap.Stringer("local", u.Addr), zap.Stringer("public_ip", u.PublicIP),
+		zap.Stringer("local_ipv6", u.Addr6), zap.Stringer("public_ipv6", u.PublicIPv6), zap.Int("mtu", u.MTU))
 	return nil
 }
 
@@ -171,17 +175,34 @@ func (a *agent) readNetworkConfig(ctx context.Context) error {
 		return err
 	}
 	a.netCfg = cfg
-	a.tel.setNetwork(cfg.Network)
+	for _, w := range cfg.Warnings {
+		a.log.Warn("network config: accepted, but ignored", zap.String("key", store.ConfigKey(a.cfg.EtcdPrefix)), zap.String("what", w))
+	}
+	a.tel.setNetwork(cfg.Network, cfg.IPv6Network)
 	a.g.Go(func() error {
 		store.FollowConfig(ctx, a.etcd, a.cfg.EtcdPrefix, cfg, a.configChanged)
 		return nil
 	})
-	lock, err := lockDevice(a.deviceName())
-	if err != nil {
-		return err
+	for _, ipv6 := range a.familiesOn() {
+		lock, err := lockDevice(a.deviceName(ipv6))
+		if err != nil {
+			return err
+		}
+		a.onClose(func() { lock.Close() })
 	}
-	a.onClose(func() { lock.Close() })
 	return nil
+}
+
+// familiesOn lists the overlay's families, IPv4 (false) first.
+func (a *agent) familiesOn() []bool {
+	var out []bool
+	if a.netCfg.EnableIPv4 {
+		out = append(out, false)
+	}
+	if a.netCfg.EnableIPv6 {
+		out = append(out, true)
+	}
+	return out
 }
 
 // configChanged says what a change of the network config in etcd means for
@@ -206,11 +227,16 @@ func (a *agent) configChanged(ch store.ConfigChange) {
 	a.tel.setConfigNote(note)
 }
 
-func (a *agent) deviceName() string {
-	if a.cfg.DeviceName != "" {
+// deviceName names the device of a family: flannel's flannel.<VNI> and
+// flannel-v6.<VNI>, or --device and --device-v6.
+func (a *agent) deviceName(ipv6 bool) string {
+	switch {
+	case ipv6 && a.cfg.DeviceNameV6 != "":
+		return a.cfg.DeviceNameV6
+	case !ipv6 && a.cfg.DeviceName != "":
 		return a.cfg.DeviceName
 	}
-	return "flannel." + strconv.Itoa(a.netCfg.Backend.VNI)
+	return fabric.DeviceName(a.netCfg.Backend.VNI, ipv6)
 }
 
 // installForwardRules starts putting the forward rules in as soon as the
@@ -231,7 +257,7 @@ func (a *agent) installForwardRules(context.Context) error {
 	})
 	go func() {
 		defer close(forwardDone)
-		a.filters = startFilters(a.cfg, a.deviceName(), a.netCfg.Network, a.log)
+		a.filters = startFilters(a.cfg, a.deviceName(!a.netCfg.EnableIPv4), a.netCfg.Network, a.log)
 		a.tel.setFilters(a.filters)
 	}()
 	a.startMasquerade = func(ctx context.Context, subnet netip.Prefix) {
@@ -275,35 +301,54 @@ func (a *agent) syncLeaseTable(ctx context.Context) error {
 	}
 }
 
-// ensureDevice creates or adopts the VXLAN device. One that has to be
-// created gets the VTEP MAC this host published before, so that peers'
-// entries stay right.
-func (a *agent) ensureDevice(context.Context) error {
-	var prevMAC net.HardwareAddr
-	if prev, ok := leaseOf(a.table, a.underlay.PublicIP); ok {
-		prevMAC = prev.VtepMAC.HardwareAddr()
+// ensureDevices creates or adopts a VXLAN device for each of the overlay's
+// families. One that has to be created gets the VTEP MAC this host
+// published before, so that peers' entries stay right.
+func (a *agent) ensureDevices(context.Context) error {
+	prev, hadPrev := leaseOf(a.table, a.underlay)
+	for _, ipv6 := range a.familiesOn() {
+		f := &family{ipv6: ipv6, network: a.netCfg.Network, local: a.underlay.Addr}
+		var prevMAC store.MAC
+		if ipv6 {
+			f.network, f.local, prevMAC = a.netCfg.IPv6Network, a.underlay.Addr6, prev.VtepMACv6
+			if !f.local.IsValid() || f.local.IsLinkLocalUnicast() {
+				// An IPv6-only overlay over an IPv4 underlay: there is no
+				// IPv4 device, so the IPv6 one may take the IPv4 address
+				// (FindUnderlay refuses a dual stack without IPv6).
+				f.local = a.underlay.Addr
+			}
+		} else {
+			prevMAC = prev.VtepMAC
+		}
+		spec := fabric.DeviceSpec{
+			Name: a.deviceName(ipv6), VNI: a.netCfg.Backend.VNI, Port: a.netCfg.Backend.Port, Underlay: a.underlay,
+			IPv6: ipv6, Local: f.local, MTU: a.netCfg.Backend.MTU, GBP: a.netCfg.Backend.GBP, Learning: a.netCfg.Backend.Learning,
+		}
+		if hadPrev && prevMAC.IsUnicast() {
+			spec.MAC = prevMAC.HardwareAddr()
+		}
+		dev, err := fabric.EnsureDevice(spec, a.log)
+		if err != nil {
+			return err
+		}
+		f.dev = dev
+		a.onClose(func() { dev.Close() })
+		if err := dev.EnableAppProbes(); err != nil {
+			return err
+		}
+		if trap, err := dev.ProbeTimersTrap(); err == nil && trap != "" {
+			a.log.Warn("neighbour timers keep idle entries alive", zap.String("why", trap))
+		}
+		f.tel = a.tel.addFamily(f.name(), deviceState{name: dev.Name, index: dev.Index, mac: dev.MAC.String(), mtu: dev.MTU})
+		a.families = append(a.families, f)
 	}
-	dev, err := fabric.EnsureDevice(fabric.DeviceSpec{
-		Name: a.deviceName(), VNI: a.netCfg.Backend.VNI, Port: a.netCfg.Backend.Port, Underlay: a.underlay, MAC: prevMAC,
-	}, a.log)
-	if err != nil {
-		return err
-	}
-	a.dev = dev
-	a.onClose(func() { dev.Close() })
-	if err := dev.EnableAppProbes(); err != nil {
-		return err
-	}
-	if trap, err := dev.ProbeTimersTrap(); err == nil && trap != "" {
-		a.log.Warn("neighbour timers keep idle entries alive", zap.String("why", trap))
-	}
-	a.tel.setDevice(deviceState{name: dev.Name, index: dev.Index, mac: dev.MAC.String(), mtu: dev.MTU}, a.kernel)
+	a.tel.setKernel(a.kernel)
 	return nil
 }
 
-// subscribeToMisses opens the miss socket before the overlay route exists:
-// from then on every miss is heard. The writer the answers go through is
-// opened with it.
+// subscribeToMisses opens the miss socket before the overlay routes exist:
+// from then on every miss is heard. The writers the answers go through, one
+// per device, are opened with it.
 func (a *agent) subscribeToMisses(context.Context) error {
 	l, err := miss.Listen(a.cfg.ReadBuffer)
 	if err != nil {
@@ -311,32 +356,52 @@ func (a *agent) subscribeToMisses(context.Context) error {
 	}
 	a.listener = l
 	a.onClose(func() { l.Close() })
-	e, err := fabric.OpenEntries(a.dev.Index, a.dev.Name)
-	if err != nil {
-		return err
+	for _, f := range a.families {
+		opts := []fabric.EntriesOption{fabric.WithIPv6(f.ipv6)}
+		if f.direct(a.netCfg, a.underlay) != nil {
+			opts = append(opts, fabric.WithDirectRoutes(a.underlay.Index, f.network))
+		}
+		e, err := fabric.OpenEntries(f.dev.Index, f.dev.Name, opts...)
+		if err != nil {
+			return err
+		}
+		f.entries = e
+		a.onClose(func() { e.Close() })
 	}
-	a.entries = e
-	a.onClose(func() { e.Close() })
 	return nil
 }
 
-// overlayRoutes are the device's routes: the one for the whole overlay.
-func (a *agent) overlayRoutes() []fabric.Route { return []fabric.Route{{Dst: a.netCfg.Network}} }
-
-// acquireLease takes this host's subnet and gives the device its address
-// and the overlay route. Once the lease is published, peers may send at
-// once (and do: a peer's sweep answers whoever waited for this host). When
-// the subnet is known in advance, the device gets its address and route
+// acquireLease takes this host's subnets and gives each device its address
+// and overlay route. Once the lease is published, peers may send at once
+// (and do: a peer's sweep answers whoever waited for this host). When the
+// subnets are known in advance, the devices get their addresses and routes
 // before the lease is published; the miss socket is subscribed already, so
-// nothing goes unheard, and an acquisition that ends on another subnet
-// corrects the address right after.
+// nothing goes unheard, and an acquisition that ends on other subnets
+// corrects the addresses right after.
 func (a *agent) acquireLease(ctx context.Context) error {
-	claim := store.Claim{PublicIP: a.underlay.PublicIP, VtepMAC: store.MAC(a.dev.MAC), TTL: a.cfg.LeaseTTL}
-	if env, err := subnetfile.Read(a.cfg.SubnetFile); err == nil && env.Network == a.netCfg.Network {
-		claim.Previous = env.Subnet.Masked()
+	claim := store.Claim{TTL: a.cfg.LeaseTTL}
+	for _, f := range a.families {
+		if f.ipv6 {
+			claim.VtepMACv6 = store.MAC(f.dev.MAC)
+			if f.local.Is6() {
+				claim.PublicIPv6 = a.underlay.PublicIPv6
+			} else {
+				claim.PublicIP = a.underlay.PublicIP // the IPv6 part rides the IPv4 underlay
+			}
+		} else {
+			claim.VtepMAC, claim.PublicIP = store.MAC(f.dev.MAC), a.underlay.PublicIP
+		}
 	}
-	if expected, ok := expectedSubnet(a.table, a.underlay.PublicIP, claim.Previous); ok {
-		if err := a.addressDevice(expected.Addr()); err != nil {
+	if env, err := subnetfile.Read(a.cfg.SubnetFile); err == nil {
+		if a.netCfg.EnableIPv4 && env.Network == a.netCfg.Network && env.Subnet.IsValid() {
+			claim.Previous = env.Subnet.Masked()
+		}
+		if a.netCfg.EnableIPv6 && env.IPv6Network == a.netCfg.IPv6Network && env.IPv6Subnet.IsValid() {
+			claim.PreviousIPv6 = env.IPv6Subnet.Masked()
+		}
+	}
+	if expected, ok := expectedLease(a.table, a.underlay, claim); ok {
+		if err := a.addressDevices(expected); err != nil {
 			return err
 		}
 	}
@@ -350,40 +415,58 @@ func (a *agent) acquireLease(ctx context.Context) error {
 	own := a.own.Lease()
 	a.table.SetOwn(own.Key)
 	a.tel.setOwnLease(a.own)
-	if err := a.addressDevice(own.Gateway()); err != nil {
+	if err := a.addressDevices(own); err != nil {
 		return err
 	}
 	a.startMasquerade(ctx, own.Subnet)
 	return nil
 }
 
-// addressDevice gives the device gateway as its address, and the overlay
-// route.
-func (a *agent) addressDevice(gateway netip.Addr) error {
-	if _, err := a.dev.SetAddress(gateway); err != nil {
-		return err
+// addressDevices gives each device its part's first address, and the
+// overlay route.
+func (a *agent) addressDevices(l store.Lease) error {
+	for _, f := range a.families {
+		p, ok := f.part(l)
+		if !ok {
+			continue
+		}
+		if _, err := f.dev.SetAddress(p.Gateway()); err != nil {
+			return err
+		}
+		if _, err := f.dev.EnsureRoutes(p.Gateway(), f.overlayRoutes()); err != nil {
+			return err
+		}
 	}
-	_, err := a.dev.EnsureRoutes(gateway, a.overlayRoutes())
-	return err
+	return nil
 }
 
-// reconcileEntries makes the responder and brings the device's existing
-// entries in line with the table: right ones kept, wrong ones fixed or
-// deleted, and addresses the kernel asked about while no vtepd listened
-// answered. From here on the table's changes reach the kernel, and the own
-// lease is renewed.
+// reconcileEntries makes a responder per device and brings each device's
+// existing entries in line with the table: right ones kept, wrong ones
+// fixed or deleted, and addresses the kernel asked about while no vtepd
+// listened answered. From here on the table's changes reach the kernel,
+// and the own lease is renewed.
 func (a *agent) reconcileEntries(ctx context.Context) error {
 	own := a.own.Lease()
 	a.sweeper = newSweeper()
-	a.expiry = &expiry{idle: a.cfg.IdleTimeout, log: a.log}
-	a.responder = miss.NewResponder(miss.ResponderConfig{
-		Ifindex: a.dev.Index, Network: a.netCfg.Network, Own: own.Subnet, Gateway: own.Gateway(),
-		Mode: a.cfg.Answer, Observe: a.tel.observe, Sweep: a.sweeper.newLease,
-		NeighbourLimit: neighbourLimit(a.cfg.NeighbourLimit),
-	}, a.table, a.entries, a.log)
-	a.tel.setMissPath(a.responder, a.listener, a.entries, a.sweeper, a.expiry)
+	a.tel.setListener(a.listener, a.sweeper)
+	for _, f := range a.families {
+		p, _ := f.part(own)
+		limit, err := neighbourLimit(a.cfg.NeighbourLimit, f.ipv6)
+		if err != nil {
+			a.log.Debug("kernel neighbour table limit unreadable here; using the kernel's default", zap.Bool("ipv6", f.ipv6), zap.Error(err))
+		}
+		f.expiry = &expiry{idle: a.cfg.IdleTimeout, log: a.log.With(zap.String("family", f.name()))}
+		f.responder = miss.NewResponder(miss.ResponderConfig{
+			Ifindex: f.dev.Index, Network: f.network, Own: p.Subnet, Gateway: p.Gateway(),
+			Mode: a.cfg.Answer, Observe: a.tel.observer(f.tel), Sweep: a.sweeper.newLease,
+			NeighbourLimit: limit, Direct: f.direct(a.netCfg, a.underlay),
+		}, a.table, f.entries, a.log.With(zap.String("family", f.name())))
+		a.tel.setMissPath(f.tel, f.responder, f.entries, f.expiry)
+	}
 	a.changes.set(func(c store.Change) {
-		a.responder.ApplyChange(c)
+		for _, f := range a.families {
+			f.responder.ApplyChange(c)
+		}
 		// Our key deleted, or saying something we did not write: let the
 		// renewal find out whether to publish again or give up the subnet.
 		if c.Old != nil && c.Old.Key == own.Key && c.New == nil ||
@@ -393,45 +476,67 @@ func (a *agent) reconcileEntries(ctx context.Context) error {
 	})
 	a.g.Go(func() error { return a.own.Hold(ctx, a.cfg.RenewMargin) })
 
-	rec, err := a.responder.Reconcile()
-	if err != nil {
-		a.log.Warn("reconciling the device's entries with the lease table was incomplete", zap.Error(err))
+	for _, f := range a.families {
+		rec, err := f.responder.Reconcile()
+		if err != nil {
+			a.log.Warn("reconciling the device's entries with the lease table was incomplete", zap.String("device", f.dev.Name), zap.Error(err))
+		}
+		a.log.Info("device entries reconciled", zap.String("device", f.dev.Name), zap.Int("kept", rec.Kept), zap.Int("fixed", rec.Fixed),
+			zap.Int("removed", rec.Removed), zap.Int("answered", rec.Answered))
 	}
-	a.log.Info("device entries reconciled", zap.Int("kept", rec.Kept), zap.Int("fixed", rec.Fixed),
-		zap.Int("removed", rec.Removed), zap.Int("answered", rec.Answered))
 	return nil
 }
 
 // answerMisses starts the miss path and what watches over it: the sweeper,
-// the listener, systemd's watchdog, the report of unusual counts, and the
-// device's repair.
+// the listener, systemd's watchdog, the report of unusual counts, the idle
+// peers' expiry, and each device's repair.
 func (a *agent) answerMisses(ctx context.Context) error {
-	gateway := a.own.Lease().Gateway()
+	own := a.own.Lease()
+	responders := make([]*miss.Responder, len(a.families))
+	for i, f := range a.families {
+		responders[i] = f.responder
+	}
+	handle := responders[0].Handle
+	if len(responders) > 1 {
+		// Each responder takes only its own device's misses.
+		handle = func(m *miss.Miss) {
+			for _, r := range responders {
+				r.Handle(m)
+			}
+		}
+	}
 	a.g.Go(func() error {
-		a.sweeper.run(ctx, a.responder, a.log)
+		a.sweeper.run(ctx, responders, a.log)
 		return nil
 	})
-	a.g.Go(func() error { return a.listener.Run(ctx, a.responder.Handle, a.sweeper.overflowed) })
+	a.g.Go(func() error { return a.listener.Run(ctx, handle, a.sweeper.overflowed) })
 	a.g.Go(func() error { return a.sd.watchdog(ctx, a.listener.Turns) })
-	if a.cfg.IdleTimeout > 0 {
+	a.g.Go(func() error {
+		report(ctx, a.cfg.ReportInterval, a.log, responders, a.listener, a.table)
+		return nil
+	})
+	for _, f := range a.families {
+		if a.cfg.IdleTimeout > 0 {
+			a.g.Go(func() error {
+				f.expiry.run(ctx, f.responder)
+				return nil
+			})
+		}
+		p, _ := f.part(own)
+		a.tel.setAddressing(f.tel, p.Gateway(), []netip.Prefix{f.network})
 		a.g.Go(func() error {
-			a.expiry.run(ctx, a.responder)
+			repairDevice(ctx, f.dev, p.Gateway(), f.overlayRoutes(), f.responder, a.log)
+			return nil
+		})
+		forwarding, sysctl := fabric.IPForwarding, "net.ipv4.ip_forward"
+		if f.ipv6 {
+			forwarding, sysctl = fabric.IPv6Forwarding, "net.ipv6.conf.all.forwarding"
+		}
+		a.g.Go(func() error {
+			watchForwarding(ctx, a.log, f.name(), sysctl, forwarding, forwardingGrace, forwardingCheck)
 			return nil
 		})
 	}
-	a.g.Go(func() error {
-		report(ctx, a.cfg.ReportInterval, a.log, a.responder, a.listener, a.table)
-		return nil
-	})
-	a.tel.setAddressing(gateway, []netip.Prefix{a.netCfg.Network})
-	a.g.Go(func() error {
-		repairDevice(ctx, a.dev, gateway, a.overlayRoutes(), a.responder, a.log)
-		return nil
-	})
-	a.g.Go(func() error {
-		watchForwarding(ctx, a.log, fabric.IPForwarding, forwardingGrace, forwardingCheck)
-		return nil
-	})
 	return nil
 }
 
@@ -443,21 +548,37 @@ func (a *agent) writeSubnetFile(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	return subnetfile.Write(a.cfg.SubnetFile, subnetfile.Env{
-		Network: a.netCfg.Network,
-		Subnet:  subnetfile.BridgeSubnet(a.own.Lease().Subnet),
-		MTU:     a.dev.MTU,
-		IPMasq:  a.cfg.IPMasq,
-	})
+	own := a.own.Lease()
+	env := subnetfile.Env{IPMasq: a.cfg.IPMasq}
+	for _, f := range a.families {
+		// One MTU for the containers of both families: the smaller
+		// device's (an IPv6 underlay costs 20 bytes more).
+		if env.MTU == 0 || f.dev.MTU < env.MTU {
+			env.MTU = f.dev.MTU
+		}
+		p, _ := f.part(own)
+		if f.ipv6 {
+			env.IPv6Network, env.IPv6Subnet = f.network, subnetfile.BridgeSubnet(p.Subnet)
+		} else {
+			env.Network, env.Subnet = f.network, subnetfile.BridgeSubnet(p.Subnet)
+		}
+	}
+	return subnetfile.Write(a.cfg.SubnetFile, env)
 }
 
 // ready says so: in the log, to health, and to systemd.
 func (a *agent) ready() {
 	own := a.own.Lease()
 	a.tel.setPhase("")
-	a.log.Info("vtepd ready", zap.String("device", a.dev.Name), zap.Stringer("subnet", own.Subnet), zap.Stringer("answer", a.cfg.Answer),
-		zap.Stringer("vtep_mac", own.VtepMAC), zap.Int("leases", a.table.Len()), zap.String("subnet_file", a.cfg.SubnetFile))
-	a.sd.notify(fmt.Sprintf("READY=1\nSTATUS=answering misses for %s on %s, %d leases", own.Subnet, a.dev.Name, a.table.Len()))
+	var devices, subnets []string
+	for _, f := range a.families {
+		p, _ := f.part(own)
+		devices, subnets = append(devices, f.dev.Name), append(subnets, p.Subnet.String())
+	}
+	a.log.Info("vtepd ready", zap.String("device", strings.Join(devices, ",")), zap.String("subnet", strings.Join(subnets, ",")),
+		zap.Stringer("answer", a.cfg.Answer), zap.String("lease", own.String()), zap.Int("leases", a.table.Len()),
+		zap.String("subnet_file", a.cfg.SubnetFile))
+	a.sd.notify(fmt.Sprintf("READY=1\nSTATUS=answering misses for %s on %s, %d leases", strings.Join(subnets, " and "), strings.Join(devices, " and "), a.table.Len()))
 	// Loading the table left garbage several times its size, which the
 	// heap would keep mapped until the collector's scavenger got round to
 	// it: hand it back now, once, so a host's memory is the table's and not

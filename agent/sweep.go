@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"time"
 
@@ -53,7 +54,7 @@ func (s *sweeper) overflowed() {
 // newLease is the responder's Sweep callback.
 func (s *sweeper) newLease() { s.request() }
 
-func (s *sweeper) run(ctx context.Context, r *miss.Responder, log *zap.Logger) {
+func (s *sweeper) run(ctx context.Context, responders []*miss.Responder, log *zap.Logger) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -64,7 +65,7 @@ func (s *sweeper) run(ctx context.Context, r *miss.Responder, log *zap.Logger) {
 		start := time.Now()
 		total, sweeps := 0, 0
 		for ctx.Err() == nil {
-			n, err := r.Sweep()
+			n, err := sweepAll(responders)
 			sweeps++
 			total += n
 			s.sweeps.Add(1)
@@ -88,4 +89,19 @@ func (s *sweeper) run(ctx context.Context, r *miss.Responder, log *zap.Logger) {
 			log.Info("a new lease appeared; answered the addresses peers were waiting on", zap.Int("answered", total))
 		}
 	}
+}
+
+// sweepAll sweeps every responder (one per device) and returns how many
+// addresses they answered in all.
+func sweepAll(responders []*miss.Responder) (int, error) {
+	total := 0
+	var errs []error
+	for _, r := range responders {
+		n, err := r.Sweep()
+		total += n
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return total, errors.Join(errs...)
 }

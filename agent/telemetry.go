@@ -30,19 +30,20 @@ type telemetry struct {
 	mu      sync.Mutex
 	phase   string // what start-up is doing; "" once ready
 	network netip.Prefix
+	// network6 is the overlay's IPv6 network, when it has one.
+	network6 netip.Prefix
 	// configNote says how the network config in etcd differs from the
 	// running one ("": it does not).
 	configNote string
-	device     *deviceState
 	kernel     kernelReader
 	own        ownLease
 	table      leaseTable
-	misses     missCounts
 	listener   listenerStats
-	writes     writeCounts
 	sweeps     sweepCounts
-	expiry     expiryCounts
 	filters    firewallState
+	// families are the overlay's address families, one VXLAN device each,
+	// in the order the agent added them (IPv4 first).
+	families []*familyTelemetry
 
 	// Liveness: the listener's round count as last seen, when it last
 	// moved, and how long it may stand still (missPathStall).
@@ -50,12 +51,24 @@ type telemetry struct {
 	turnsMoved time.Time
 	stallAfter time.Duration
 
-	recent  recentMisses
-	latency *prometheus.HistogramVec
-	// byKind are latency's children, resolved once: a label lookup per
-	// miss is a hash and a map read the miss path need not pay.
-	byKind   [3]prometheus.Observer
+	recent   recentMisses
+	latency  *prometheus.HistogramVec
 	registry *prometheus.Registry
+}
+
+// familyTelemetry is one address family's device and miss path, as
+// telemetry reads them; its name ("ipv4", "ipv6") is the family label of
+// the metrics, status and recent misses.
+type familyTelemetry struct {
+	name   string
+	device *deviceState
+	misses missCounts
+	writes writeCounts
+	expiry expiryCounts
+	// byKind are the latency histogram's children for this family,
+	// resolved once: a label lookup per miss is a hash and a map read the
+	// miss path need not pay.
+	byKind [3]prometheus.Observer
 }
 
 // What telemetry reads of the components.
@@ -123,10 +136,7 @@ func newTelemetry(version string) *telemetry {
 		// 5 µs to 80 ms: a neighbour write is ~10 µs, one that releases a
 		// queued packet carries that packet's delivery too.
 		Buckets: prometheus.ExponentialBuckets(5e-6, 2, 15),
-	}, []string{"kind"})
-	for _, k := range []miss.Kind{miss.L3, miss.L2} {
-		t.byKind[k] = t.latency.WithLabelValues(k.String())
-	}
+	}, []string{"family", "kind"})
 	t.registry = prometheus.NewRegistry()
 	t.registry.MustRegister(t.latency, t, collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -144,29 +154,40 @@ func (t *telemetry) setPhase(p string) {
 
 // The setters, one per start-up phase that brings something up.
 
-func (t *telemetry) setNetwork(p netip.Prefix)  { t.set(func() { t.network = p }) }
-func (t *telemetry) setConfigNote(n string)     { t.set(func() { t.configNote = n }) }
-func (t *telemetry) setFilters(f firewallState) { t.set(func() { t.filters = f }) }
-func (t *telemetry) setTable(l leaseTable)      { t.set(func() { t.table = l }) }
-func (t *telemetry) setOwnLease(o ownLease)     { t.set(func() { t.own = o }) }
+func (t *telemetry) setNetwork(p, p6 netip.Prefix) { t.set(func() { t.network, t.network6 = p, p6 }) }
+func (t *telemetry) setConfigNote(n string)        { t.set(func() { t.configNote = n }) }
+func (t *telemetry) setFilters(f firewallState)    { t.set(func() { t.filters = f }) }
+func (t *telemetry) setTable(l leaseTable)         { t.set(func() { t.table = l }) }
+func (t *telemetry) setOwnLease(o ownLease)        { t.set(func() { t.own = o }) }
 
-func (t *telemetry) setDevice(d deviceState, k kernelReader) {
-	t.set(func() { t.device, t.kernel = &d, k })
+func (t *telemetry) setKernel(k kernelReader) { t.set(func() { t.kernel = k }) }
+func (t *telemetry) setListener(l listenerStats, s sweepCounts) {
+	t.set(func() { t.listener, t.sweeps = l, s })
 }
 
-// setAddressing makes health check the device's address and routes.
-func (t *telemetry) setAddressing(gateway netip.Addr, routes []netip.Prefix) {
+// addFamily adds an address family ("ipv4", "ipv6") with its device, and
+// returns it for the setters below.
+func (t *telemetry) addFamily(name string, d deviceState) *familyTelemetry {
+	f := &familyTelemetry{name: name, device: &d}
+	for _, k := range []miss.Kind{miss.L3, miss.L2} {
+		f.byKind[k] = t.latency.WithLabelValues(name, k.String())
+	}
+	t.set(func() { t.families = append(t.families, f) })
+	return f
+}
+
+// setAddressing makes health check the family's device's address and
+// routes.
+func (t *telemetry) setAddressing(f *familyTelemetry, gateway netip.Addr, routes []netip.Prefix) {
 	t.set(func() {
-		if t.device != nil {
-			d := *t.device
-			d.gateway, d.routes = gateway, routes
-			t.device = &d
-		}
+		d := *f.device
+		d.gateway, d.routes = gateway, routes
+		f.device = &d
 	})
 }
 
-func (t *telemetry) setMissPath(m missCounts, l listenerStats, w writeCounts, s sweepCounts, e expiryCounts) {
-	t.set(func() { t.misses, t.listener, t.writes, t.sweeps, t.expiry = m, l, w, s, e })
+func (t *telemetry) setMissPath(f *familyTelemetry, m missCounts, w writeCounts, e expiryCounts) {
+	t.set(func() { f.misses, f.writes, f.expiry = m, w, e })
 }
 
 func (t *telemetry) set(fn func()) {
@@ -175,20 +196,31 @@ func (t *telemetry) set(fn func()) {
 	t.mu.Unlock()
 }
 
-// observe is the responder's Observe hook.
-func (t *telemetry) observe(m *miss.Miss, res miss.Result) {
-	if m.Kind == miss.L3 || m.Kind == miss.L2 {
-		t.byKind[m.Kind].Observe(res.Latency.Seconds())
+// observer is the Observe hook of f's responder.
+func (t *telemetry) observer(f *familyTelemetry) func(m *miss.Miss, res miss.Result) {
+	return func(m *miss.Miss, res miss.Result) {
+		if m.Kind == miss.L3 || m.Kind == miss.L2 {
+			f.byKind[m.Kind].Observe(res.Latency.Seconds())
+		}
+		t.recent.record(f.name, m, res)
 	}
-	t.recent.record(m, res)
 }
 
-// kernelEntries counts the device's neighbour entries by state and its FDB
-// entries.
-func (t *telemetry) kernelEntries() (neigh map[string]int, fdb int, err error) {
+// familiesNow returns the families and the kernel reader, for a scrape or
+// a status page.
+func (t *telemetry) familiesNow() ([]familyTelemetry, kernelReader) {
 	t.mu.Lock()
-	dev, kernel := t.device, t.kernel
-	t.mu.Unlock()
+	defer t.mu.Unlock()
+	out := make([]familyTelemetry, len(t.families))
+	for i, f := range t.families {
+		out[i] = *f
+	}
+	return out, t.kernel
+}
+
+// kernelEntries counts a device's neighbour entries by state and its FDB
+// entries.
+func kernelEntries(kernel kernelReader, dev *deviceState) (neigh map[string]int, fdb int, err error) {
 	if dev == nil || kernel == nil {
 		return nil, 0, nil
 	}
@@ -255,8 +287,9 @@ func (t *telemetry) liveness() Health {
 // let happen.
 func (t *telemetry) readiness() Health {
 	t.mu.Lock()
-	phase, dev, kernel, own, table, configNote := t.phase, t.device, t.kernel, t.own, t.table, t.configNote
+	phase, own, table, configNote := t.phase, t.own, t.table, t.configNote
 	t.mu.Unlock()
+	families, kernel := t.familiesNow()
 	var h Health
 	if phase != "" {
 		h.Reasons = append(h.Reasons, phase)
@@ -264,16 +297,18 @@ func (t *telemetry) readiness() Health {
 	if configNote != "" {
 		h.Notes = append(h.Notes, configNote)
 	}
-	if dev != nil && dev.routes != nil && kernel != nil {
-		missing, err := kernel.CheckDevice(dev.index, dev.name, dev.gateway, dev.routes)
-		if err != nil {
-			missing = append(missing, err.Error())
+	for _, f := range families {
+		if dev := f.device; dev != nil && dev.routes != nil && kernel != nil {
+			missing, err := kernel.CheckDevice(dev.index, dev.name, dev.gateway, dev.routes)
+			if err != nil {
+				missing = append(missing, err.Error())
+			}
+			h.Reasons = append(h.Reasons, missing...)
 		}
-		h.Reasons = append(h.Reasons, missing...)
 	}
 	if own != nil {
 		if exp := own.Expires(); time.Now().After(exp) {
-			h.Reasons = append(h.Reasons, fmt.Sprintf("own lease %s expired at %s", own.Lease().Subnet, exp.Format(time.RFC3339)))
+			h.Reasons = append(h.Reasons, fmt.Sprintf("own lease %s expired at %s", own.Lease(), exp.Format(time.RFC3339)))
 		}
 		if err, since := own.Conflict(); err != nil {
 			h.Reasons = append(h.Reasons, fmt.Sprintf("own subnet held by another writer since %s (answering from the table meanwhile): %v",
@@ -303,18 +338,31 @@ type Status struct {
 	Reasons []string  `json:"reasons,omitempty"`
 	Notes   []string  `json:"notes,omitempty"`
 
-	Network string        `json:"network,omitempty"`
-	Device  *DeviceStatus `json:"device,omitempty"`
-	Lease   *LeaseStatus  `json:"own_lease,omitempty"`
-	Leases  *TableStatus  `json:"leases,omitempty"`
+	// Network and IPv6Network are the overlay's, by family.
+	Network     string       `json:"network,omitempty"`
+	IPv6Network string       `json:"ipv6_network,omitempty"`
+	Lease       *LeaseStatus `json:"own_lease,omitempty"`
+	Leases      *TableStatus `json:"leases,omitempty"`
+	// Families are the overlay's address families, each with its device
+	// and miss path.
+	Families []FamilyStatus `json:"families,omitempty"`
+	Netlink  *NetlinkStatus `json:"netlink,omitempty"`
+	// Firewall says which packet-filter rules vtepd keeps.
+	Firewall *FirewallStatus `json:"firewall,omitempty"`
+}
+
+// FamilyStatus is one address family's device and miss path.
+type FamilyStatus struct {
+	// Family is "ipv4" or "ipv6".
+	Family string        `json:"family"`
+	Device *DeviceStatus `json:"device,omitempty"`
 	// Entries counts the device's neighbour entries by state, and its FDB
 	// entries under "fdb".
 	Entries map[string]int `json:"entries,omitempty"`
 	// Misses counts misses by kind, then outcome.
-	Misses  map[string]map[string]uint64 `json:"misses,omitempty"`
-	Netlink *NetlinkStatus               `json:"netlink,omitempty"`
-	// Firewall says which packet-filter rules vtepd keeps.
-	Firewall *FirewallStatus `json:"firewall,omitempty"`
+	Misses map[string]map[string]uint64 `json:"misses,omitempty"`
+	// Permanent is how many PERMANENT neighbour entries the device holds.
+	Permanent int `json:"permanent_neighbours"`
 	// Writes counts kernel writes by operation.
 	Writes map[string]fabric.WriteStats `json:"kernel_writes,omitempty"`
 }
@@ -327,14 +375,17 @@ type DeviceStatus struct {
 	MTU   int    `json:"mtu"`
 }
 
-// LeaseStatus describes this host's lease.
+// LeaseStatus describes this host's lease, a part per family.
 type LeaseStatus struct {
-	Key       string    `json:"key"`
-	Subnet    string    `json:"subnet"`
-	PublicIP  string    `json:"public_ip"`
-	VtepMAC   string    `json:"vtep_mac"`
-	Expires   time.Time `json:"expires"`
-	ExpiresIn float64   `json:"expires_in_seconds"`
+	Key        string    `json:"key"`
+	Subnet     string    `json:"subnet,omitempty"`
+	PublicIP   string    `json:"public_ip,omitempty"`
+	VtepMAC    string    `json:"vtep_mac,omitempty"`
+	IPv6Subnet string    `json:"ipv6_subnet,omitempty"`
+	PublicIPv6 string    `json:"public_ipv6,omitempty"`
+	VtepMACv6  string    `json:"vtep_mac_v6,omitempty"`
+	Expires    time.Time `json:"expires"`
+	ExpiresIn  float64   `json:"expires_in_seconds"`
 }
 
 // TableStatus describes the lease table.
@@ -365,8 +416,9 @@ func (t *telemetry) status() Status {
 	s := Status{Version: t.version, Started: t.started, Healthy: ready.Healthy && live.Healthy,
 		Reasons: append(live.Reasons, ready.Reasons...), Notes: ready.Notes}
 	t.mu.Lock()
-	network, dev, own, table, listener, misses, writes, sweeps, fw := t.network, t.device, t.own, t.table, t.listener, t.misses, t.writes, t.sweeps, t.filters
+	network, network6, own, table, listener, sweeps, fw := t.network, t.network6, t.own, t.table, t.listener, t.sweeps, t.filters
 	t.mu.Unlock()
+	families, kernel := t.familiesNow()
 	if fw != nil {
 		d := fw.describe()
 		s.Firewall = &d
@@ -374,52 +426,65 @@ func (t *telemetry) status() Status {
 	if network.IsValid() {
 		s.Network = network.String()
 	}
-	if dev != nil {
-		s.Device = &DeviceStatus{Name: dev.name, Index: dev.index, MAC: dev.mac, MTU: dev.mtu}
+	if network6.IsValid() {
+		s.IPv6Network = network6.String()
 	}
 	if own != nil {
 		l, exp := own.Lease(), own.Expires()
-		s.Lease = &LeaseStatus{Key: l.Key, Subnet: l.Subnet.String(), PublicIP: l.PublicIP.String(),
-			VtepMAC: l.VtepMAC.String(), Expires: exp, ExpiresIn: time.Until(exp).Seconds()}
+		s.Lease = &LeaseStatus{Key: l.Key, Expires: exp, ExpiresIn: time.Until(exp).Seconds()}
+		if p, ok := l.IPv4(); ok {
+			s.Lease.Subnet, s.Lease.PublicIP, s.Lease.VtepMAC = p.Subnet.String(), p.PublicIP.String(), p.VtepMAC.String()
+		}
+		if p, ok := l.IPv6(); ok {
+			s.Lease.IPv6Subnet, s.Lease.PublicIPv6, s.Lease.VtepMACv6 = p.Subnet.String(), p.PublicIP.String(), p.VtepMAC.String()
+		}
 	}
 	if table != nil {
 		st := table.Stats()
 		s.Leases = &TableStatus{Admitted: st.Leases, Rejected: st.Rejected, Invalid: st.Invalid, Conflicts: st.Conflicts,
 			Watching: st.Watching, WatchRestarts: st.WatchRestarts, Relists: st.Relists}
 	}
-	if neigh, fdb, err := t.kernelEntries(); err == nil && neigh != nil {
-		s.Entries = neigh
-		s.Entries["fdb"] = fdb
-	}
-	if misses != nil {
-		s.Misses = map[string]map[string]uint64{}
-		for _, k := range []miss.Kind{miss.L3, miss.L2} {
-			s.Misses[k.String()] = map[string]uint64{}
-			for _, o := range miss.Outcomes() {
-				s.Misses[k.String()][o.String()] = misses.Count(k, o)
+	for _, f := range families {
+		fs := FamilyStatus{Family: f.name}
+		if dev := f.device; dev != nil {
+			fs.Device = &DeviceStatus{Name: dev.name, Index: dev.index, MAC: dev.mac, MTU: dev.mtu}
+		}
+		if neigh, fdb, err := kernelEntries(kernel, f.device); err == nil && neigh != nil {
+			fs.Entries = neigh
+			fs.Entries["fdb"] = fdb
+		}
+		if f.misses != nil {
+			fs.Misses = map[string]map[string]uint64{}
+			for _, k := range []miss.Kind{miss.L3, miss.L2} {
+				fs.Misses[k.String()] = map[string]uint64{}
+				for _, o := range miss.Outcomes() {
+					fs.Misses[k.String()][o.String()] = f.misses.Count(k, o)
+				}
+			}
+			fs.Permanent = f.misses.Permanent()
+		}
+		if f.writes != nil {
+			fs.Writes = map[string]fabric.WriteStats{}
+			for _, op := range fabric.Ops() {
+				fs.Writes[op.String()] = f.writes.Stats(op)
 			}
 		}
+		s.Families = append(s.Families, fs)
 	}
 	if listener != nil && sweeps != nil {
 		ls, ss := listener.Stats(), sweeps.Stats()
 		s.Netlink = &NetlinkStatus{Overflows: ls.Overflows, Sweeps: ss.sweeps, Swept: ss.answered,
 			Malformed: ls.Malformed, Foreign: ls.Foreign}
 	}
-	if writes != nil {
-		s.Writes = map[string]fabric.WriteStats{}
-		for _, op := range fabric.Ops() {
-			s.Writes[op.String()] = writes.Stats(op)
-		}
-	}
 	return s
 }
 
 // Prometheus descriptions of the counters kept by the components.
 var (
-	descMisses        = prometheus.NewDesc("vtepd_misses_total", "Misses from the kernel for vtepd's device, by kind (L3: neighbour, L2: FDB) and outcome.", []string{"kind", "outcome"}, nil)
-	descWrites        = prometheus.NewDesc("vtepd_kernel_writes_total", "Neighbour and FDB writes to the kernel, by operation.", []string{"op"}, nil)
-	descWriteErrors   = prometheus.NewDesc("vtepd_kernel_write_errors_total", "Failed kernel writes, by operation and reason (table_full: gc_thresh3 reached).", []string{"op", "reason"}, nil)
-	descEntries       = prometheus.NewDesc("vtepd_entries", "Entries on the device now, read from the kernel at scrape time: neighbours by state, and FDB entries.", []string{"kind", "state"}, nil)
+	descMisses        = prometheus.NewDesc("vtepd_misses_total", "Misses from the kernel for vtepd's devices, by family (ipv4, ipv6: the device's), kind (L3: neighbour, L2: FDB) and outcome.", []string{"family", "kind", "outcome"}, nil)
+	descWrites        = prometheus.NewDesc("vtepd_kernel_writes_total", "Neighbour, FDB and route writes to the kernel, by family and operation.", []string{"family", "op"}, nil)
+	descWriteErrors   = prometheus.NewDesc("vtepd_kernel_write_errors_total", "Failed kernel writes, by family, operation and reason (table_full: gc_thresh3 reached).", []string{"family", "op", "reason"}, nil)
+	descEntries       = prometheus.NewDesc("vtepd_entries", "Entries on a device now, read from the kernel at scrape time, by family: neighbours by state, and FDB entries.", []string{"family", "kind", "state"}, nil)
 	descLeases        = prometheus.NewDesc("vtepd_leases", "Leases in the table: admitted, or rejected for a conflict.", []string{"state"}, nil)
 	descInvalid       = prometheus.NewDesc("vtepd_invalid_leases_total", "Lease values skipped as invalid, once per key and revision.", nil, nil)
 	descConflicts     = prometheus.NewDesc("vtepd_lease_conflicts_total", "Leases rejected for overlapping another, sharing its MAC, or claiming this host's subnet.", nil, nil)
@@ -435,9 +500,9 @@ var (
 	descOutages       = prometheus.NewDesc("vtepd_etcd_outages_total", "Outages of etcd as vtepd saw them, counted once each is over: the lease watch not delivering (watch), or the own lease's renewals failing (renewal).", []string{"kind"}, nil)
 	descOutageSeconds = prometheus.NewDesc("vtepd_etcd_outage_seconds_total", "Total length of the etcd outages counted in vtepd_etcd_outages_total.", []string{"kind"}, nil)
 	descConflict      = prometheus.NewDesc("vtepd_own_lease_conflict", "1 while this host's subnet is held by another writer in etcd (vtepd waits to take it back), else 0.", nil, nil)
-	descPermanent     = prometheus.NewDesc("vtepd_permanent_neighbours", "PERMANENT neighbour entries on the device, as last counted: answers that outlive vtepd's absence, bounded by --neighbour-limit.", nil, nil)
-	descIdlePeers     = prometheus.NewDesc("vtepd_idle_peers_removed_total", "Peers whose entries were removed because nothing was sent to them for --idle-timeout.", nil, nil)
-	descIdleEntries   = prometheus.NewDesc("vtepd_idle_entries_removed_total", "Kernel entries (neighbours, FDB entries, host routes) removed with idle peers.", nil, nil)
+	descPermanent     = prometheus.NewDesc("vtepd_permanent_neighbours", "PERMANENT neighbour entries on a device, by family, as last counted: answers that outlive vtepd's absence, bounded by --neighbour-limit.", []string{"family"}, nil)
+	descIdlePeers     = prometheus.NewDesc("vtepd_idle_peers_removed_total", "Peers whose entries were removed because nothing was sent to them for --idle-timeout, by family.", []string{"family"}, nil)
+	descIdleEntries   = prometheus.NewDesc("vtepd_idle_entries_removed_total", "Kernel entries (neighbours, FDB entries, host routes) removed with idle peers, by family.", []string{"family"}, nil)
 	descReady         = prometheus.NewDesc("vtepd_ready", "1 when ready, as /readyz answers 200 (device up, own lease held, table synced), else 0.", nil, nil)
 )
 
@@ -454,8 +519,9 @@ func (t *telemetry) Describe(ch chan<- *prometheus.Desc) {
 // counters at scrape time, so the miss path pays nothing for them.
 func (t *telemetry) Collect(ch chan<- prometheus.Metric) {
 	t.mu.Lock()
-	own, table, listener, misses, writes, sweeps, expiry := t.own, t.table, t.listener, t.misses, t.writes, t.sweeps, t.expiry
+	own, table, listener, sweeps := t.own, t.table, t.listener, t.sweeps
 	t.mu.Unlock()
+	families, kernel := t.familiesNow()
 	counter := func(d *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
 	}
@@ -470,32 +536,34 @@ func (t *telemetry) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	gauge(descReady, ready)
-	if misses != nil {
-		for _, k := range []miss.Kind{miss.L3, miss.L2} {
-			for _, o := range miss.Outcomes() {
-				counter(descMisses, misses.Count(k, o), k.String(), o.String())
+	for _, f := range families {
+		if f.misses != nil {
+			for _, k := range []miss.Kind{miss.L3, miss.L2} {
+				for _, o := range miss.Outcomes() {
+					counter(descMisses, f.misses.Count(k, o), f.name, k.String(), o.String())
+				}
+			}
+			gauge(descPermanent, float64(f.misses.Permanent()), f.name)
+		}
+		if f.expiry != nil {
+			st := f.expiry.Stats()
+			counter(descIdlePeers, st.peers, f.name)
+			counter(descIdleEntries, st.entries, f.name)
+		}
+		if f.writes != nil {
+			for _, op := range fabric.Ops() {
+				st := f.writes.Stats(op)
+				counter(descWrites, st.Writes, f.name, op.String())
+				counter(descWriteErrors, st.TableFull, f.name, op.String(), "table_full")
+				counter(descWriteErrors, st.Errors-st.TableFull, f.name, op.String(), "other")
 			}
 		}
-		gauge(descPermanent, float64(misses.Permanent()))
-	}
-	if expiry != nil {
-		st := expiry.Stats()
-		counter(descIdlePeers, st.peers)
-		counter(descIdleEntries, st.entries)
-	}
-	if writes != nil {
-		for _, op := range fabric.Ops() {
-			st := writes.Stats(op)
-			counter(descWrites, st.Writes, op.String())
-			counter(descWriteErrors, st.TableFull, op.String(), "table_full")
-			counter(descWriteErrors, st.Errors-st.TableFull, op.String(), "other")
+		if neigh, fdb, err := kernelEntries(kernel, f.device); err == nil && neigh != nil {
+			for state, n := range neigh {
+				gauge(descEntries, float64(n), f.name, "neighbour", state)
+			}
+			gauge(descEntries, float64(fdb), f.name, "fdb", "permanent")
 		}
-	}
-	if neigh, fdb, err := t.kernelEntries(); err == nil && neigh != nil {
-		for state, n := range neigh {
-			gauge(descEntries, float64(n), "neighbour", state)
-		}
-		gauge(descEntries, float64(fdb), "fdb", "permanent")
 	}
 	if table != nil {
 		st := table.Stats()
@@ -540,9 +608,12 @@ func (t *telemetry) Collect(ch chan<- prometheus.Metric) {
 // leaseJSON is a lease as /debug/leases shows it.
 type leaseJSON struct {
 	Key            string `json:"key"`
-	Subnet         string `json:"subnet"`
-	PublicIP       string `json:"public_ip"`
-	VtepMAC        string `json:"vtep_mac"`
+	Subnet         string `json:"subnet,omitempty"`
+	PublicIP       string `json:"public_ip,omitempty"`
+	VtepMAC        string `json:"vtep_mac,omitempty"`
+	IPv6Subnet     string `json:"ipv6_subnet,omitempty"`
+	PublicIPv6     string `json:"public_ipv6,omitempty"`
+	VtepMACv6      string `json:"vtep_mac_v6,omitempty"`
 	VNI            int    `json:"vni"`
 	CreateRevision int64  `json:"create_revision"`
 	ModRevision    int64  `json:"mod_revision"`
@@ -550,14 +621,21 @@ type leaseJSON struct {
 	Rejected       string `json:"rejected,omitempty"`
 }
 
-func toLeaseJSON(l store.Lease, own netip.Prefix) leaseJSON {
-	return leaseJSON{Key: l.Key, Subnet: l.Subnet.String(), PublicIP: l.PublicIP.String(), VtepMAC: l.VtepMAC.String(),
-		VNI: l.VNI, CreateRevision: l.CreateRevision, ModRevision: l.ModRevision, Own: l.Subnet == own}
+func toLeaseJSON(l store.Lease, ownKey string) leaseJSON {
+	j := leaseJSON{Key: l.Key, VNI: l.VNI, CreateRevision: l.CreateRevision, ModRevision: l.ModRevision, Own: l.Key == ownKey}
+	if p, ok := l.IPv4(); ok {
+		j.Subnet, j.PublicIP, j.VtepMAC = p.Subnet.String(), p.PublicIP.String(), p.VtepMAC.String()
+	}
+	if p, ok := l.IPv6(); ok {
+		j.IPv6Subnet, j.PublicIPv6, j.VtepMACv6 = p.Subnet.String(), p.PublicIP.String(), p.VtepMAC.String()
+	}
+	return j
 }
 
 // missJSON is a miss as /debug/misses shows it.
 type missJSON struct {
 	Time      time.Time `json:"time"`
+	Family    string    `json:"family"`
 	Kind      string    `json:"kind"`
 	IP        string    `json:"ip,omitempty"`
 	MAC       string    `json:"mac,omitempty"`
@@ -571,7 +649,7 @@ type missJSON struct {
 }
 
 func toMissJSON(m recentMiss) missJSON {
-	j := missJSON{Time: m.at, Kind: m.kind.String(), State: miss.StateString(m.state), Outcome: m.outcome.String(),
+	j := missJSON{Time: m.at, Family: m.family, Kind: m.kind.String(), State: miss.StateString(m.state), Outcome: m.outcome.String(),
 		LatencyUS: float64(m.latency) / float64(time.Microsecond)}
 	if m.ip.IsValid() {
 		j.IP = m.ip.String()

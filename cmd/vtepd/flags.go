@@ -210,7 +210,11 @@ func envSuffix(flagName string) string {
 }
 
 // addrFlag is an optional IP address flag.
-type addrFlag struct{ addr netip.Addr }
+// addrFlag is an IP address flag of one family (IPv6 for --public-ipv6).
+type addrFlag struct {
+	addr netip.Addr
+	ipv6 bool
+}
 
 func (f *addrFlag) String() string {
 	if !f.addr.IsValid() {
@@ -224,7 +228,10 @@ func (f *addrFlag) Set(s string) error {
 	if err != nil {
 		return fmt.Errorf("%q is not an IP address", s)
 	}
-	if !a.Is4() {
+	switch {
+	case f.ipv6 && (!a.Is6() || a.Is4In6()):
+		return fmt.Errorf("%s is not an IPv6 address", a)
+	case !f.ipv6 && !a.Is4():
 		return fmt.Errorf("%s is not an IPv4 address", a)
 	}
 	f.addr = a

@@ -24,7 +24,7 @@ import (
 func flanneldSame() []string {
 	return []string{
 		"etcd-endpoints", "etcd-prefix", "etcd-keyfile", "etcd-certfile", "etcd-cafile", "etcd-username", "etcd-password",
-		"iface", "iface-regex", "public-ip", "subnet-file", "subnet-lease-renew-margin", "ip-masq", "version",
+		"iface", "iface-regex", "public-ip", "public-ipv6", "subnet-file", "subnet-lease-renew-margin", "ip-masq", "version",
 	}
 }
 

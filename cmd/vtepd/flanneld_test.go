@@ -440,7 +440,7 @@ func TestREADMEFlagTable(t *testing.T) {
 		}
 	}
 	for name := range firstColumns {
-		if !slices.Contains(runFlags, name) && name != "public-ipv6" {
+		if !slices.Contains(runFlags, name) {
 			t.Errorf("README's flag table has a row for --%s, which vtepd run does not have", name)
 		}
 	}

@@ -92,7 +92,10 @@ func parseRun(args []string, stderr io.Writer) (runSetup, error) {
 	fs.Var(ifaceRegexes, "iface-regex", "regular expression matching the underlay interface's name or address (repeatable; tried after --iface)")
 	var publicIP addrFlag
 	fs.Var(&publicIP, "public-ip", "address published to other hosts (default: the underlay interface's address)")
-	device := fs.String("device", "", "VXLAN device name (default flannel.<VNI>)")
+	publicIPv6 := addrFlag{ipv6: true}
+	fs.Var(&publicIPv6, "public-ipv6", "IPv6 address published to other hosts for the overlay's IPv6 part (default: the underlay interface's IPv6 address)")
+	device := fs.String("device", "", "IPv4 VXLAN device name (default flannel.<VNI>)")
+	deviceV6 := fs.String("device-v6", "", "IPv6 VXLAN device name (default flannel-v6.<VNI>)")
 	subnetFile := fs.String("subnet-file", subnetfile.DefaultPath, "where to write the subnet file for Docker")
 	leaseTTL := fs.Duration("subnet-lease-ttl", store.DefaultLeaseTTL, "TTL of this host's subnet lease in etcd")
 	renewMargin := fs.Int("subnet-lease-renew-margin", int(store.DefaultRenewMargin/time.Minute), "renew the subnet lease this many minutes before it expires (flannel's flag)")
@@ -125,6 +128,7 @@ func parseRun(args []string, stderr io.Writer) (runSetup, error) {
 		Etcd:           etcdCfg,
 		EtcdPrefix:     etcd.prefix,
 		DeviceName:     *device,
+		DeviceNameV6:   *deviceV6,
 		SubnetFile:     *subnetFile,
 		LeaseTTL:       *leaseTTL,
 		RenewMargin:    time.Duration(*renewMargin) * time.Minute,
@@ -150,6 +154,7 @@ func parseRun(args []string, stderr io.Writer) (runSetup, error) {
 	}
 	cfg.Underlay.Ifaces = ifaces.values
 	cfg.Underlay.PublicIP = publicIP.addr
+	cfg.Underlay.PublicIPv6 = publicIPv6.addr
 	for _, s := range ifaceRegexes.values {
 		re, err := regexp.Compile(s)
 		if err != nil {

@@ -65,14 +65,21 @@ func printStatus(w io.Writer, s agent.Status) {
 	for _, n := range s.Notes {
 		fmt.Fprintf(w, "note        %s\n", n)
 	}
-	if s.Device != nil {
-		fmt.Fprintf(w, "device      %s (index %d, mac %s, mtu %d)\n", s.Device.Name, s.Device.Index, s.Device.MAC, s.Device.MTU)
-	}
 	if s.Network != "" {
 		fmt.Fprintf(w, "network     %s\n", s.Network)
 	}
+	if s.IPv6Network != "" {
+		fmt.Fprintf(w, "network     %s\n", s.IPv6Network)
+	}
 	if l := s.Lease; l != nil {
-		fmt.Fprintf(w, "own lease   %s via %s (%s), expires in %s\n", l.Subnet, l.PublicIP, l.VtepMAC,
+		var parts []string
+		if l.Subnet != "" {
+			parts = append(parts, fmt.Sprintf("%s via %s (%s)", l.Subnet, l.PublicIP, l.VtepMAC))
+		}
+		if l.IPv6Subnet != "" {
+			parts = append(parts, fmt.Sprintf("%s via %s (%s)", l.IPv6Subnet, l.PublicIPv6, l.VtepMACv6))
+		}
+		fmt.Fprintf(w, "own lease   %s, expires in %s\n", strings.Join(parts, ", "),
 			(time.Duration(l.ExpiresIn) * time.Second).Round(time.Second))
 	}
 	if t := s.Leases; t != nil {
@@ -83,16 +90,29 @@ func printStatus(w io.Writer, s agent.Status) {
 		fmt.Fprintf(w, "leases      %d admitted, %d rejected; %d invalid values and %d conflicts seen\n", t.Admitted, t.Rejected, t.Invalid, t.Conflicts)
 		fmt.Fprintf(w, "etcd watch  %s; %d restarts, %d re-lists\n", watch, t.WatchRestarts, t.Relists)
 	}
-	if len(s.Entries) > 0 {
-		fmt.Fprintf(w, "entries     %s\n", counts(s.Entries))
-	}
-	for _, kind := range []string{"L3", "L2"} {
-		if m, ok := s.Misses[kind]; ok {
-			u := map[string]int{}
-			for k, v := range m {
-				u[k] = int(v)
+	for _, f := range s.Families {
+		if d := f.Device; d != nil {
+			fmt.Fprintf(w, "%-4s device %s (index %d, mac %s, mtu %d), %d permanent neighbours\n", f.Family, d.Name, d.Index, d.MAC, d.MTU, f.Permanent)
+		}
+		if len(f.Entries) > 0 {
+			fmt.Fprintf(w, "%-4s entries %s\n", f.Family, counts(f.Entries))
+		}
+		for _, kind := range []string{"L3", "L2"} {
+			if m, ok := f.Misses[kind]; ok {
+				u := map[string]int{}
+				for k, v := range m {
+					u[k] = int(v)
+				}
+				fmt.Fprintf(w, "%-4s %s misses %s\n", f.Family, kind, counts(u))
 			}
-			fmt.Fprintf(w, "%s misses   %s\n", kind, counts(u))
+		}
+		if len(f.Writes) > 0 {
+			var parts []string
+			for _, op := range fabric.Ops() {
+				st := f.Writes[op.String()]
+				parts = append(parts, fmt.Sprintf("%s %d (%d failed, %d table full)", op, st.Writes, st.Errors, st.TableFull))
+			}
+			fmt.Fprintf(w, "%-4s writes %s\n", f.Family, strings.Join(parts, ", "))
 		}
 	}
 	if n := s.Netlink; n != nil {
@@ -104,14 +124,6 @@ func printStatus(w io.Writer, s agent.Status) {
 			masq = "on (nftables table ip " + f.MasqTable + ")"
 		}
 		fmt.Fprintf(w, "firewall    forward rules %s; ip-masq %s\n", f.Forward, masq)
-	}
-	if len(s.Writes) > 0 {
-		var parts []string
-		for _, op := range fabric.Ops() {
-			st := s.Writes[op.String()]
-			parts = append(parts, fmt.Sprintf("%s %d (%d failed, %d table full)", op, st.Writes, st.Errors, st.TableFull))
-		}
-		fmt.Fprintf(w, "writes      %s\n", strings.Join(parts, ", "))
 	}
 }
 
