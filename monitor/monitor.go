@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -33,8 +34,9 @@ type Options struct {
 	// Leases, if set, is used to say which lease would answer each miss,
 	// and whether the kernel holds the right entry.
 	Leases *store.Table
-	// Network is the overlay, for "outside the overlay" (with Leases).
-	Network netip.Prefix
+	// Networks are the overlay's networks (IPv4, IPv6 or both), for
+	// "outside the overlay" (with Leases).
+	Networks []netip.Prefix
 	// Settle is how long after a miss the kernel's entries are read, to
 	// show whether it was answered. 0 reads them at once.
 	Settle time.Duration
@@ -46,10 +48,13 @@ type Options struct {
 type Event struct {
 	Time   time.Time `json:"time"`
 	Device string    `json:"device"`
-	Kind   string    `json:"kind"`
-	IP     string    `json:"ip,omitempty"`
-	MAC    string    `json:"mac,omitempty"`
-	State  string    `json:"state"`
+	// Family is the address family the device carries: ipv4, or ipv6 for
+	// a device whose misses are IPv6 addresses (flannel-v6.<VNI>).
+	Family string `json:"family"`
+	Kind   string `json:"kind"`
+	IP     string `json:"ip,omitempty"`
+	MAC    string `json:"mac,omitempty"`
+	State  string `json:"state"`
 	// Verdict is what a responder with the lease table would do: answer,
 	// own_subnet, no_lease or outside_overlay (only with a table).
 	Verdict string `json:"verdict,omitempty"`
@@ -155,6 +160,10 @@ func (m *Monitor) event(ms *miss.Miss) (Event, bool) {
 		return Event{}, false
 	}
 	ev := Event{Time: ms.Received, Device: dev.name, Kind: ms.Kind.String(), State: miss.StateString(ms.State), ifindex: ms.Ifindex}
+	// The device's family: an L3 miss's address says it; for an L2 miss,
+	// the lease whose part has that VTEP MAC does, or else the device's
+	// name (flannel's flannel-v6.<VNI>).
+	ipv6 := ms.IP.Is6() && !ms.IP.Is4In6() || !ms.IP.IsValid() && strings.Contains(dev.name, "-v6.")
 	if ms.IP.IsValid() {
 		ev.IP = ms.IP.String()
 	}
@@ -162,29 +171,45 @@ func (m *Monitor) event(ms *miss.Miss) (Event, bool) {
 		ev.MAC = ms.MAC.String()
 	}
 	if m.opts.Leases == nil {
+		ev.Family = familyName(ipv6)
 		return ev, true
 	}
 	var l store.Lease
 	var ok bool
 	switch {
-	case ms.Kind == miss.L3 && (!ms.IP.Is4() || !m.opts.Network.Contains(ms.IP)):
-		ev.Verdict = "outside_overlay"
+	case ms.Kind == miss.L3 && !slices.ContainsFunc(m.opts.Networks, func(n netip.Prefix) bool { return n.Contains(ms.IP) }):
+		ev.Family, ev.Verdict = familyName(ipv6), "outside_overlay"
 		return ev, true
 	case ms.Kind == miss.L3:
 		l, ok = m.opts.Leases.LookupIP(ms.IP)
 	default:
 		l, ok = m.opts.Leases.LookupMAC(ms.MAC)
+		if ok {
+			ipv6 = l.VtepMACv6 == ms.MAC
+		}
+	}
+	ev.Family = familyName(ipv6)
+	part, hasPart := l.IPv4()
+	if ipv6 {
+		part, hasPart = l.IPv6()
 	}
 	switch {
-	case !ok:
+	case !ok || !hasPart:
 		ev.Verdict = "no_lease"
-	case l.VtepMAC == dev.mac:
+	case part.VtepMAC == dev.mac:
 		ev.Verdict = "own_subnet"
 	default:
 		ev.Verdict = "answer"
-		ev.Lease = &LeaseView{Subnet: l.Subnet.String(), PublicIP: l.PublicIP.String(), VtepMAC: l.VtepMAC.String()}
+		ev.Lease = &LeaseView{Subnet: part.Subnet.String(), PublicIP: part.PublicIP.String(), VtepMAC: part.VtepMAC.String()}
 	}
 	return ev, true
+}
+
+func familyName(ipv6 bool) string {
+	if ipv6 {
+		return "ipv6"
+	}
+	return "ipv4"
 }
 
 // device describes an interface, from a cache refreshed on first sight.
@@ -321,7 +346,7 @@ func (ev Event) Text() string {
 	} else if ev.MAC != "" {
 		subject += " lladdr " + ev.MAC
 	}
-	fmt.Fprintf(&b, "%s %-10s %s %-36s %-10s", ev.Time.Format("15:04:05.000000"), ev.Device, ev.Kind, subject, ev.State)
+	fmt.Fprintf(&b, "%s %-13s %s %s %-36s %-10s", ev.Time.Format("15:04:05.000000"), ev.Device, ev.Family, ev.Kind, subject, ev.State)
 	if ev.Verdict != "" {
 		fmt.Fprintf(&b, " %s", ev.Verdict)
 	}

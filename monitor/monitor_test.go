@@ -308,7 +308,7 @@ func TestMonitorMisses(t *testing.T) {
 	peerB := lease("10.5.3.0/24", "198.51.100.13", store.MAC{0x02, 0xaa, 0, 0, 0, 0x03})
 	own := lease("10.5.1.0/24", underlayAddr.String(), store.MAC(l.dev.MAC))
 	table, network := leaseTable(t, own, peerA, peerB)
-	opts := Options{Leases: table, Network: network, Settle: 300 * time.Millisecond}
+	opts := Options{Leases: table, Networks: []netip.Prefix{network}, Settle: 300 * time.Millisecond}
 	text := start(t, opts)
 	opts.JSON = true
 	js := start(t, opts)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -22,8 +23,12 @@ type leaseRow struct {
 	Subnet   string `json:"subnet,omitempty"`
 	PublicIP string `json:"public_ip,omitempty"`
 	VtepMAC  string `json:"vtep_mac,omitempty"`
-	VNI      int    `json:"vni,omitempty"`
-	Backend  string `json:"backend,omitempty"`
+	// The IPv6 part of a dual-stack or IPv6-only lease.
+	IPv6Subnet string `json:"ipv6_subnet,omitempty"`
+	PublicIPv6 string `json:"public_ipv6,omitempty"`
+	VtepMACv6  string `json:"vtep_mac_v6,omitempty"`
+	VNI        int    `json:"vni,omitempty"`
+	Backend    string `json:"backend,omitempty"`
 	// TTL is the time left on the key's etcd lease, in seconds; -1 for a
 	// key bound to no lease.
 	TTL int64 `json:"ttl_seconds"`
@@ -79,7 +84,13 @@ func leasesCommand(args []string, stdout, stderr io.Writer) error {
 		row := leaseRow{Key: v.Key, TTL: -1, Status: v.Status, Reason: v.Reason}
 		if v.Status != "invalid" {
 			l := v.Lease
-			row.Subnet, row.PublicIP, row.VtepMAC, row.VNI, row.Backend = l.Subnet.String(), l.PublicIP.String(), l.VtepMAC.String(), l.VNI, "vxlan"
+			row.VNI, row.Backend = l.VNI, "vxlan"
+			if p, ok := l.IPv4(); ok {
+				row.Subnet, row.PublicIP, row.VtepMAC = p.Subnet.String(), p.PublicIP.String(), p.VtepMAC.String()
+			}
+			if p, ok := l.IPv6(); ok {
+				row.IPv6Subnet, row.PublicIPv6, row.VtepMACv6 = p.Subnet.String(), p.PublicIP.String(), p.VtepMAC.String()
+			}
 		} else {
 			var val struct{ BackendType string }
 			if json.Unmarshal(kv.Value, &val) == nil {
@@ -98,18 +109,29 @@ func leasesCommand(args []string, stdout, stderr io.Writer) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(rows)
 	}
+	// IPv6 columns only where some lease has an IPv6 part: an IPv4
+	// overlay's table stays as narrow as it was.
+	ipv6 := slices.ContainsFunc(rows, func(r leaseRow) bool { return r.IPv6Subnet != "" })
 	w := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(w, "SUBNET\tPUBLIC IP\tVTEP MAC\tTTL\tBACKEND\tSTATUS\tWHY")
+	if ipv6 {
+		fmt.Fprintln(w, "SUBNET\tPUBLIC IP\tVTEP MAC\tIPV6 SUBNET\tPUBLIC IPV6\tVTEP MAC V6\tTTL\tBACKEND\tSTATUS\tWHY")
+	} else {
+		fmt.Fprintln(w, "SUBNET\tPUBLIC IP\tVTEP MAC\tTTL\tBACKEND\tSTATUS\tWHY")
+	}
 	for _, r := range rows {
 		ttl := "none"
 		if r.TTL >= 0 {
 			ttl = (time.Duration(r.TTL) * time.Second).String()
 		}
 		subnet := r.Subnet
-		if subnet == "" {
+		if subnet == "" && r.IPv6Subnet == "" {
 			subnet = strings.TrimPrefix(r.Key, prefix)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", subnet, dash(r.PublicIP), dash(r.VtepMAC), ttl, dash(r.Backend), r.Status, r.Reason)
+		fmt.Fprintf(w, "%s\t%s\t%s\t", dash(subnet), dash(r.PublicIP), dash(r.VtepMAC))
+		if ipv6 {
+			fmt.Fprintf(w, "%s\t%s\t%s\t", dash(r.IPv6Subnet), dash(r.PublicIPv6), dash(r.VtepMACv6))
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", ttl, dash(r.Backend), r.Status, r.Reason)
 	}
 	return w.Flush()
 }

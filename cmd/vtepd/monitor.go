@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os/signal"
 	"syscall"
 	"time"
@@ -81,7 +82,12 @@ func monitorCommand(args []string, stdout, stderr io.Writer) error {
 		case <-time.After(10 * time.Second):
 			return fmt.Errorf("listing the leases under %s took more than 10s", store.SubnetsPrefix(etcd.prefix))
 		}
-		opts.Leases, opts.Network = table, netCfg.Network
+		opts.Leases = table
+		for _, n := range []netip.Prefix{netCfg.Network, netCfg.IPv6Network} {
+			if n.IsValid() {
+				opts.Networks = append(opts.Networks, n)
+			}
+		}
 	}
 	m, err := monitor.New(stdout, opts)
 	if err != nil {
