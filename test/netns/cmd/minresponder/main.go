@@ -117,7 +117,7 @@ func serve(ifindex int, mac [6]byte, subnet netip.Prefix, record func(time.Durat
 		ne.PutUint32(out[8:], seq)
 		out[16] = unix.AF_INET
 		ne.PutUint32(out[20:], uint32(ifindex))
-		ne.PutUint16(out[24:], unix.NUD_REACHABLE)
+		ne.PutUint16(out[24:], unix.NUD_PERMANENT) // as vtepd answers
 		ne.PutUint16(out[28:], 8)
 		ne.PutUint16(out[30:], unix.NDA_DST)
 		a := dst.As4()
