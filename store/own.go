@@ -235,7 +235,14 @@ func (o *OwnLease) Hold(ctx context.Context, margin time.Duration) error {
 		case <-o.recheck:
 			timer.Stop()
 		}
-		rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		// A member cut off from the rest of the cluster has no leader: a
+		// linearizable read or a lease call it takes waits out etcd's
+		// request timeout (5 s and two election timeouts) before failing,
+		// and a renewal of a few such calls outlives a short lease. With
+		// WithRequireLeader it fails at once, and etcd's client retries a
+		// read on another member at once; a failed call is retried by
+		// the loop above.
+		rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), 15*time.Second)
 		err := o.renew(rctx)
 		cancel()
 		if ctx.Err() != nil {

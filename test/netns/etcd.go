@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -13,6 +15,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"github.com/vtepd/vtepd/internal/testca"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -20,12 +25,16 @@ import (
 	"google.golang.org/grpc"
 )
 
-// Etcd is one member of the lab's etcd, running in the underlay namespace.
+// Etcd is one member of the lab's etcd, running in the underlay namespace
+// or, as production runs etcd, in a namespace of its own.
 type Etcd struct {
 	Name      string
 	Addr      netip.Addr
 	ClientURL string
 	DataDir   string
+	// NS is the namespace the member runs in: the underlay's, or its own
+	// (see EtcdOptions.OwnNamespaces), where Cut can part it from others.
+	NS string
 
 	lab  *Lab
 	args []string
@@ -52,6 +61,17 @@ type EtcdOptions struct {
 	// authentication is on (0: etcd's default, five minutes). etcd counts
 	// it in whole seconds, one at least.
 	AuthTokenTTL time.Duration
+	// OwnNamespaces puts each member in a namespace of its own, <lab>-e1
+	// up, on a veth to the underlay bridge, at 198.51.100.2 up: a machine
+	// of its own, as production runs etcd, which a test can cut off from
+	// the others (Cut) without cutting anything else.
+	OwnNamespaces bool
+	// HeartbeatInterval and ElectionTimeout are raft's (0: etcd's, 100 ms
+	// and 1 s). Shorter, a new leader is elected, and a member cut off
+	// from the others notices it has none, sooner; a member that stops
+	// hearing a leader for three election timeouts ends the watches that
+	// require one. Only whole milliseconds count.
+	HeartbeatInterval, ElectionTimeout time.Duration
 }
 
 // StartEtcd starts a single-member etcd on the underlay bridge's address.
@@ -74,7 +94,21 @@ func (l *Lab) StartEtcdCluster(n int) ([]*Etcd, error) {
 	return l.startEtcd(n, EtcdOptions{})
 }
 
+// StartEtcdClusterWith starts an n-member etcd cluster with opts, and waits
+// until it serves.
+func (l *Lab) StartEtcdClusterWith(n int, opts EtcdOptions) ([]*Etcd, error) {
+	return l.startEtcd(n, opts)
+}
+
+// maxMembers is the most members a lab's etcd has: their addresses stop
+// below the hosts' (198.51.100.11 up), and EtcdPKI's server certificate
+// names .1 to .9.
+const maxMembers = 8
+
 func (l *Lab) startEtcd(n int, opts EtcdOptions) ([]*Etcd, error) {
+	if n < 1 || n > maxMembers {
+		return nil, fmt.Errorf("netns: an etcd of %d members: want 1 to %d", n, maxMembers)
+	}
 	scheme := "http"
 	var login etcdLogin
 	if opts.PKI != nil {
@@ -96,22 +130,30 @@ func (l *Lab) startEtcd(n int, opts EtcdOptions) ([]*Etcd, error) {
 	var members []*Etcd
 	var initial []string
 	for i := 1; i <= n; i++ {
-		addr := netip.AddrFrom4([4]byte{198, 51, 100, byte(i)})
-		if addr != UnderlayBridge {
-			if err := ul.addAddrs(br, netip.PrefixFrom(addr, UnderlayNet.Bits())); err != nil {
+		e := &Etcd{
+			Name:    fmt.Sprintf("etcd%d", i),
+			DataDir: filepath.Join(l.Dir, fmt.Sprintf("etcd%d.data", i)),
+			lab:     l,
+			login:   login,
+		}
+		if opts.OwnNamespaces {
+			e.Addr = netip.AddrFrom4([4]byte{198, 51, 100, byte(1 + i)})
+			e.NS = fmt.Sprintf("%s-e%d", l.Name, i)
+			if err := l.addMemberNamespace(e.NS, fmt.Sprintf("e%d", i), e.Addr); err != nil {
 				return nil, err
 			}
+		} else {
+			e.Addr = netip.AddrFrom4([4]byte{198, 51, 100, byte(i)})
+			e.NS = l.Underlay
+			if e.Addr != UnderlayBridge {
+				if err := ul.addAddrs(br, netip.PrefixFrom(e.Addr, UnderlayNet.Bits())); err != nil {
+					return nil, err
+				}
+			}
 		}
-		e := &Etcd{
-			Name:      fmt.Sprintf("etcd%d", i),
-			Addr:      addr,
-			ClientURL: fmt.Sprintf("%s://%s:2379", scheme, addr),
-			DataDir:   filepath.Join(l.Dir, fmt.Sprintf("etcd%d.data", i)),
-			lab:       l,
-			login:     login,
-		}
+		e.ClientURL = fmt.Sprintf("%s://%s:2379", scheme, e.Addr)
 		members = append(members, e)
-		initial = append(initial, fmt.Sprintf("%s=http://%s:2380", e.Name, addr))
+		initial = append(initial, fmt.Sprintf("%s=http://%s:2380", e.Name, e.Addr))
 	}
 	for _, e := range members {
 		e.args = []string{l.Bin.LabEtcd,
@@ -119,6 +161,12 @@ func (l *Lab) startEtcd(n int, opts EtcdOptions) ([]*Etcd, error) {
 			"--listen-client-urls", e.ClientURL,
 			"--listen-peer-urls", fmt.Sprintf("http://%s:2380", e.Addr),
 			"--initial-cluster", strings.Join(initial, ","),
+		}
+		if d := opts.HeartbeatInterval.Milliseconds(); d > 0 {
+			e.args = append(e.args, "--heartbeat-interval", strconv.FormatInt(d, 10))
+		}
+		if d := opts.ElectionTimeout.Milliseconds(); d > 0 {
+			e.args = append(e.args, "--election-timeout", strconv.FormatInt(d, 10))
 		}
 		if p := opts.PKI; p != nil {
 			e.args = append(e.args, "--cert-file", p.ServerCert, "--key-file", p.ServerKey, "--trusted-ca-file", p.CAFile)
@@ -136,9 +184,42 @@ func (l *Lab) startEtcd(n int, opts EtcdOptions) ([]*Etcd, error) {
 	return members, l.WaitEtcd(30 * time.Second)
 }
 
+// addMemberNamespace makes namespace ns for an etcd member: eth0 with addr,
+// on a veth whose other end, port, is on the underlay bridge. The member
+// needs no route: the hosts and the underlay namespace, all it talks to,
+// are on the bridge's subnet.
+func (l *Lab) addMemberNamespace(ns, port string, addr netip.Addr) error {
+	mc, err := l.addNamespace(ns)
+	if err != nil {
+		return err
+	}
+	ul, err := l.conn(l.Underlay)
+	if err != nil {
+		return err
+	}
+	eth0, p, err := veth(mc, "eth0", ul, port, 0)
+	if err != nil {
+		return err
+	}
+	err = do(
+		func() error {
+			return ul.nl.LinkSetMaster(p, &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0"}})
+		},
+		func() error { return ul.up(p) },
+		func() error { return mc.addAddrs(eth0, netip.PrefixFrom(addr, UnderlayNet.Bits())) },
+		func() error { return mc.up(eth0) },
+		func() error { return ul.waitOperUp(port) },
+		func() error { return mc.waitOperUp("eth0") },
+	)
+	if err != nil {
+		return fmt.Errorf("netns: etcd member namespace %s: %w", ns, err)
+	}
+	return nil
+}
+
 // Start starts (or restarts) the member with its data directory.
 func (e *Etcd) Start() error {
-	p, err := e.lab.Start(e.lab.Underlay, e.Name, e.args...)
+	p, err := e.lab.Start(e.NS, e.Name, e.args...)
 	if err != nil {
 		return err
 	}
@@ -192,6 +273,12 @@ func (l *Lab) WaitEtcd(timeout time.Duration) error {
 // are opened inside the underlay namespace: the test process itself stays
 // in the root namespace, where no lab address must ever be used.
 func (l *Lab) EtcdClient() (*clientv3.Client, error) {
+	return l.EtcdClientFor(l.Endpoints()...)
+}
+
+// EtcdClientFor is EtcdClient with only the endpoints given: a client that
+// asks one member, e.g. whether it is back.
+func (l *Lab) EtcdClientFor(endpoints ...string) (*clientv3.Client, error) {
 	var login etcdLogin
 	l.mu.Lock()
 	if len(l.etcd) > 0 {
@@ -199,7 +286,7 @@ func (l *Lab) EtcdClient() (*clientv3.Client, error) {
 	}
 	l.mu.Unlock()
 	return clientv3.New(clientv3.Config{
-		Endpoints:   l.Endpoints(),
+		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
 		DialOptions: []grpc.DialOption{grpc.WithContextDialer(DialerIn(l.Underlay))},
@@ -362,4 +449,144 @@ func (p *EtcdPKI) ClientTLS() (*tls.Config, error) {
 	pool := x509.NewCertPool()
 	pool.AddCert(p.CA.Cert)
 	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}, nil
+}
+
+// EtcdLeader returns the member the cluster follows now, from etcd's
+// Status asked of every member: those that answer must name the same
+// leader, and a majority must answer.
+func (l *Lab) EtcdLeader(ctx context.Context) (*Etcd, error) {
+	members := l.Etcd()
+	c, err := l.EtcdClient()
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	byID := map[uint64]*Etcd{}
+	leaders := map[uint64]bool{}
+	var errs []error
+	for _, e := range members {
+		resp, err := c.Status(ctx, e.ClientURL)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", e.Name, err))
+			continue
+		}
+		byID[resp.Header.MemberId] = e
+		leaders[resp.Leader] = true
+	}
+	if len(byID) <= len(members)/2 {
+		return nil, fmt.Errorf("netns: etcd leader: %d of %d members answer: %w", len(byID), len(members), errors.Join(errs...))
+	}
+	if len(leaders) != 1 {
+		return nil, fmt.Errorf("netns: etcd leader: the members name %d leaders", len(leaders))
+	}
+	var leader uint64
+	for id := range leaders {
+		leader = id
+	}
+	if e := byID[leader]; e != nil && leader != 0 {
+		return e, nil
+	}
+	return nil, fmt.Errorf("netns: etcd leader: the members follow %x, which does not answer", leader)
+}
+
+// WaitMember waits until member e is part of the cluster again: it knows a
+// leader and serves a linearizable read, which it can only once it has
+// caught up with the leader's log.
+func (l *Lab) WaitMember(e *Etcd, timeout time.Duration) error {
+	c, err := l.EtcdClientFor(e.ClientURL)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	err = poll(timeout, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		st, err := c.Status(ctx, e.ClientURL)
+		if err != nil {
+			return err
+		}
+		if st.Leader == 0 || len(st.Errors) > 0 {
+			return fmt.Errorf("leader %x, errors %v", st.Leader, st.Errors)
+		}
+		_, err = c.Get(ctx, "/lab-ready")
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("netns: etcd member %s not back within %v: %w", e.Name, timeout, err)
+	}
+	return nil
+}
+
+// Cut is a partition made inside one lab namespace: every IPv4 packet to or
+// from the addresses it names is dropped there, in and out and forwarded,
+// silently, as a network that breaks drops them (no reset, no ICMP error),
+// until Heal. Nothing else of the namespace changes, and nothing outside
+// it: a host cut from etcd members keeps its data path to the other hosts,
+// a member cut from the others keeps its clients.
+type Cut struct {
+	NS    string
+	Addrs []netip.Addr
+
+	nft   *nftables.Conn
+	table *nftables.Table
+}
+
+// Cut drops, inside namespace ns (one of the lab's), every packet to or
+// from addrs, from now until the Cut is healed or the lab closed.
+func (l *Lab) Cut(ns string, addrs ...netip.Addr) (*Cut, error) {
+	nc, err := l.conn(ns)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range addrs {
+		if !a.Is4() || !UnderlayNet.Contains(a) {
+			return nil, fmt.Errorf("netns: cut %s from %s: only underlay addresses (%s) are cut", ns, a, UnderlayNet)
+		}
+	}
+	conn, err := nftables.New(nftables.WithNetNSFd(int(nc.fd)))
+	if err != nil {
+		return nil, fmt.Errorf("netns: nftables in %s: %w", ns, err)
+	}
+	// A name of its own, so that cuts made in one namespace heal one by
+	// one.
+	c := &Cut{NS: ns, Addrs: addrs, nft: conn,
+		table: &nftables.Table{Family: nftables.TableFamilyIPv4, Name: fmt.Sprintf("lab-cut-%08x", rand.Uint32())}}
+	conn.AddTable(c.table)
+	accept := nftables.ChainPolicyAccept
+	const saddr, daddr = 12, 16 // offsets in the IPv4 header
+	for _, ch := range []struct {
+		name    string
+		hook    *nftables.ChainHook
+		offsets []uint32
+	}{
+		{"in", nftables.ChainHookInput, []uint32{saddr}},
+		{"out", nftables.ChainHookOutput, []uint32{daddr}},
+		{"fwd", nftables.ChainHookForward, []uint32{saddr, daddr}},
+	} {
+		chain := conn.AddChain(&nftables.Chain{Name: ch.name, Table: c.table, Type: nftables.ChainTypeFilter,
+			Hooknum: ch.hook, Priority: nftables.ChainPriorityRaw, Policy: &accept})
+		for _, off := range ch.offsets {
+			for _, a := range addrs {
+				b := a.As4()
+				conn.AddRule(&nftables.Rule{Table: c.table, Chain: chain, Exprs: []expr.Any{
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: 4},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: b[:]},
+					&expr.Verdict{Kind: expr.VerdictDrop},
+				}})
+			}
+		}
+	}
+	if err := conn.Flush(); err != nil {
+		return nil, fmt.Errorf("netns: cut %s from %v: %w", ns, addrs, err)
+	}
+	return c, nil
+}
+
+// Heal removes the cut: packets flow again. Healing twice is an error.
+func (c *Cut) Heal() error {
+	c.nft.DelTable(c.table)
+	if err := c.nft.Flush(); err != nil {
+		return fmt.Errorf("netns: heal the cut of %s from %v: %w", c.NS, c.Addrs, err)
+	}
+	return nil
 }

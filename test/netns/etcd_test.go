@@ -29,7 +29,9 @@ func newCluster(t *testing.T, name string, n int) (*netns.Lab, []*netns.Etcd) {
 // answered from the table while etcd is down; vtepd reconnects by itself;
 // what changed while it was away is applied when it is back, through a
 // re-list when the watch fell behind compaction; and its own lease, expired
-// meanwhile, is taken again.
+// meanwhile, is taken again. Each outage a host sees is logged once when it
+// starts and once when it ends, with how long it lasted, and counted in the
+// metrics.
 func TestEtcdOutages(t *testing.T) {
 	t.Parallel()
 	claimNeighbours(t, 48) // three etcd members and hosts pinging each other hold some 40 neighbour entries
@@ -58,11 +60,27 @@ func TestEtcdOutages(t *testing.T) {
 	freshAddr := func() int { next++; return next - 1 }
 
 	t.Run("all members down: misses answered from the table", func(t *testing.T) {
+		marks := markAll(o.hosts)
+		killed := time.Now()
 		for _, m := range members {
 			m.Kill()
 		}
 		firstPing(t, h1, h2.Container.Extra[freshAddr()])
 		firstPing(t, h2, h1.Container.Extra[freshAddr()])
+		// Down until every host has seen it (vtepd checks its connection
+		// every second).
+		for _, h := range o.hosts {
+			err := netns.Poll(10*time.Second, func() error {
+				if len(h.Vtepd.Entries(msgWatchLost)) == marks[h].watch.starts {
+					return errString("no outage logged yet")
+				}
+				return nil
+			})
+			if err != nil {
+				t.Errorf("%s, all etcd members down for %v: %v", h.Name, time.Since(killed).Round(time.Millisecond), err)
+			}
+		}
+		back := time.Now()
 		for _, m := range members {
 			if err := m.Start(); err != nil {
 				t.Fatal(err)
@@ -77,6 +95,9 @@ func TestEtcdOutages(t *testing.T) {
 		put(t, c, f.Key(), f.Value())
 		if err := installedFor(t, h1, f.Addr(5), f.MAC, 30*time.Second); err != nil {
 			t.Fatalf("after etcd came back: %v", err)
+		}
+		for _, h := range o.hosts {
+			expectOneOutage(t, h, watchOutage, marks[h], killed, back)
 		}
 	})
 
@@ -116,6 +137,8 @@ func TestEtcdOutages(t *testing.T) {
 	t.Run("cut off past compaction and own lease expiry", func(t *testing.T) {
 		h3Subnet := mustSubnet(t, h3)
 		h3Lease := leaseOf(t, o, h3Subnet)
+		marks := markOutages(h3)
+		killed := time.Now()
 		members[0].Kill() // h3's only member
 		f := fakes[1]
 		del(t, c, f.Key())
@@ -141,7 +164,20 @@ func TestEtcdOutages(t *testing.T) {
 		if err != nil {
 			t.Fatalf("compacting: %v", err)
 		}
+		// The renewal due meanwhile waits for etcd, up to 15 s, then
+		// fails: the outage of renewals, logged once however many
+		// attempts fail.
+		err = netns.Poll(30*time.Second, func() error {
+			if len(h3.Vtepd.Entries(msgRenewFails)) == marks.renewal.starts {
+				return errString("no renewal failed yet")
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("h3 cut off for %v: %v", time.Since(killed).Round(time.Millisecond), err)
+		}
 		relists := len(h3.Vtepd.Entries("lease watch fell behind etcd compaction; re-listing"))
+		restarted := time.Now()
 		if err := members[0].Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -169,7 +205,16 @@ func TestEtcdOutages(t *testing.T) {
 		}
 		firstPing(t, h1, h3.Container.Extra[0])
 		firstPing(t, h3, h1.Container.Extra[freshAddr()])
+		expectOneOutage(t, h3, watchOutage, marks, killed, restarted)
+		expectOneOutage(t, h3, renewalOutage, marks, killed, restarted)
 	})
+
+	// The outages not checked one by one above (one member down, or no
+	// quorum for a moment, which a host may or may not notice) are logged
+	// in pairs and counted too.
+	for _, h := range o.hosts {
+		checkOutageMetrics(t, h)
+	}
 }
 
 // TestOwnLeaseRenewalOutage: the renewal of this host's lease survives a
@@ -177,7 +222,9 @@ func TestEtcdOutages(t *testing.T) {
 // while the rest of the cluster carries on (and counts the lease down): it
 // happens once the member is back, before the lease expires, and the lease
 // is never lost. The lease lives 20 s and is renewed 10 s before expiry;
-// the member goes away 1 s before the renewal is due, for 3 s.
+// the member goes away 1 s before the renewal is due, for 3 s. The outage
+// is logged, once, as the watch's; the renewal waited for etcd (an attempt
+// waits up to 15 s) and did not fail, so none is logged as the renewal's.
 func TestOwnLeaseRenewalOutage(t *testing.T) {
 	t.Parallel()
 	lab, members := newCluster(t, "vtrenew", 3)
@@ -204,6 +251,8 @@ func TestOwnLeaseRenewalOutage(t *testing.T) {
 	if renewals() != atKill {
 		t.Fatalf("h renewed its lease before it was due (%v from now)", time.Until(due))
 	}
+	marks := markOutages(h)
+	killed := time.Now()
 	members[0].Kill()
 	lost := false
 	for stop := time.Now().Add(3 * time.Second); time.Now().Before(stop); time.Sleep(200 * time.Millisecond) {
@@ -213,6 +262,7 @@ func TestOwnLeaseRenewalOutage(t *testing.T) {
 	if renewals() != atKill {
 		t.Fatalf("h renewed during the outage: the test did not cut it off")
 	}
+	back := time.Now()
 	if err := members[0].Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -231,6 +281,11 @@ func TestOwnLeaseRenewalOutage(t *testing.T) {
 	if lost || modRevisionAndCreate(t, c, key) != created {
 		t.Errorf("h's lease was lost during a 3 s outage of a 20 s lease")
 	}
+	expectOneOutage(t, h, watchOutage, marks, killed, back)
+	if n := len(h.Vtepd.Entries(msgRenewFails)); n != marks.renewal.starts {
+		t.Errorf("%d renewal failures logged: the renewal was to wait for etcd, not fail", n-marks.renewal.starts)
+	}
+	checkOutageMetrics(t, h)
 }
 
 // modRevisionAndCreate returns a key's create revision: it changes only if

@@ -27,6 +27,8 @@ func main() {
 	keyFile := flag.String("key-file", "", "private key (PEM) of --cert-file")
 	trustedCA := flag.String("trusted-ca-file", "", "CA (PEM) that signs client certificates; given, clients must present one")
 	tokenTTL := flag.Uint("auth-token-ttl", 300, "seconds an unused auth token lives, once authentication is on")
+	heartbeat := flag.Uint("heartbeat-interval", 0, "raft heartbeat interval in milliseconds (0: etcd's, 100)")
+	election := flag.Uint("election-timeout", 0, "raft election timeout in milliseconds (0: etcd's, 1000)")
 	flag.Parse()
 	if *dir == "" {
 		fmt.Fprintln(os.Stderr, "labetcd: --data-dir is required")
@@ -63,6 +65,15 @@ func main() {
 	// bcrypt.MinCost: every login hashes the password, and the lab's
 	// passwords guard nothing worth the default's 2^10 rounds.
 	cfg.BcryptCost = 4
+	// Tests of member loss and partitions shorten both, so that a new
+	// leader is elected, and a member cut off notices it has none, in
+	// a fraction of etcd's default seconds.
+	if *heartbeat > 0 {
+		cfg.TickMs = *heartbeat
+	}
+	if *election > 0 {
+		cfg.ElectionMs = *election
+	}
 
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
