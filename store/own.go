@@ -241,8 +241,10 @@ func (o *OwnLease) Hold(ctx context.Context, margin time.Duration) error {
 		// and a renewal of a few such calls outlives a short lease. With
 		// WithRequireLeader it fails at once, and etcd's client retries a
 		// read on another member at once; a failed call is retried by
-		// the loop above.
-		rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), 15*time.Second)
+		// the loop above. One attempt may take at most half of what is left
+		// of the lease (15 s at most, 1 s at least), so that a member that
+		// silently stopped answering costs one attempt, not the lease.
+		rctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), attemptTimeout(time.Until(o.Expires())))
 		err := o.renew(rctx)
 		cancel()
 		if ctx.Err() != nil {
@@ -256,7 +258,6 @@ func (o *OwnLease) Hold(ctx context.Context, margin time.Duration) error {
 		case err != nil:
 			if failingSince.IsZero() {
 				failingSince = time.Now()
-				o.outages.Add(1)
 				o.log.Warn("renewing own lease failed; retrying until it works (the overlay goes on meanwhile)", zap.Error(err),
 					zap.Time("expires", o.Expires()), zap.Duration("backoff", bo.peek()))
 			} else {
@@ -270,11 +271,17 @@ func (o *OwnLease) Hold(ctx context.Context, margin time.Duration) error {
 	}
 }
 
+// attemptTimeout bounds one renewal attempt by what is left of the lease.
+func attemptTimeout(left time.Duration) time.Duration {
+	return min(max(left/2, time.Second), 15*time.Second)
+}
+
 // renewalsWork ends an episode of failed renewals, if one began at since,
 // and says so with how long it lasted. It returns the zero time.
 func (o *OwnLease) renewalsWork(since time.Time) time.Time {
 	if !since.IsZero() {
 		d := time.Since(since)
+		o.outages.Add(1) // counted once over, as the watch's outages are
 		o.outageMillis.Add(uint64(d.Milliseconds()))
 		o.log.Info("renewing own lease works again", zap.Duration("failed_for", d.Round(time.Millisecond)), zap.Time("expires", o.Expires()))
 	}

@@ -223,8 +223,8 @@ func TestEtcdOutages(t *testing.T) {
 // happens once the member is back, before the lease expires, and the lease
 // is never lost. The lease lives 20 s and is renewed 10 s before expiry;
 // the member goes away 1 s before the renewal is due, for 3 s. The outage
-// is logged, once, as the watch's; the renewal waited for etcd (an attempt
-// waits up to 15 s) and did not fail, so none is logged as the renewal's.
+// is logged, once, as the watch's; the renewal is done once etcd is back,
+// long before the lease expires.
 func TestOwnLeaseRenewalOutage(t *testing.T) {
 	t.Parallel()
 	lab, members := newCluster(t, "vtrenew", 3)
@@ -282,8 +282,24 @@ func TestOwnLeaseRenewalOutage(t *testing.T) {
 		t.Errorf("h's lease was lost during a 3 s outage of a 20 s lease")
 	}
 	expectOneOutage(t, h, watchOutage, marks, killed, back)
-	if n := len(h.Vtepd.Entries(msgRenewFails)); n != marks.renewal.starts {
-		t.Errorf("%d renewal failures logged: the renewal was to wait for etcd, not fail", n-marks.renewal.starts)
+	// An attempt waits up to half of what is left of the lease (5 s here):
+	// whether the client is back inside it depends on its reconnect
+	// backoff. A failed attempt is allowed, but once, and over.
+	switch n := len(h.Vtepd.Entries(msgRenewFails)) - marks.renewal.starts; n {
+	case 0:
+	case 1:
+		// Logged when the attempt gives up, which may be after etcd is
+		// back: only its end is checked.
+		if err := netns.Poll(10*time.Second, func() error {
+			if len(h.Vtepd.Entries(msgRenewWorks)) == marks.renewal.ends {
+				return errString("the failed renewal is not over")
+			}
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+	default:
+		t.Errorf("%d renewal failures logged for one 3 s outage, want at most one", n)
 	}
 	checkOutageMetrics(t, h)
 }
