@@ -622,7 +622,7 @@ func TestAnswerConcurrent(t *testing.T) {
 // nopKernel is a Kernel that does nothing: the responder's own cost.
 type nopKernel struct{ fakeKernel }
 
-func (*nopKernel) SetFDB([6]byte, netip.Addr) error   { return nil }
+func (*nopKernel) SetFDB([6]byte, netip.Addr) error         { return nil }
 func (*nopKernel) SetNeigh(netip.Addr, [6]byte, bool) error { return nil }
 
 // BenchmarkHandle is the user-space part of answering a miss: decode,
@@ -658,4 +658,6 @@ func (k *fakeKernel) SetFDBAndNeigh(mac [6]byte, dst, ip netip.Addr, permanent b
 	return k.SetFDB(mac, dst), k.SetNeigh(ip, mac, permanent)
 }
 
-func (*nopKernel) SetFDBAndNeigh([6]byte, netip.Addr, netip.Addr, bool) (error, error) { return nil, nil }
+func (*nopKernel) SetFDBAndNeigh([6]byte, netip.Addr, netip.Addr, bool) (error, error) {
+	return nil, nil
+}
