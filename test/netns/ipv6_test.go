@@ -1,6 +1,7 @@
 package netns_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -51,6 +52,18 @@ func (o *overlay) addHost6(t *testing.T, v6Underlay bool, extra int, vtepdArgs .
 	}
 	o.hosts = append(o.hosts, h)
 	return h
+}
+
+// errorLines returns p's log lines at level error.
+func errorLines(p *netns.Process) []string {
+	var out []string
+	for _, line := range strings.Split(p.Log(), "\n") {
+		var e netns.LogEntry
+		if json.Unmarshal([]byte(line), &e) == nil && e.Str("level") == "error" {
+			out = append(out, line)
+		}
+	}
+	return out
 }
 
 // leaseOfHost reads h's lease from etcd, whatever its key's form (IPv4,
@@ -255,6 +268,9 @@ func TestIPv6Overlays(t *testing.T) {
 					if p != h {
 						peers = append(peers, p.Name)
 					}
+				}
+				if errs := errorLines(h.Vtepd); len(errs) > 0 {
+					t.Errorf("vtepd on %s logged errors:\n%s", h.Name, strings.Join(errs, "\n"))
 				}
 				checkKernel6(t, h, m6.contacted[h], leases, peers, tc.v6Underlay)
 				if tc.ipv4 {
