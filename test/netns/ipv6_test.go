@@ -282,3 +282,314 @@ func TestIPv6Overlays(t *testing.T) {
 		})
 	}
 }
+
+// fake6 is a dual-stack lease for a host that does not exist (fake's, with
+// an IPv6 part as a dual-stack flanneld writes it): misses for its addresses
+// are answered all the same.
+type fake6 struct {
+	fake
+	Subnet6    netip.Prefix
+	PublicIPv6 netip.Addr
+	MACv6      store.MAC
+}
+
+// newFakes6 returns n fake6 leases on free IPv4 /24s and IPv6 /64s of
+// fd00:10:0:ff00::/56 (vtepd picks its own at random from 65534: a clash
+// is one in 256 per host, and the IPv6 /64 is checked free too).
+func newFakes6(t *testing.T, c *clientv3.Client, n int) []fake6 {
+	t.Helper()
+	taken := map[netip.Prefix]bool{}
+	resp, err := c.Get(ctxFor(t, 10*time.Second), store.SubnetsPrefix(prefix), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range resp.Kvs {
+		if _, v6, err := store.ParseLeaseKey(strings.TrimPrefix(string(kv.Key), store.SubnetsPrefix(prefix))); err == nil && v6.IsValid() {
+			taken[v6] = true
+		}
+	}
+	var out []fake6
+	i := 0
+	for _, f := range newFakes(t, c, n+len(taken)) {
+		if len(out) == n {
+			break
+		}
+		b := byte(f.Subnet.Addr().As4()[2])
+		s6 := netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 6: 0xff, 7: b}), 64)
+		if taken[s6] {
+			continue
+		}
+		i++
+		out = append(out, fake6{fake: f, Subnet6: s6,
+			PublicIPv6: netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, 5, 15: b}),
+			MACv6:      store.MAC{0x02, 0xfa, 0x46, 0, 0, b}})
+	}
+	if len(out) < n {
+		t.Fatalf("test bug: only %d free dual-stack subnets", len(out))
+	}
+	return out
+}
+
+func (f fake6) Key() string { return store.SubnetsPrefix(prefix) + store.LeaseKey(f.Subnet, f.Subnet6) }
+
+func (f fake6) Value() string {
+	return string(store.Lease{Subnet: f.Subnet, PublicIP: f.PublicIP, VtepMAC: f.MAC, VNI: 1,
+		IPv6Subnet: f.Subnet6, PublicIPv6: f.PublicIPv6, VtepMACv6: f.MACv6}.Value())
+}
+
+// Addr6 returns the IPv6 subnet's n-th address.
+func (f fake6) Addr6(n int) netip.Addr {
+	a := f.Subnet6.Addr()
+	for range n {
+		a = a.Next()
+	}
+	return a
+}
+
+// shortNeighbourTimers makes h's IPv6 device's answers that age go STALE
+// within 0.5-1.5 s and, used, PROBE a second later. Set before the entries
+// are: the kernel does not re-arm an entry's timer when these change.
+func shortNeighbourTimers(t *testing.T, h *netns.Host) {
+	t.Helper()
+	for name, v := range map[string]string{"base_reachable_time_ms": "1000", "delay_first_probe_time": "1"} {
+		if err := h.Sysctl("net/ipv6/neigh/"+device6+"/"+name, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestIPv6NeighbourLimit: past --neighbour-limit PERMANENT IPv6 entries,
+// answers are REACHABLE; they age, and while used they are re-confirmed
+// by PROBE misses (AF_INET6 ones, with the cached MAC) without loss.
+func TestIPv6NeighbourLimit(t *testing.T) {
+	t.Parallel()
+	o := startOverlay(t, "vt6nlim", ipv6OnlyConfig)
+	h1 := o.addHost6(t, true, 0, "--neighbour-limit", "3")
+	h2 := o.addHost6(t, true, 4)
+	shortNeighbourTimers(t, h1)
+	agingPastLimit(t, h1, append([]netip.Addr{h2.Container.Addr6}, h2.Container.Extra6...), 2)
+}
+
+// TestIPv6LeaseChurn: a dual-stack lease deleted takes its IPv6 entries
+// (and its IPv4 ones) off every host within a second; a peer rebuilt with
+// a new IPv6 VTEP MAC leaves nothing pointing at the old one, and traffic
+// to it over IPv6 comes back.
+func TestIPv6LeaseChurn(t *testing.T) {
+	t.Parallel()
+	o := newOverlay6(t, "vt6churn", dualStackConfig, true, 2, 2)
+	h1, h2 := o.hosts[0], o.hosts[1]
+	c := etcdClient(t, o.lab)
+
+	t.Run("removed lease", func(t *testing.T) {
+		f := newFakes6(t, c, 1)[0]
+		put(t, c, f.Key(), f.Value())
+		if err := installedFor(t, h1, f.Addr6(5), f.MACv6, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if err := installedFor(t, h1, f.Addr(5), f.MAC, 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		del(t, c, f.Key())
+		took, err := goneWithinOn(t, h1, true, f.MACv6, f.Subnet6, 5*time.Second)
+		if err != nil || took > time.Second {
+			t.Errorf("IPv6 entries of a deleted lease gone after %v (want < 1s): %v", took, err)
+		}
+		t.Logf("IPv6 entries of a deleted lease gone %v after the delete", took.Round(time.Millisecond))
+		if _, err := goneWithinOn(t, h1, false, f.MAC, f.Subnet, time.Second); err != nil {
+			t.Errorf("IPv4 entries of the deleted dual-stack lease: %v", err)
+		}
+	})
+
+	t.Run("rebuilt host with a new IPv6 VTEP MAC", func(t *testing.T) {
+		old := leaseOfHost(t, o.lab, h2)
+		target := h2.Container.Extra6[0]
+		firstPing(t, h1, target)
+		if got := pointingAtOn(t, h1, true, old.VtepMACv6, old.IPv6Subnet); len(got) < 2 {
+			t.Fatalf("test bug: %s holds %v for %s", h1.Name, got, h2.Name)
+		}
+		flow := startFlow(t, h1, target)
+		// The host comes back with the same addresses, a new IPv6 device
+		// with a new MAC, and keeps its subnets: the lease changes in place.
+		newMAC := "02:be:e1:00:06:02"
+		h2.Vtepd.Kill()
+		for _, cmd := range [][]string{
+			{"ip", "link", "del", device6},
+			{"ip", "link", "add", device6, "address", newMAC, "type", "vxlan", "id", "1", "dstport", "8472",
+				"local", h2.IP6().String(), "dev", "eth0", "nolearning", "proxy", "l2miss", "l3miss"},
+			{"ip", "link", "set", device6, "up"},
+		} {
+			mustExec(t, h2, cmd...)
+		}
+		if _, err := h2.StartVtepd(); err != nil {
+			t.Fatal(err)
+		}
+		rebuilt := leaseOfHost(t, o.lab, h2)
+		if rebuilt.VtepMACv6.String() != newMAC || rebuilt.VtepMAC != old.VtepMAC {
+			t.Fatalf("lease after the rebuild says %s (IPv4 %s), want %s (IPv4 unchanged, %s)", rebuilt.VtepMACv6, rebuilt.VtepMAC, newMAC, old.VtepMAC)
+		}
+		took, err := goneWithinOn(t, h1, true, old.VtepMACv6, netip.Prefix{}, 5*time.Second)
+		if err != nil || took > time.Second {
+			t.Errorf("IPv6 entries for the old VTEP MAC gone %v after the change (want < 1s): %v", took, err)
+		}
+		res := stopFlowAfter(t, flow, 50, 10*time.Second)
+		t.Logf("rebuild: ping -6 at 100/s lost %d of %d (vtepd restart on the rebuilt host included)", len(res.Lost), res.Sent)
+		if res.Received == 0 || len(res.Lost) > 300 {
+			t.Errorf("IPv6 traffic to the rebuilt host did not come back: %d of %d received", res.Received, res.Sent)
+		}
+		firstPing(t, h1, h2.Container.Extra6[1])
+		for _, e := range pointingAtOn(t, h1, true, store.MAC{}, old.IPv6Subnet) {
+			if !strings.Contains(e, newMAC) {
+				t.Errorf("%s still holds %s", h1.Name, e)
+			}
+		}
+	})
+}
+
+// TestIPv6BadInput: bad IPv6 parts of leases get a warning naming the key,
+// are skipped, and never installed; vtepd runs on.
+func TestIPv6BadInput(t *testing.T) {
+	t.Parallel()
+	o := newOverlay6(t, "vt6bad", dualStackConfig, true, 2, 0)
+	h1, h2 := o.hosts[0], o.hosts[1]
+	c := etcdClient(t, o.lab)
+	fs := newFakes6(t, c, 6)
+	peer := leaseOfHost(t, o.lab, h2)
+	dual := func(f fake6, publicIPv6, mac6 string) string {
+		return fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":%s,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":%q},"BackendV6Data":{"VNI":1,"VtepMAC":%q}}`,
+			f.PublicIP, publicIPv6, f.MAC, mac6)
+	}
+	keyOf := func(f fake6, v6 string) string {
+		return store.SubnetsPrefix(prefix) + store.SubnetKey(f.Subnet) + "&" + v6
+	}
+	bad := []struct {
+		name, key, value string
+		subnet6          netip.Prefix // where a miss would have gone; zero if none routes there
+		says             string
+	}{
+		{"IPv6 subnet outside IPv6Network", keyOf(fs[0], "fd00:99:0:1::-64"), dual(fs[0], `"2001:db8:5::f0"`, "02:00:00:00:06:01"),
+			netip.Prefix{}, "outside the overlay's IPv6Network"},
+		{"a v6 key with a v4 value", fs[1].Key(), fs[1].fake.Value(), fs[1].Subnet6, "BackendV6Data"},
+		{"IPv4 PublicIPv6", fs[2].Key(), dual(fs[2], `"198.51.100.240"`, "02:00:00:00:06:03"), fs[2].Subnet6, "PublicIPv6"},
+		{"multicast IPv6 VTEP MAC", fs[3].Key(), dual(fs[3], `"2001:db8:5::f3"`, "33:33:00:00:00:01"), fs[3].Subnet6, "not a unicast MAC"},
+		{"IPv6 part in upper case", keyOf(fs[4], strings.ToUpper(fs[4].Subnet6.Addr().String())+"-64"), dual(fs[4], `"2001:db8:5::f4"`, "02:00:00:00:06:05"),
+			netip.Prefix{}, "subnet key"},
+		{"overlapping a peer's IPv6 subnet", keyOf(fs[5], peer.IPv6Subnet.Addr().String()+"-80"),
+			dual(fs[5], `"2001:db8:5::f5"`, "02:00:00:00:06:06"), netip.Prefix{}, "overlaps " + peer.IPv6Subnet.String()},
+	}
+	for _, b := range bad {
+		put(t, c, b.key, b.value)
+	}
+	t.Run("each is warned about once, naming the key", func(t *testing.T) {
+		for _, b := range bad {
+			err := netns.Poll(10*time.Second, func() error {
+				if n := warnings(h1, b.key, b.says); n != 1 {
+					return fmt.Errorf("%s: %d warnings naming %s and saying %q, want 1", b.name, n, b.key, b.says)
+				}
+				return nil
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	t.Run("none is installed", func(t *testing.T) {
+		for _, b := range bad {
+			if b.subnet6.IsValid() {
+				touch(t, h1, b.subnet6.Addr().Next().Next())
+			}
+		}
+		k, err := h1.Kernel6(device6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range k.Neighbours {
+			for _, b := range bad {
+				if b.subnet6.IsValid() && b.subnet6.Contains(n.IP) && len(n.MAC) == 6 {
+					t.Errorf("%s: neighbour %s -> %s installed", b.name, n.IP, n.MAC)
+				}
+			}
+		}
+		for _, fd := range k.FDB {
+			t.Errorf("fdb %s dst %s installed; nothing was sent to a good peer yet", fd.MAC, fd.Dst)
+		}
+		noLease := 0
+		for _, e := range h1.Vtepd.Entries("miss") {
+			if e.Str("family") == "ipv6" && e.Str("outcome") == "no_lease" {
+				noLease++
+			}
+		}
+		if noLease < 3 {
+			t.Errorf("%d IPv6 misses logged as no_lease, want one for each bad subnet touched", noLease)
+		}
+		// The peer whose IPv6 subnet the overlapping lease claimed is
+		// still reached through its own lease.
+		firstPing(t, h1, h2.Container.Addr6)
+		if done, err := h1.Vtepd.Exited(); done {
+			t.Errorf("vtepd stopped: %v", err)
+		}
+	})
+}
+
+// TestIPv6Restart: vtepd on dual-stack hosts killed with SIGKILL and
+// restarted adopts both devices (the same ifindex: not recreated), keeps
+// their entries (reconciled as kept, none fixed or removed), and the flows
+// established over both families lose nothing.
+func TestIPv6Restart(t *testing.T) {
+	t.Parallel()
+	o := newOverlay6(t, "vt6restart", dualStackConfig, true, 2, 1)
+	h1, h2 := o.hosts[0], o.hosts[1]
+	firstPing(t, h1, h2.Container.Addr6)
+	firstPing(t, h1, h2.Container.Addr)
+	ifindex := func(h *netns.Host) [2]int {
+		var out [2]int
+		for i, ipv6 := range []bool{false, true} {
+			k, err := kernelOn(h, ipv6)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[i] = k.Device.Attrs().Index
+		}
+		return out
+	}
+	before := [2][2]int{ifindex(h1), ifindex(h2)}
+	flow6 := startFlow(t, h1, h2.Container.Addr6)
+	flow4 := startFlow(t, h1, h2.Container.Addr)
+	h1.Vtepd.Kill()
+	h2.Vtepd.Kill()
+	for _, h := range []*netns.Host{h1, h2} {
+		if _, err := h.StartVtepd(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res6 := stopFlowAfter(t, flow6, 50, 10*time.Second)
+	res4 := stopFlowAfter(t, flow4, 50, 10*time.Second)
+	t.Logf("across kill -9 and restart of both vtepds at 100/s: IPv6 %d of %d lost, IPv4 %d of %d", len(res6.Lost), res6.Sent, len(res4.Lost), res4.Sent)
+	if len(res6.Lost) > 0 || len(res4.Lost) > 0 {
+		t.Errorf("flows across the restart: IPv6 lost %v, IPv4 lost %v; want no loss", res6.Lost, res4.Lost)
+	}
+	if after := [2][2]int{ifindex(h1), ifindex(h2)}; after != before {
+		t.Errorf("device ifindexes (flannel.1, flannel-v6.1) of h1, h2: %v before, %v after the restart: recreated, not adopted", before, after)
+	}
+	for _, h := range []*netns.Host{h1, h2} {
+		if n := len(h.Vtepd.Entries("adopted existing VXLAN device")); n != 2 {
+			t.Errorf("%s: %d devices adopted, want 2", h.Name, n)
+		}
+		rec := map[string]netns.LogEntry{}
+		for _, e := range h.Vtepd.Entries("device entries reconciled") {
+			rec[e.Str("device")] = e
+		}
+		for _, dev := range []string{device, device6} {
+			e, ok := rec[dev]
+			if !ok {
+				t.Errorf("%s: no reconciliation of %s after the restart", h.Name, dev)
+				continue
+			}
+			t.Logf("%s %s after the restart: kept %v fixed %v removed %v answered %v", h.Name, dev, e["kept"], e["fixed"], e["removed"], e["answered"])
+			// The overlay route, the peer's FDB entry, the neighbour of
+			// the address the flow went to (or came from).
+			if logInt(t, e, "kept") < 3 || logInt(t, e, "fixed") != 0 || logInt(t, e, "removed") != 0 {
+				t.Errorf("%s: reconciliation of %s %v: want the route, FDB and neighbour entries kept, none fixed or removed", h.Name, dev, e)
+			}
+		}
+	}
+}
