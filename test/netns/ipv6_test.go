@@ -593,3 +593,99 @@ func TestIPv6Restart(t *testing.T) {
 		}
 	}
 }
+
+// TestIPv6MixedOverlay: vtepd hosts and hosts set up as a dual-stack
+// flanneld sets them up (FlannelHost6: key v4&v6, PublicIPv6,
+// BackendV6Data with the IPv6 device's MAC, static IPv6 entries) share one
+// dual-stack overlay: traffic both ways over both families, every first
+// packet delivered; vtepd answers misses for the flannel hosts' IPv6
+// parts, the flannel hosts ask for nothing. Then one flannel host moves to
+// vtepd: both devices recreated with the MACs its lease publishes, the
+// lease unchanged, and traffic over IPv6 to and from it goes on.
+func TestIPv6MixedOverlay(t *testing.T) {
+	t.Parallel()
+	claimNeighbours(t, 48) // four hosts' containers pinging each other over IPv4 too
+	o := startOverlay(t, "vt6mix", dualStackConfig)
+	network := netip.MustParsePrefix(overlayPrefix)
+	addFlannel := func(n byte) *netns.FlannelHost6 {
+		t.Helper()
+		f, err := o.lab.AddFlannelHost6(ctxFor(t, 10*time.Second), network, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 5, n, 0}), 24),
+			overlay6, netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfd, 0, 0, 0x10, 7: n}), 64))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	f1 := addFlannel(200)
+	v1, v2 := o.addHost6(t, true, 4), o.addHost6(t, true, 4)
+	f2 := addFlannel(201)
+	for _, f := range []*netns.FlannelHost6{f1, f2} {
+		n, err := f.Sync(ctxFor(t, 10*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n != 3 {
+			t.Fatalf("%s wrote IPv6 entries for %d leases, want 3 (two vtepd hosts, the other flannel host)", f.Name, n)
+		}
+		if _, err := f.AddContainerDual(4); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pairs := []struct {
+		from, to *netns.Host
+		extra    int
+	}{
+		{v1, f1.Host, 0}, {f1.Host, v1, 0},
+		{v2, f2.Host, 0}, {f2.Host, v2, 0},
+		{v1, f2.Host, 1}, {f2.Host, v1, 1},
+		{f1.Host, f2.Host, 1}, {v1, v2, 2},
+	}
+	for _, p := range pairs {
+		firstPing(t, p.from, p.to.Container.Extra6[p.extra])
+		firstPing(t, p.from, p.to.Container.Extra[p.extra])
+	}
+	for _, f := range []*netns.FlannelHost6{f1, f2} {
+		k, err := f.Kernel6(device6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(k.Neighbours) != 3 || len(k.FDB) != 3 || len(k.Routes) != 3 {
+			t.Errorf("%s holds %d IPv6 neighbour, %d FDB entries and %d routes, want flanneld's 3, 3 and 3: it asked for nothing",
+				f.Name, len(k.Neighbours), len(k.FDB), len(k.Routes))
+		}
+	}
+	answered := 0
+	for _, e := range v1.Vtepd.Entries("miss") {
+		if e.Str("ip") == f1.Container.Extra6[0].String() && e.Str("outcome") == "answered" && e.Str("vtep") == f1.IP6().String() &&
+			e.Str("vtep_mac") == f1.MACv6.String() {
+			answered++
+		}
+	}
+	if answered != 1 {
+		t.Errorf("v1 answered %d misses for f1's container address with f1's IPv6 VTEP, want 1", answered)
+	}
+
+	// f2 moves from flanneld to vtepd.
+	before := leaseOfHost(t, o.lab, f2.Host)
+	if _, err := f2.StartVtepd(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(f2.Vtepd.Entries("existing device is incompatible; recreating it")); n != 2 {
+		t.Errorf("vtepd on the flannel host logged %d device recreations, want 2", n)
+	}
+	after := leaseOfHost(t, o.lab, f2.Host)
+	if after.Key != before.Key || !after.SameTarget(before) {
+		t.Errorf("migration changed the lease: %v -> %v", before, after)
+	}
+	for _, p := range []struct {
+		from, to *netns.Host
+		extra    int
+	}{
+		{f1.Host, f2.Host, 2}, // flannel's static entries for f2, untouched
+		{v1, f2.Host, 1},      // v1's answered entries for f2, kept
+		{f2.Host, v2, 3},      // f2 now asks vtepd
+		{f2.Host, f1.Host, 3},
+	} {
+		firstPing(t, p.from, p.to.Container.Extra6[p.extra])
+	}
+}
