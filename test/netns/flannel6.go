@@ -176,26 +176,38 @@ func (f *FlannelHost6) Sync(ctx context.Context) (int, error) {
 		if err != nil || merr != nil || !publicIP.Is6() || attrs.BackendType != "vxlan" || attrs.BackendV6Data.VNI != 1 {
 			return n, fmt.Errorf("netns: flanneld's vxlan backend would not use %s = %s", kv.Key, kv.Value)
 		}
-		gw := subnet6.Addr()
-		idx := dev.Attrs().Index
-		err = do(
-			func() error {
-				return hc.nl.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET6, State: netlink.NUD_PERMANENT,
-					IP: gw.AsSlice(), HardwareAddr: mac})
-			},
-			func() error {
-				return hc.nl.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF,
-					State: netlink.NUD_PERMANENT, IP: publicIP.AsSlice(), HardwareAddr: mac})
-			},
-			func() error {
-				return hc.nl.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: ipNet(subnet6), Gw: gw.AsSlice(),
-					Flags: int(netlink.FLAG_ONLINK)})
-			},
-		)
-		if err != nil {
+		if err := programFlannelPeer(hc, dev.Attrs().Index, subnet6, publicIP, mac); err != nil {
 			return n, fmt.Errorf("netns: flannel host %s: IPv6 entries for %s: %w", f.Name, kv.Key, err)
 		}
 		n++
 	}
 	return n, nil
+}
+
+// programFlannelPeer writes what flanneld's handleSubnetEvents writes for a
+// peer's lease part on the device of its family, in its order: a
+// PERMANENT neighbour for the subnet's first address resolving to the
+// peer's VTEP MAC, a PERMANENT FDB entry sending that MAC to the peer's
+// public IP, and, last, the route for the subnet via that first address,
+// onlink. (FlannelHost.Sync writes the same for IPv4 on its own.)
+func programFlannelPeer(hc *nsConn, idx int, subnet netip.Prefix, publicIP netip.Addr, mac net.HardwareAddr) error {
+	gw := subnet.Addr()
+	family := unix.AF_INET
+	if gw.Is6() {
+		family = unix.AF_INET6
+	}
+	return do(
+		func() error {
+			return hc.nl.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: family, State: netlink.NUD_PERMANENT,
+				IP: gw.AsSlice(), HardwareAddr: mac})
+		},
+		func() error {
+			return hc.nl.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF,
+				State: netlink.NUD_PERMANENT, IP: publicIP.AsSlice(), HardwareAddr: mac})
+		},
+		func() error {
+			return hc.nl.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: ipNet(subnet), Gw: gw.AsSlice(),
+				Flags: int(netlink.FLAG_ONLINK)})
+		},
+	)
 }
