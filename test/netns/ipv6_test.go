@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -99,6 +100,7 @@ func allLeases(t *testing.T, lab *netns.Lab) []store.Lease {
 	for _, kv := range resp.Kvs {
 		l, err := store.ParseLease(strings.TrimPrefix(string(kv.Key), store.SubnetsPrefix(prefix)), kv.Value)
 		if err == nil {
+			l.Key = string(kv.Key) // ParseLease leaves it to the table
 			out = append(out, l)
 		}
 	}
@@ -402,6 +404,39 @@ func TestIPv6LeaseChurn(t *testing.T) {
 		}
 	})
 
+	t.Run("new public IPv6", func(t *testing.T) {
+		f := newFakes6(t, c, 2)[1]
+		put(t, c, f.Key(), f.Value())
+		for _, a := range []netip.Addr{f.Addr6(5), f.Addr(5)} {
+			if err := installedFor(t, h1, a, map[bool]store.MAC{true: f.MACv6, false: f.MAC}[a.Is6()], 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+		}
+		moved := f
+		moved.PublicIPv6 = netip.MustParseAddr("2001:db8:5::199")
+		put(t, c, moved.Key(), moved.Value())
+		want := "fdb " + f.MACv6.String() + " dst 2001:db8:5::199"
+		err := netns.Poll(time.Second, func() error {
+			got := pointingAtOn(t, h1, true, f.MACv6, f.Subnet6)
+			for _, e := range got {
+				if strings.HasPrefix(e, "fdb") && e != want {
+					return errStillThere
+				}
+			}
+			if !slices.Contains(got, want) {
+				return errStillThere
+			}
+			return nil
+		})
+		if err != nil {
+			t.Errorf("IPv6 FDB entry not moved to the new public IPv6 within 1s: %v", pointingAtOn(t, h1, true, f.MACv6, f.Subnet6))
+		}
+		// The IPv4 part's VTEP did not move: its FDB entry stays.
+		if got := pointingAtOn(t, h1, false, f.MAC, f.Subnet); len(got) != 2 || !slices.Contains(got, "fdb "+f.MAC.String()+" dst "+f.PublicIP.String()) {
+			t.Errorf("IPv4 entries of the lease whose IPv6 VTEP moved: %v", got)
+		}
+	})
+
 	t.Run("rebuilt host with a new IPv6 VTEP MAC", func(t *testing.T) {
 		old := leaseOfHost(t, o.lab, h2)
 		target := h2.Container.Extra6[0]
@@ -690,4 +725,49 @@ func TestIPv6MixedOverlay(t *testing.T) {
 	} {
 		firstPing(t, p.from, p.to.Container.Extra6[p.extra])
 	}
+}
+
+// TestGoingDualStack: a running IPv4 overlay made dual-stack (the config
+// gains EnableIPv6 and IPv6Network; each vtepd restarted, one after the
+// other, as an operator rolls the change out): every lease's key becomes
+// v4&v6 with the same IPv4 subnet, the IPv4 devices and their entries are
+// kept, an IPv4 flow across the roll-out loses nothing, and the hosts
+// reach each other over IPv6 afterwards, first packet included.
+func TestGoingDualStack(t *testing.T) {
+	t.Parallel()
+	o := startOverlay(t, "vt6roll", overlayConfig)
+	h1, h2 := o.addHost6(t, true, 0), o.addHost6(t, true, 0)
+	before := map[*netns.Host]store.Lease{h1: leaseOfHost(t, o.lab, h1), h2: leaseOfHost(t, o.lab, h2)}
+	firstPing(t, h1, h2.Container.Addr)
+	flow := startFlow(t, h1, h2.Container.Addr)
+	put(t, etcdClient(t, o.lab), prefix+"/config", dualStackConfig)
+	for _, h := range []*netns.Host{h2, h1} {
+		if err := h.Vtepd.Stop(5 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.StartVtepd(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res := stopFlowAfter(t, flow, 50, 10*time.Second)
+	t.Logf("IPv4 flow across the roll-out at 100/s: %d of %d lost", len(res.Lost), res.Sent)
+	if len(res.Lost) > 0 {
+		t.Errorf("IPv4 flow across the roll-out to dual-stack: lost %v of %d; want no loss", res.Lost, res.Sent)
+	}
+	for _, h := range o.hosts {
+		l := leaseOfHost(t, o.lab, h)
+		if want := store.SubnetsPrefix(prefix) + store.LeaseKey(before[h].Subnet, l.IPv6Subnet); l.Key != want || !l.IPv6Subnet.IsValid() {
+			t.Errorf("%s's lease after the roll-out: %s, want %s (the IPv4 subnet kept, an IPv6 one added)", h.Name, l.Key, want)
+		}
+		for _, e := range h.Vtepd.Entries("device entries reconciled") {
+			if e.Str("device") == device && (logInt(t, e, "kept") < 3 || logInt(t, e, "fixed")+logInt(t, e, "removed") > 0) {
+				t.Errorf("%s: %s's entries across the roll-out: %v, want the route, FDB and neighbour kept", h.Name, device, e)
+			}
+		}
+		if err := h.Container.AddIPv6(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	firstPing(t, h1, h2.Container.Addr6)
+	firstPing(t, h2, h1.Container.Addr6)
 }

@@ -213,3 +213,40 @@ func (h *Host) addContainer(extra int, ipv6 bool) (*Container, error) {
 // underlay's family) and the IPv6 routes through it, the kernel's own
 // (fe80::/64) left out.
 func (h *Host) Kernel6(device string) (Kernel, error) { return h.kernelOf(device, true) }
+
+// AddIPv6 gives a container made before its overlay had IPv6 (AddContainer
+// or AddContainerDual on an IPv4-only subnet file) what AddContainerDual
+// would have: FLANNEL_IPV6_SUBNET on cbr0, the subnet's ::2 on the
+// container, and a default IPv6 route via cbr0.
+func (c *Container) AddIPv6() error {
+	env, err := c.Host.Subnet()
+	if err != nil {
+		return err
+	}
+	if !env.IPv6Subnet.IsValid() {
+		return fmt.Errorf("netns: %s has no FLANNEL_IPV6_SUBNET", c.Host.SubnetFile)
+	}
+	hc, err := c.Host.lab.conn(c.Host.NS)
+	if err != nil {
+		return err
+	}
+	cc, err := c.Host.lab.conn(c.NS)
+	if err != nil {
+		return err
+	}
+	br, err := hc.link("cbr0")
+	if err != nil {
+		return err
+	}
+	eth0, err := cc.link("eth0")
+	if err != nil {
+		return err
+	}
+	gw := env.IPv6Subnet.Addr()
+	c.Addr6 = gw.Next()
+	return do(
+		func() error { return hc.addAddrs6(br, env.IPv6Subnet) },
+		func() error { return cc.addAddrs6(eth0, netip.PrefixFrom(c.Addr6, env.IPv6Subnet.Bits())) },
+		func() error { return cc.defaultRoute(eth0, gw) },
+	)
+}
