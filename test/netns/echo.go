@@ -29,8 +29,9 @@ type echoSocket struct {
 	v6   bool // ICMPv6: echo request 128, reply 129
 }
 
-// openEcho opens an ICMP socket in ns for echoes to dst's family.
-func openEcho(ns string, dst netip.Addr) (*echoSocket, error) {
+// openEcho opens an ICMP socket in ns for echoes to dst's family, bound to
+// src if it is valid.
+func openEcho(ns string, dst, src netip.Addr) (*echoSocket, error) {
 	v6 := dst.Unmap().Is6()
 	family, proto := unix.AF_INET, unix.IPPROTO_ICMP
 	if v6 {
@@ -40,6 +41,11 @@ func openEcho(ns string, dst netip.Addr) (*echoSocket, error) {
 	err := Do(ns, func() error {
 		var err error
 		fd, err = unix.Socket(family, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
+		if err == nil && src.IsValid() {
+			if err = unix.Bind(fd, &unix.SockaddrInet6{Addr: src.As16()}); err != nil {
+				unix.Close(fd)
+			}
+		}
 		return err
 	})
 	if err != nil {
@@ -99,6 +105,17 @@ func (s *echoSocket) recv(src netip.Addr, deadline time.Time) (uint16, error) {
 	}
 }
 
+// source is the address echoes to addr leave the container from: for IPv6
+// its primary address (the kernel would pick the newest of its addresses,
+// and the reply path with it), for IPv4 the kernel's choice, which is the
+// primary address.
+func (c *Container) source(addr netip.Addr) netip.Addr {
+	if addr.Is6() {
+		return c.Addr6
+	}
+	return netip.Addr{}
+}
+
 func checksum(b []byte) uint16 {
 	var sum uint32
 	for i := 0; i+1 < len(b); i += 2 {
@@ -117,7 +134,7 @@ func checksum(b []byte) uint16 {
 // to timeout for the reply, as `ping -c1 -W<timeout>` does. It returns
 // whether the reply came, and its round trip.
 func (c *Container) Echo(addr netip.Addr, timeout time.Duration) (bool, time.Duration, error) {
-	s, err := openEcho(c.NS, addr)
+	s, err := openEcho(c.NS, addr, c.source(addr))
 	if err != nil {
 		return false, 0, err
 	}
@@ -173,7 +190,7 @@ type FlowResult struct {
 // StartFlow starts sending echo requests from the container to addr, one
 // every interval, each to be answered within a second.
 func (c *Container) StartFlow(addr netip.Addr, interval time.Duration) (*Flow, error) {
-	s, err := openEcho(c.NS, addr)
+	s, err := openEcho(c.NS, addr, c.source(addr))
 	if err != nil {
 		return nil, err
 	}
