@@ -51,6 +51,11 @@ func startFilters(cfg Config, device string, network netip.Prefix, log *zap.Logg
 	if f.resync <= 0 {
 		f.resync = DefaultFirewallResync
 	}
+	if !network.IsValid() {
+		// An IPv6-only overlay: the rules are IPv4 ones (installForwardRules
+		// says so once); none to write.
+		return f
+	}
 	fwd, err := firewall.NewForward(log, network)
 	if err != nil {
 		log.Error("forward rules unavailable", zap.Error(err))
@@ -73,6 +78,9 @@ func startFilters(cfg Config, device string, network netip.Prefix, log *zap.Logg
 // masquerade puts the ip-masq rules for this host's subnet in place, or
 // removes any an earlier vtepd left if --ip-masq is off.
 func (f *filters) masquerade(subnet netip.Prefix) {
+	if !f.network.IsValid() {
+		return // an IPv6-only overlay (see startFilters)
+	}
 	m, err := firewall.NewMasquerade(f.log, f.device, f.network, subnet)
 	if err != nil {
 		f.log.Error("ip-masq rules unavailable", zap.Error(err))

@@ -255,6 +255,12 @@ func (a *agent) installForwardRules(context.Context) error {
 		// The components have stopped by now: nothing re-asserts them.
 		a.filters.stop(a.ctx.Err() != nil && !errors.Is(context.Cause(a.ctx), ErrHandover))
 	})
+	if a.netCfg.EnableIPv6 {
+		// package firewall writes IPv4 rules alone: say so, rather than
+		// fail on an IPv6-only overlay's missing IPv4 network.
+		a.log.Warn("forward and ip-masq rules cover the IPv4 overlay only: a host whose IPv6 FORWARD policy drops must accept the IPv6 overlay itself",
+			zap.Stringer("ipv6_network", a.netCfg.IPv6Network), zap.Bool("ipv4", a.netCfg.EnableIPv4))
+	}
 	go func() {
 		defer close(forwardDone)
 		a.filters = startFilters(a.cfg, a.deviceName(!a.netCfg.EnableIPv4), a.netCfg.Network, a.log)

@@ -75,7 +75,8 @@ func TestDockerOptsErrors(t *testing.T) {
 		want    []string
 	}{
 		{"no subnet file", "", nil, 1, []string{missing, "start dockerd after vtepd"}},
-		{"no subnet", "FLANNEL_MTU=1450\n", nil, 1, []string{"FLANNEL_SUBNET is missing"}},
+		{"no subnet", "FLANNEL_MTU=1450\n", nil, 1, []string{"FLANNEL_SUBNET is missing", "FLANNEL_IPV6_SUBNET"}},
+		{"no MTU, IPv6-only", "FLANNEL_IPV6_NETWORK=fd00:10::/48\nFLANNEL_IPV6_SUBNET=fd00:10:0:30::1/64\n", nil, 1, []string{"FLANNEL_MTU is missing"}},
 		{"no MTU", "FLANNEL_SUBNET=10.5.48.1/24\n", nil, 1, []string{"FLANNEL_MTU is missing"}},
 		{"bad MTU", "FLANNEL_SUBNET=10.5.48.1/24\nFLANNEL_MTU=big\n", nil, 1, []string{"FLANNEL_MTU", `"big"`}},
 		{"json and env", subnetEnv, []string{"--json", "--env", "X"}, 2, []string{"--json excludes --env"}},
@@ -170,4 +171,75 @@ func TestDockerOptsOut(t *testing.T) {
 			t.Errorf("%v: the file holds %q (%v), want %q", tt.flags, got, err, tt.want)
 		}
 	}
+}
+
+// The subnet files of a dual-stack and an IPv6-only overlay, as vtepd (and
+// flanneld) write them.
+const (
+	dualEnv = "FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.48.1/24\nFLANNEL_IPV6_NETWORK=fd00:10::/48\nFLANNEL_IPV6_SUBNET=fd00:10:0:30::1/64\nFLANNEL_MTU=1430\n"
+	v6Env   = "FLANNEL_IPV6_NETWORK=fd00:10::/48\nFLANNEL_IPV6_SUBNET=fd00:10:0:30::1/64\nFLANNEL_MTU=1430\n"
+)
+
+// TestDockerOptsIPv6: an overlay with IPv6 gives dockerd --ipv6 and
+// --fixed-cidr-v6 with the host's IPv6 subnet, in every form; an
+// IPv6-only one has no --bip. In the --flannel form they are vtepd's own
+// variables (mk-docker-opts.sh has no IPv6), in its alphabetical order.
+func TestDockerOptsIPv6(t *testing.T) {
+	tests := []struct {
+		name, content string
+		flags         []string
+		want          string
+	}{
+		{"dual-stack", dualEnv + "FLANNEL_IPMASQ=true\n", nil,
+			"--bip=10.5.48.1/24 --mtu=1430 --ip-masq=false --ipv6 --fixed-cidr-v6=fd00:10:0:30::/64\n"},
+		{"IPv6-only", v6Env + "FLANNEL_IPMASQ=false\n", nil, "--mtu=1430 --ipv6 --fixed-cidr-v6=fd00:10:0:30::/64\n"},
+		{"environment file", v6Env, []string{"--env", "DOCKER_OPTS"}, "DOCKER_OPTS=\"--mtu=1430 --ipv6 --fixed-cidr-v6=fd00:10:0:30::/64\"\n"},
+		{"--flannel, dual-stack", dualEnv + "FLANNEL_IPMASQ=false\n", []string{"--flannel"},
+			"DOCKER_OPT_BIP=\"--bip=10.5.48.1/24\"\nDOCKER_OPT_FIXED_CIDR_V6=\"--fixed-cidr-v6=fd00:10:0:30::/64\"\nDOCKER_OPT_IPMASQ=\"--ip-masq=true\"\n" +
+				"DOCKER_OPT_IPV6=\"--ipv6\"\nDOCKER_OPT_MTU=\"--mtu=1430\"\n" +
+				"DOCKER_OPTS=\" --bip=10.5.48.1/24 --fixed-cidr-v6=fd00:10:0:30::/64 --ip-masq=true --ipv6 --mtu=1430\"\n"},
+		{"--flannel, IPv6-only, combined", v6Env + "FLANNEL_IPMASQ=true\n", []string{"--flannel", "--combined"},
+			"DOCKER_OPTS=\" --fixed-cidr-v6=fd00:10:0:30::/64 --ip-masq=false --ipv6 --mtu=1430\"\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clearEnv(t)
+			path := writeSubnetFile(t, tt.content)
+			code, stdout, stderr := vtepd(t, append([]string{"docker-opts", "--subnet-file", path}, tt.flags...)...)
+			if code != 0 || stdout != tt.want {
+				t.Errorf("exit %d, stdout\n%s\nwant\n%s\nstderr %s", code, stdout, tt.want, stderr)
+			}
+		})
+	}
+	t.Run("json", func(t *testing.T) {
+		for content, want := range map[string]map[string]any{
+			dualEnv: {"bip": "10.5.48.1/24", "mtu": 1430.0, "ipv6": true, "fixed-cidr-v6": "fd00:10:0:30::/64"},
+			v6Env:   {"mtu": 1430.0, "ipv6": true, "fixed-cidr-v6": "fd00:10:0:30::/64"},
+		} {
+			clearEnv(t)
+			path := writeSubnetFile(t, content)
+			code, stdout, stderr := vtepd(t, "docker-opts", "--json", "--subnet-file", path)
+			var got map[string]any
+			if err := json.Unmarshal([]byte(stdout), &got); code != 0 || err != nil {
+				t.Fatalf("exit %d, %v; stdout %q, stderr %s", code, err, stdout, stderr)
+			}
+			if len(got) != len(want) {
+				t.Errorf("%v, want %v", got, want)
+			}
+			for k, v := range want {
+				if got[k] != v {
+					t.Errorf("%s = %v, want %v", k, got[k], v)
+				}
+			}
+		}
+	})
+	t.Run("help says what vtepd adds to mk-docker-opts.sh", func(t *testing.T) {
+		clearEnv(t)
+		_, _, stderr := vtepd(t, "docker-opts", "--help")
+		for _, w := range []string{"DOCKER_OPT_IPV6", "DOCKER_OPT_FIXED_CIDR_V6", "does not have"} {
+			if !strings.Contains(stderr, w) {
+				t.Errorf("docker-opts --help does not say %q:\n%s", w, stderr)
+			}
+		}
+	})
 }

@@ -41,7 +41,7 @@ func commands() []command {
 		{"monitor", "show the kernel's VXLAN misses live (vtepd need not run)", monitorCommand},
 		{"leases", "print the lease table from etcd", leasesCommand},
 		{"status", "ask the running vtepd how it is", statusCommand},
-		{"docker-opts", "print dockerd's options (--bip, --mtu, --ip-masq) from the subnet file", dockerOptsCommand},
+		{"docker-opts", "print dockerd's options (--bip, --mtu, --ip-masq, --ipv6, --fixed-cidr-v6) from the subnet file", dockerOptsCommand},
 		{"version", "print the version", func(_ []string, stdout, _ io.Writer) error {
 			fmt.Fprintln(stdout, "vtepd", version)
 			return nil

@@ -197,7 +197,7 @@ func TestAgedEntries(t *testing.T) {
 // permanent reports whether h holds a PERMANENT neighbour entry for addr.
 func permanent(t *testing.T, h *netns.Host, addr netip.Addr) bool {
 	t.Helper()
-	k, err := h.Kernel(device)
+	k, err := kernelOn(h, addr.Is6())
 	if err != nil {
 		t.Fatal(err)
 	}

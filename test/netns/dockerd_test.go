@@ -169,10 +169,16 @@ func fromCommandLine(h *netns.Host) ([]string, error) {
 // options), then the two containers.
 func (dl *dockerLab) addHosts(t *testing.T, specs ...dockerSpec) []*engineHost {
 	t.Helper()
+	return dl.addHostsWith(t, dl.lab.AddHost, specs...)
+}
+
+// addHostsWith is addHosts with hosts made by add (Lab.AddHost6, say).
+func (dl *dockerLab) addHostsWith(t *testing.T, add func() (*netns.Host, error), specs ...dockerSpec) []*engineHost {
+	t.Helper()
 	start := time.Now()
 	hosts := make([]*engineHost, len(specs))
 	for i := range specs {
-		h, err := dl.lab.AddHost()
+		h, err := add()
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -14,8 +14,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ICMP echo from a container, sent by the test process itself through a raw
-// socket opened in the container's namespace: the same packets ping(8)
+// ICMP (or ICMPv6, by the destination's family) echo from a container, sent
+// by the test process itself through a raw socket opened in the container's
+// namespace: the same packets ping(8)
 // sends, through the same kernel path, without a process per ping, and with
 // an exact count when a stream of them is stopped (a ping killed with
 // SIGINT cannot tell a reply in flight from a loss).
@@ -25,13 +26,26 @@ import (
 type echoSocket struct {
 	conn *net.IPConn
 	id   uint16
+	v6   bool // ICMPv6: echo request 128, reply 129
 }
 
-func openEcho(ns string) (*echoSocket, error) {
+// openEcho opens an ICMP socket in ns for echoes to dst's family, bound to
+// src if it is valid.
+func openEcho(ns string, dst, src netip.Addr) (*echoSocket, error) {
+	v6 := dst.Unmap().Is6()
+	family, proto := unix.AF_INET, unix.IPPROTO_ICMP
+	if v6 {
+		family, proto = unix.AF_INET6, unix.IPPROTO_ICMPV6
+	}
 	var fd int
 	err := Do(ns, func() error {
 		var err error
-		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_ICMP)
+		fd, err = unix.Socket(family, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
+		if err == nil && src.IsValid() {
+			if err = unix.Bind(fd, &unix.SockaddrInet6{Addr: src.As16()}); err != nil {
+				unix.Close(fd)
+			}
+		}
 		return err
 	})
 	if err != nil {
@@ -43,7 +57,7 @@ func openEcho(ns string) (*echoSocket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netns: ICMP socket in %s: %w", ns, err)
 	}
-	return &echoSocket{conn: pc.(*net.IPConn), id: uint16(rand.N(1 << 16))}, nil
+	return &echoSocket{conn: pc.(*net.IPConn), id: uint16(rand.N(1 << 16)), v6: v6}, nil
 }
 
 func (s *echoSocket) close() error { return s.conn.Close() }
@@ -52,10 +66,17 @@ func (s *echoSocket) close() error { return s.conn.Close() }
 func (s *echoSocket) send(dst netip.Addr, seq uint16) error {
 	b := make([]byte, 8+56)
 	b[0] = 8 // echo request; code 0
+	if s.v6 {
+		b[0] = 128
+	}
 	binary.BigEndian.PutUint16(b[4:], s.id)
 	binary.BigEndian.PutUint16(b[6:], seq)
 	binary.BigEndian.PutUint64(b[8:], uint64(time.Now().UnixNano()))
-	binary.BigEndian.PutUint16(b[2:], checksum(b))
+	if !s.v6 {
+		// An ICMPv6 raw socket's checksum is the kernel's (it covers a
+		// pseudo-header only the kernel knows).
+		binary.BigEndian.PutUint16(b[2:], checksum(b))
+	}
 	_, err := s.conn.WriteToIP(b, &net.IPAddr{IP: dst.AsSlice()})
 	return err
 }
@@ -67,17 +88,32 @@ func (s *echoSocket) recv(src netip.Addr, deadline time.Time) (uint16, error) {
 		return 0, err
 	}
 	b := make([]byte, 1500)
+	reply := byte(0)
+	if s.v6 {
+		reply = 129
+	}
 	for {
-		n, from, err := s.conn.ReadFromIP(b) // the IPv4 header is stripped
+		n, from, err := s.conn.ReadFromIP(b) // the IP header is stripped
 		if err != nil {
 			return 0, err
 		}
 		a, _ := netip.AddrFromSlice(from.IP)
-		if n < 8 || b[0] != 0 || a.Unmap() != src || binary.BigEndian.Uint16(b[4:]) != s.id {
+		if n < 8 || b[0] != reply || a.Unmap() != src || binary.BigEndian.Uint16(b[4:]) != s.id {
 			continue
 		}
 		return binary.BigEndian.Uint16(b[6:]), nil
 	}
+}
+
+// source is the address echoes to addr leave the container from: for IPv6
+// its primary address (the kernel would pick the newest of its addresses,
+// and the reply path with it), for IPv4 the kernel's choice, which is the
+// primary address.
+func (c *Container) source(addr netip.Addr) netip.Addr {
+	if addr.Is6() {
+		return c.Addr6
+	}
+	return netip.Addr{}
 }
 
 func checksum(b []byte) uint16 {
@@ -98,7 +134,7 @@ func checksum(b []byte) uint16 {
 // to timeout for the reply, as `ping -c1 -W<timeout>` does. It returns
 // whether the reply came, and its round trip.
 func (c *Container) Echo(addr netip.Addr, timeout time.Duration) (bool, time.Duration, error) {
-	s, err := openEcho(c.NS)
+	s, err := openEcho(c.NS, addr, c.source(addr))
 	if err != nil {
 		return false, 0, err
 	}
@@ -154,7 +190,7 @@ type FlowResult struct {
 // StartFlow starts sending echo requests from the container to addr, one
 // every interval, each to be answered within a second.
 func (c *Container) StartFlow(addr netip.Addr, interval time.Duration) (*Flow, error) {
-	s, err := openEcho(c.NS)
+	s, err := openEcho(c.NS, addr, c.source(addr))
 	if err != nil {
 		return nil, err
 	}

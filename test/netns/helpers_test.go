@@ -121,6 +121,14 @@ func del(t *testing.T, c *clientv3.Client, key string) {
 	}
 }
 
+// kernelOn reads h's IPv4 device (flannel.1) or its IPv6 one (flannel-v6.1).
+func kernelOn(h *netns.Host, ipv6 bool) (netns.Kernel, error) {
+	if ipv6 {
+		return h.Kernel6(device6)
+	}
+	return h.Kernel(device)
+}
+
 // touch sends one packet from h's container to addr, so that h's kernel
 // asks about it; nobody need answer.
 func touch(t *testing.T, h *netns.Host, addr netip.Addr) {
@@ -134,7 +142,13 @@ func touch(t *testing.T, h *netns.Host, addr netip.Addr) {
 // address of subnet.
 func pointingAt(t *testing.T, h *netns.Host, mac store.MAC, subnet netip.Prefix) []string {
 	t.Helper()
-	k, err := h.Kernel(device)
+	return pointingAtOn(t, h, false, mac, subnet)
+}
+
+// pointingAtOn is pointingAt on h's IPv4 device or, ipv6, on its IPv6 one.
+func pointingAtOn(t *testing.T, h *netns.Host, ipv6 bool, mac store.MAC, subnet netip.Prefix) []string {
+	t.Helper()
+	k, err := kernelOn(h, ipv6)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,7 +171,7 @@ func pointingAt(t *testing.T, h *netns.Host, mac store.MAC, subnet netip.Prefix)
 func installedFor(t *testing.T, h *netns.Host, addr netip.Addr, mac store.MAC, timeout time.Duration) error {
 	t.Helper()
 	return netns.Poll(timeout, func() error {
-		k, err := h.Kernel(device)
+		k, err := kernelOn(h, addr.Is6())
 		if err != nil {
 			return err
 		}
@@ -180,10 +194,16 @@ func installedFor(t *testing.T, h *netns.Host, addr netip.Addr, mac store.MAC, t
 // long that took.
 func goneWithin(t *testing.T, h *netns.Host, mac store.MAC, subnet netip.Prefix, timeout time.Duration) (time.Duration, error) {
 	t.Helper()
+	return goneWithinOn(t, h, false, mac, subnet, timeout)
+}
+
+// goneWithinOn is goneWithin on h's IPv4 device or, ipv6, on its IPv6 one.
+func goneWithinOn(t *testing.T, h *netns.Host, ipv6 bool, mac store.MAC, subnet netip.Prefix, timeout time.Duration) (time.Duration, error) {
+	t.Helper()
 	start := time.Now()
 	var left []string
 	err := netns.Poll(timeout, func() error {
-		if left = pointingAt(t, h, mac, subnet); len(left) > 0 {
+		if left = pointingAtOn(t, h, ipv6, mac, subnet); len(left) > 0 {
 			return fmt.Errorf("%s still holds %v", h.Name, left)
 		}
 		return nil

@@ -182,75 +182,16 @@ type Container struct {
 	// Extra are further addresses on the container, fresh targets for
 	// first-packet tests.
 	Extra []netip.Addr
+	// Addr6 and Extra6 are the same in IPv6 (AddContainerDual).
+	Addr6  netip.Addr
+	Extra6 []netip.Addr
 }
 
 // AddContainer builds the host's container bridge from its subnet file
 // (cbr0 with FLANNEL_SUBNET and FLANNEL_MTU, as dockerd --bip --mtu would)
 // and one container on it with .2 and extra more addresses from .10 up.
-// The host's vtepd must be ready.
-func (h *Host) AddContainer(extra int) (*Container, error) {
-	env, err := h.Subnet()
-	if err != nil {
-		return nil, err
-	}
-	c := &Container{NS: fmt.Sprintf("%s-c%d", h.lab.Name, h.Index), Host: h}
-	base := env.Subnet.Masked().Addr().As4()
-	at := func(n int) netip.Addr {
-		b := base
-		b[3] += byte(n)
-		return netip.AddrFrom4(b)
-	}
-	c.Addr = at(2)
-	if 10+extra > 1<<(32-env.Subnet.Bits())-1 {
-		return nil, fmt.Errorf("netns: %d extra addresses do not fit in %s", extra, env.Subnet)
-	}
-	for n := 0; n < extra; n++ {
-		c.Extra = append(c.Extra, at(10+n))
-	}
-	cc, err := h.lab.addNamespace(c.NS)
-	if err != nil {
-		return nil, err
-	}
-	hc, err := h.lab.conn(h.NS)
-	if err != nil {
-		return nil, err
-	}
-	if err := hc.nl.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "cbr0", MTU: env.MTU}}); err != nil {
-		return nil, fmt.Errorf("netns: bridge cbr0 on %s: %w", h.Name, err)
-	}
-	br, err := hc.link("cbr0")
-	if err != nil {
-		return nil, err
-	}
-	if err := do(
-		func() error { return hc.addAddrs(br, env.Subnet) },
-		func() error { return hc.up(br) },
-	); err != nil {
-		return nil, err
-	}
-	port, eth0, err := veth(hc, "veth-c", cc, "eth0", env.MTU)
-	if err != nil {
-		return nil, err
-	}
-	addrs := []netip.Prefix{netip.PrefixFrom(c.Addr, env.Subnet.Bits())}
-	for _, a := range c.Extra {
-		addrs = append(addrs, netip.PrefixFrom(a, env.Subnet.Bits()))
-	}
-	err = do(
-		func() error { return hc.nl.LinkSetMaster(port, br) },
-		func() error { return hc.up(port) },
-		func() error { return cc.addAddrs(eth0, addrs...) },
-		func() error { return cc.up(eth0) },
-		func() error { return cc.defaultRoute(eth0, env.Subnet.Addr()) },
-		func() error { return hc.waitOperUp("cbr0", "veth-c") },
-		func() error { return cc.waitOperUp("eth0") },
-	)
-	if err != nil {
-		return nil, fmt.Errorf("netns: container on %s: %w", h.Name, err)
-	}
-	h.Container = c
-	return c, nil
-}
+// The host's vtepd must be ready. (AddContainerDual adds IPv6.)
+func (h *Host) AddContainer(extra int) (*Container, error) { return h.addContainer(extra, false) }
 
 // PingResult is what one ping run reported.
 type PingResult struct {
@@ -319,7 +260,10 @@ type Kernel struct {
 
 // Kernel reads the host's device, its IPv4 neighbour and FDB entries, and
 // the IPv4 routes through it.
-func (h *Host) Kernel(device string) (Kernel, error) {
+func (h *Host) Kernel(device string) (Kernel, error) { return h.kernelOf(device, false) }
+
+// kernelOf reads an IPv4 (flannel.<VNI>) or IPv6 (flannel-v6.<VNI>) device.
+func (h *Host) kernelOf(device string, ipv6 bool) (Kernel, error) {
 	ns, err := netns.GetFromName(h.NS)
 	if err != nil {
 		return Kernel{}, err
@@ -334,7 +278,7 @@ func (h *Host) Kernel(device string) (Kernel, error) {
 	if err != nil {
 		return Kernel{}, fmt.Errorf("netns: %s on %s: %w", device, h.Name, err)
 	}
-	entries, err := fabric.OpenEntriesAt(ns, link.Attrs().Index, device)
+	entries, err := fabric.OpenEntriesAt(ns, link.Attrs().Index, device, fabric.WithIPv6(ipv6))
 	if err != nil {
 		return Kernel{}, err
 	}
@@ -346,7 +290,11 @@ func (h *Host) Kernel(device string) (Kernel, error) {
 	if k.FDB, err = entries.FDB(); err != nil {
 		return Kernel{}, err
 	}
-	routes, err := nh.RouteList(link, unix.AF_INET)
+	family := unix.AF_INET
+	if ipv6 {
+		family = unix.AF_INET6
+	}
+	routes, err := nh.RouteList(link, family)
 	if err != nil && !errors.Is(err, netlink.ErrDumpInterrupted) {
 		return Kernel{}, err
 	}

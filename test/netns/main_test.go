@@ -98,20 +98,26 @@ type overlay struct {
 // with a container holding extra fresh addresses.
 func newOverlay(t *testing.T, name string, n, extra int) *overlay {
 	t.Helper()
+	o := startOverlay(t, name, overlayConfig)
+	for range n {
+		o.addHost(t, extra)
+	}
+	return o
+}
+
+// startOverlay starts a lab with etcd and the network config, no hosts yet.
+func startOverlay(t *testing.T, name, config string) *overlay {
+	t.Helper()
 	lab := newLab(t, name)
 	if _, err := lab.StartEtcd(); err != nil {
 		t.Fatalf("starting etcd: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := lab.PutNetworkConfig(ctx, overlayConfig); err != nil {
+	if err := lab.PutNetworkConfig(ctx, config); err != nil {
 		t.Fatalf("writing the network config: %v", err)
 	}
-	o := &overlay{lab: lab}
-	for range n {
-		o.addHost(t, extra)
-	}
-	return o
+	return &overlay{lab: lab}
 }
 
 // addHost adds a host, starts its vtepd, and gives it a container.
