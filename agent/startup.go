@@ -336,6 +336,11 @@ func (a *agent) ensureDevices(context.Context) error {
 		if err := dev.EnableAppProbes(); err != nil {
 			return err
 		}
+		if f.direct(a.netCfg, a.underlay) != nil {
+			if err := dev.LooseReversePath(); err != nil {
+				return err
+			}
+		}
 		if trap, err := dev.ProbeTimersTrap(); err == nil && trap != "" {
 			a.log.Warn("neighbour timers keep idle entries alive", zap.String("why", trap))
 		}

@@ -449,6 +449,21 @@ func (d *Device) writeSysctls(ss []sysctl) error {
 // /proc/sys of the calling thread's network namespace.
 func (d *Device) EnableAppProbes() error { return d.writeSysctls(d.sysctls()) }
 
+// LooseReversePath sets an IPv4 device's reverse-path filter to loose
+// (/proc/sys/net/ipv4/conf/<device>/rp_filter=2; the kernel applies the
+// larger of that and conf/all's, so a strict all=1 becomes loose for this
+// device only). DirectRouting needs it: the first packet each way between
+// two hosts goes through the device while the route back to its sender is
+// already the direct one on the underlay, and a strict filter drops it.
+// An IPv6 device has no such sysctl. It writes /proc/sys of the calling
+// thread's network namespace.
+func (d *Device) LooseReversePath() error {
+	if d.IPv6 {
+		return nil
+	}
+	return d.writeSysctls([]sysctl{{"ipv4/conf", "rp_filter", "2"}})
+}
+
 // neighDir is the directory of the device's neighbour sysctls.
 func (d *Device) neighDir() string {
 	if d.IPv6 {
