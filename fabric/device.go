@@ -464,6 +464,22 @@ func (d *Device) LooseReversePath() error {
 	return d.writeSysctls([]sysctl{{"ipv4/conf", "rp_filter", "2"}})
 }
 
+// ReversePathFilter is the IPv4 reverse-path filter the kernel applies to
+// packets coming in on interface name: the larger of
+// /proc/sys/net/ipv4/conf/all/rp_filter and the interface's own (0 off, 1
+// strict, 2 loose), in the calling thread's network namespace.
+func ReversePathFilter(name string) (int, error) {
+	all, err := readSysctlInt("/proc/sys/net/ipv4/conf/all/rp_filter")
+	if err != nil {
+		return 0, err
+	}
+	own, err := readSysctlInt(filepath.Join("/proc/sys/net/ipv4/conf", name, "rp_filter"))
+	if err != nil {
+		return 0, err
+	}
+	return max(all, own), nil
+}
+
 // neighDir is the directory of the device's neighbour sysctls.
 func (d *Device) neighDir() string {
 	if d.IPv6 {
