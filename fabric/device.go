@@ -136,6 +136,10 @@ type Device struct {
 	// Local is the underlay address its packets leave from.
 	Local netip.Addr
 
+	// underlay is the underlay interface's index, whose link changes
+	// Watch reports too (direct routes are on it).
+	underlay int
+
 	h   *netlink.Handle
 	log *zap.Logger
 }
@@ -236,6 +240,7 @@ func ensureDevice(h *netlink.Handle, spec DeviceSpec, log *zap.Logger) (*Device,
 		h:     h,
 		log:   log,
 	}
+	d.underlay = spec.Underlay.Index
 	if link.Attrs().Flags&net.FlagUp == 0 {
 		if spec.IPv6 {
 			// Before the device comes up: up, it would start duplicate
