@@ -45,12 +45,12 @@ func repairDevice(ctx context.Context, dev *fabric.Device, gateway netip.Addr, r
 		if err != nil {
 			log.Warn("restoring the device's routes failed", zap.String("device", dev.Name), zap.Error(err))
 		}
-		if changedRoutes {
-			// The kernel drops every route of a device that goes down:
-			// the host routes of the host answer mode too.
-			if err := r.RestoreRoutes(); err != nil {
-				log.Warn("restoring host routes failed", zap.String("device", dev.Name), zap.Error(err))
-			}
+		// The kernel drops every route of a device that goes down: the
+		// host routes of the host answer mode with the device's, the
+		// direct routes with the underlay interface's (whose flap leaves
+		// the device's own routes alone).
+		if err := r.RestoreRoutes(); err != nil {
+			log.Warn("restoring host and direct routes failed", zap.String("device", dev.Name), zap.Error(err))
 		}
 		if changedAddr || changedRoutes {
 			log.Info("restored the device's address and routes", zap.String("device", dev.Name),

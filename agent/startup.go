@@ -342,6 +342,19 @@ func (a *agent) ensureDevices(context.Context) error {
 		if err := dev.EnableAppProbes(); err != nil {
 			return err
 		}
+		if f.direct(a.netCfg, a.underlay) != nil {
+			if err := dev.LooseReversePath(); err != nil {
+				return err
+			}
+			// Not vtepd's to loosen: a peer sends directly once it has
+			// its route, and until this host has one back (it has not
+			// sent to that peer since its routes went: a reboot, say) a
+			// strict filter drops what comes in on the underlay.
+			if rp, err := fabric.ReversePathFilter(a.underlay.Name); err == nil && rp == 1 && !f.ipv6 {
+				a.log.Warn("DirectRouting with strict reverse-path filtering on the underlay interface: a peer's direct packets are dropped until this host has sent to that peer; set it to 2 (loose)",
+					zap.String("sysctl", "net.ipv4.conf."+a.underlay.Name+".rp_filter"), zap.Int("rp_filter", rp))
+			}
+		}
 		if trap, err := dev.ProbeTimersTrap(); err == nil && trap != "" {
 			a.log.Warn("neighbour timers keep idle entries alive", zap.String("why", trap))
 		}

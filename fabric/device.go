@@ -136,6 +136,10 @@ type Device struct {
 	// Local is the underlay address its packets leave from.
 	Local netip.Addr
 
+	// underlay is the underlay interface's index, whose link changes
+	// Watch reports too (direct routes are on it).
+	underlay int
+
 	h   *netlink.Handle
 	log *zap.Logger
 }
@@ -236,6 +240,7 @@ func ensureDevice(h *netlink.Handle, spec DeviceSpec, log *zap.Logger) (*Device,
 		h:     h,
 		log:   log,
 	}
+	d.underlay = spec.Underlay.Index
 	if link.Attrs().Flags&net.FlagUp == 0 {
 		if spec.IPv6 {
 			// Before the device comes up: up, it would start duplicate
@@ -448,6 +453,37 @@ func (d *Device) writeSysctls(ss []sysctl) error {
 // <device>/, no DAD, no router advertisements or solicitations. It writes
 // /proc/sys of the calling thread's network namespace.
 func (d *Device) EnableAppProbes() error { return d.writeSysctls(d.sysctls()) }
+
+// LooseReversePath sets an IPv4 device's reverse-path filter to loose
+// (/proc/sys/net/ipv4/conf/<device>/rp_filter=2; the kernel applies the
+// larger of that and conf/all's, so a strict all=1 becomes loose for this
+// device only). DirectRouting needs it: the first packet each way between
+// two hosts goes through the device while the route back to its sender is
+// already the direct one on the underlay, and a strict filter drops it.
+// An IPv6 device has no such sysctl. It writes /proc/sys of the calling
+// thread's network namespace.
+func (d *Device) LooseReversePath() error {
+	if d.IPv6 {
+		return nil
+	}
+	return d.writeSysctls([]sysctl{{"ipv4/conf", "rp_filter", "2"}})
+}
+
+// ReversePathFilter is the IPv4 reverse-path filter the kernel applies to
+// packets coming in on interface name: the larger of
+// /proc/sys/net/ipv4/conf/all/rp_filter and the interface's own (0 off, 1
+// strict, 2 loose), in the calling thread's network namespace.
+func ReversePathFilter(name string) (int, error) {
+	all, err := readSysctlInt("/proc/sys/net/ipv4/conf/all/rp_filter")
+	if err != nil {
+		return 0, err
+	}
+	own, err := readSysctlInt(filepath.Join("/proc/sys/net/ipv4/conf", name, "rp_filter"))
+	if err != nil {
+		return 0, err
+	}
+	return max(all, own), nil
+}
 
 // neighDir is the directory of the device's neighbour sysctls.
 func (d *Device) neighDir() string {

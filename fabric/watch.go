@@ -10,10 +10,11 @@ import (
 )
 
 // Watch calls changed whenever the device may have lost its address or
-// routes, until ctx is done: when the kernel reports a change of the
-// device's link (it went down and up: the kernel drops every route of a
-// device that goes down) or the deletion of one of its routes (anyone may
-// delete one by hand), and every interval in case a notification was lost.
+// routes, or the underlay interface its direct routes, until ctx is done:
+// when the kernel reports a change of either's link (it went down and up:
+// the kernel drops every route of a device that goes down, and says
+// nothing of it) or the deletion of one of their routes (anyone may delete
+// one by hand), and every interval in case a notification was lost.
 // changed runs on Watch's goroutine, one call at a time.
 func (d *Device) Watch(ctx context.Context, interval time.Duration, changed func()) {
 	links := make(chan netlink.LinkUpdate, 64)
@@ -50,7 +51,7 @@ func (d *Device) Watch(ctx context.Context, interval time.Duration, changed func
 				linkCh = nil
 				continue
 			}
-			if int(u.Index) != d.Index {
+			if !d.watches(int(u.Index)) {
 				continue
 			}
 		case u, ok := <-routeCh:
@@ -58,11 +59,17 @@ func (d *Device) Watch(ctx context.Context, interval time.Duration, changed func
 				routeCh = nil
 				continue
 			}
-			if u.LinkIndex != d.Index || u.Type != unix.RTM_DELROUTE {
+			if !d.watches(u.LinkIndex) || u.Type != unix.RTM_DELROUTE {
 				continue
 			}
 		case <-tick.C:
 		}
 		changed()
 	}
+}
+
+// watches says whether Watch reports changes of the link with index i: the
+// device, or its underlay interface.
+func (d *Device) watches(i int) bool {
+	return i == d.Index || d.underlay > 0 && i == d.underlay
 }

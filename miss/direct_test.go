@@ -98,3 +98,26 @@ func TestDirectRoutingReconcile(t *testing.T) {
 		}
 	}
 }
+
+// TestDirectRoutingRestore: the underlay interface went down and up, and
+// the kernel dropped the direct routes on it; RestoreRoutes puts back the
+// ones the responder installed (an answer never writes a route it
+// believes installed again), and only those.
+func TestDirectRoutingRestore(t *testing.T) {
+	r, _, k := newDirectResponder(peerLease)
+	mustAnswer(t, r, "10.5.2.7")
+	k.takeOps()
+	delete(k.routes, directTo(peerLease))
+	if err := r.RestoreRoutes(); err != nil {
+		t.Fatal(err)
+	}
+	if ops := k.takeOps(); len(ops) != 1 || ops[0] != "set-route "+directTo(peerLease).String() {
+		t.Errorf("restoring after the underlay's flap: %v, want the direct route alone", ops)
+	}
+	if err := r.RestoreRoutes(); err != nil {
+		t.Fatal(err)
+	}
+	if ops := k.takeOps(); len(ops) != 0 {
+		t.Errorf("restoring with every route in place wrote %v", ops)
+	}
+}

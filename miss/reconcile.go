@@ -288,12 +288,16 @@ func (r *Responder) Sweep() (int, error) {
 	return answered + ok, errors.Join(append(errs, err)...)
 }
 
-// RestoreRoutes puts back the host routes the kernel lost, as it does when
-// the device goes down. Call it when the device's routes were restored.
+// RestoreRoutes puts back the host routes and the direct routes the kernel
+// lost, as it does when the device (host routes) or the underlay interface
+// (direct routes) goes down. Call it whenever either may have lost routes:
+// a direct route believed installed is never written again by an answer,
+// and without it the peer's direct packets meet a route back through the
+// device (which a strict reverse-path filter drops).
 func (r *Responder) RestoreRoutes() error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.hostRoutes) == 0 {
+	if len(r.hostRoutes) == 0 && len(r.directRoutes) == 0 {
 		return nil
 	}
 	routes, err := r.kernel.Routes()
@@ -305,14 +309,19 @@ func (r *Responder) RestoreRoutes() error {
 		present[rt] = true
 	}
 	var errs []error
-	for dst, via := range r.hostRoutes {
-		rt := fabric.Route{Dst: dst, Via: via}
+	restore := func(rt fabric.Route) {
 		if present[rt] {
-			continue
+			return
 		}
 		if err := r.kernel.SetRoute(rt, r.cfg.Gateway); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	for dst, via := range r.hostRoutes {
+		restore(fabric.Route{Dst: dst, Via: via})
+	}
+	for dst, via := range r.directRoutes {
+		restore(fabric.Route{Dst: dst, Via: via, Direct: true})
 	}
 	return errors.Join(errs...)
 }

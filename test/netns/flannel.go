@@ -22,11 +22,17 @@ import (
 // host's lease (a route via its first address, onlink; a permanent
 // neighbour for that address; a permanent FDB entry), which Sync writes as
 // flanneld does on every lease event. The interop tests run vtepd hosts
-// beside it.
+// beside it. AddFlannelHostWith adds the vxlan backend's MTU and
+// DirectRouting, and Restart flanneld starting again on the host.
 type FlannelHost struct {
 	*Host
 	Subnet netip.Prefix
 	MAC    net.HardwareAddr
+	// Network is the overlay's network, as the subnet file gives it.
+	Network netip.Prefix
+	// Options are the config's Backend options the host honours
+	// (AddFlannelHostWith).
+	Options FlannelOptions
 }
 
 // AddFlannelHost adds a flannel-style host holding subnet in network (its
@@ -37,7 +43,7 @@ func (l *Lab) AddFlannelHost(ctx context.Context, network, subnet netip.Prefix) 
 	if err != nil {
 		return nil, err
 	}
-	f := &FlannelHost{Host: h, Subnet: subnet.Masked()}
+	f := &FlannelHost{Host: h, Subnet: subnet.Masked(), Network: network}
 	// flannel: vxlan id 1, local public IP, dev of the public IP, dstport
 	// 8472, nolearning; MTU = underlay - 50; the subnet's first address.
 	hc, err := l.conn(h.NS)
@@ -142,6 +148,13 @@ func (f *FlannelHost) Sync(ctx context.Context) (int, error) {
 		mac, merr := net.ParseMAC(attrs.BackendData.VtepMAC)
 		if err != nil || merr != nil || attrs.BackendType != "vxlan" || attrs.BackendData.VNI != 1 {
 			return n, fmt.Errorf("netns: flanneld's vxlan backend would not use %s = %s", kv.Key, kv.Value)
+		}
+		if direct, err := f.syncDirect(hc, subnet, publicIP); direct || err != nil {
+			if err != nil {
+				return n, err
+			}
+			n++
+			continue
 		}
 		gw := subnet.Addr()
 		idx := dev.Attrs().Index
