@@ -13,7 +13,6 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vtepd/vtepd/store"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"golang.org/x/sys/unix"
 )
 
 // FlannelHost is a host set up exactly as flanneld's vxlan backend (etcd v3
@@ -156,23 +155,7 @@ func (f *FlannelHost) Sync(ctx context.Context) (int, error) {
 			n++
 			continue
 		}
-		gw := subnet.Addr()
-		idx := dev.Attrs().Index
-		err = do(
-			func() error {
-				return hc.nl.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, State: netlink.NUD_PERMANENT,
-					IP: gw.AsSlice(), HardwareAddr: mac})
-			},
-			func() error {
-				return hc.nl.NeighSet(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, Flags: netlink.NTF_SELF,
-					State: netlink.NUD_PERMANENT, IP: publicIP.AsSlice(), HardwareAddr: mac})
-			},
-			func() error {
-				return hc.nl.RouteReplace(&netlink.Route{LinkIndex: idx, Dst: ipNet(subnet), Gw: gw.AsSlice(),
-					Flags: int(netlink.FLAG_ONLINK)})
-			},
-		)
-		if err != nil {
+		if err := programFlannelPeer(hc, dev.Attrs().Index, subnet, publicIP, mac); err != nil {
 			return n, fmt.Errorf("netns: flannel host %s: entries for %s: %w", f.Name, kv.Key, err)
 		}
 		n++

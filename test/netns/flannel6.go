@@ -189,7 +189,7 @@ func (f *FlannelHost6) Sync(ctx context.Context) (int, error) {
 // PERMANENT neighbour for the subnet's first address resolving to the
 // peer's VTEP MAC, a PERMANENT FDB entry sending that MAC to the peer's
 // public IP, and, last, the route for the subnet via that first address,
-// onlink. (FlannelHost.Sync writes the same for IPv4 on its own.)
+// onlink. FlannelHost.Sync and FlannelHost6.Sync share it.
 func programFlannelPeer(hc *nsConn, idx int, subnet netip.Prefix, publicIP netip.Addr, mac net.HardwareAddr) error {
 	gw := subnet.Addr()
 	family := unix.AF_INET

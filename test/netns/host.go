@@ -278,16 +278,24 @@ func (h *Host) kernelOf(device string, ipv6 bool) (Kernel, error) {
 	if err != nil {
 		return Kernel{}, fmt.Errorf("netns: %s on %s: %w", device, h.Name, err)
 	}
-	entries, err := fabric.OpenEntriesAt(ns, link.Attrs().Index, device, fabric.WithIPv6(ipv6))
+	// A Reader, not Entries: assertions read through the read-only
+	// socket, never the one vtepd's writes go through.
+	r, err := fabric.OpenReaderAt(ns)
 	if err != nil {
 		return Kernel{}, err
 	}
-	defer entries.Close()
+	defer r.Close()
 	k := Kernel{Device: link}
-	if k.Neighbours, err = entries.Neighbours(); err != nil {
+	neighbours, err := r.Neighbours(link.Attrs().Index)
+	if err != nil {
 		return Kernel{}, err
 	}
-	if k.FDB, err = entries.FDB(); err != nil {
+	for _, n := range neighbours {
+		if n.IP.Is6() == ipv6 {
+			k.Neighbours = append(k.Neighbours, n)
+		}
+	}
+	if k.FDB, err = r.FDB(link.Attrs().Index); err != nil {
 		return Kernel{}, err
 	}
 	family := unix.AF_INET

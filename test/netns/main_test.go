@@ -326,7 +326,10 @@ func ownNeighbourTable(t *testing.T) {
 			return err
 		})
 		if err != nil {
-			t.Errorf("kernel neighbour table not emptied %s: %v", when, err)
+			// The table's count is the whole kernel's: entries held by
+			// namespaces outside this run (a second lab run, a left-over
+			// namespace) are counted too.
+			t.Errorf("kernel neighbour table not emptied %s: %v (is another lab running on this machine? `ip netns list`)", when, err)
 		}
 	}
 	wait("before the test")

@@ -171,13 +171,3 @@ func mustEnv(t *testing.T, h *netns.Host) subnetfile.Env {
 	}
 	return env
 }
-
-// logTime is when vtepd wrote a log line.
-func logTime(t *testing.T, e netns.LogEntry) time.Time {
-	t.Helper()
-	ts, err := time.Parse("2006-01-02T15:04:05.000Z0700", e.Str("ts"))
-	if err != nil {
-		t.Fatalf("log line %q: time %q: %v", e.Str("msg"), e.Str("ts"), err)
-	}
-	return ts
-}
