@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vtepd/vtepd/fabric"
 	"github.com/vtepd/vtepd/store"
 	"github.com/vtepd/vtepd/test/netns"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -782,4 +783,106 @@ func TestGoingDualStack(t *testing.T) {
 	}
 	firstPing(t, h1, h2.Container.Addr6)
 	firstPing(t, h2, h1.Container.Addr6)
+}
+
+// TestIPv6HostAnswerMode: --answer=host on a dual-stack overlay over the
+// IPv6 underlay. Nothing is routed to a peer before it is talked to; the
+// first miss for a peer's IPv6 address installs a route for its whole IPv6
+// subnet via the subnet's first address, and every later address of that
+// peer is reached, first packet included, through that one neighbour entry
+// (the first miss's own address has its entry too)
+// (the IPv4 part the same, on its own device). When the lease goes, its
+// routes and entries of both families go with it.
+func TestIPv6HostAnswerMode(t *testing.T) {
+	t.Parallel()
+	o := startOverlay(t, "vt6host", dualStackConfig)
+	h1 := o.addHost6(t, true, 0, "--answer", "host")
+	const fresh = 6
+	h2 := o.addHost6(t, true, fresh)
+	peer := leaseOfHost(t, o.lab, h2)
+	part6, _ := peer.IPv6()
+	routes := map[bool]string{
+		true:  fabric.Route{Dst: part6.Subnet, Via: part6.Gateway()}.String(),
+		false: fabric.Route{Dst: peer.Subnet, Via: peer.Gateway()}.String(),
+	}
+	for ipv6, want := range routes {
+		if k, err := kernelOn(h1, ipv6); err != nil || hasRoute(k, want) {
+			t.Fatalf("%s routes %s before any packet went there (%v)", h1.Name, want, err)
+		}
+	}
+
+	for _, ipv6 := range []bool{true, false} {
+		family, primary, extra, subnet := "IPv4", h2.Container.Addr, h2.Container.Extra, peer.Subnet
+		if ipv6 {
+			family, primary, extra, subnet = "IPv6", h2.Container.Addr6, h2.Container.Extra6, part6.Subnet
+		}
+		for _, a := range append([]netip.Addr{primary}, extra...) {
+			firstPing(t, h1, a)
+		}
+		k, err := kernelOn(h1, ipv6)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !hasRoute(k, routes[ipv6]) {
+			t.Errorf("%s: no route %s on %s after the first miss: %v", family, routes[ipv6], h1.Name, routeStrings(k))
+		}
+		var inSubnet []netip.Addr
+		for _, n := range k.Neighbours {
+			if subnet.Contains(n.IP) {
+				inSubnet = append(inSubnet, n.IP)
+			}
+		}
+		// The first miss's own address is answered too (its packet is
+		// queued on that neighbour entry); none of the later ones is.
+		slices.SortFunc(inSubnet, netip.Addr.Compare)
+		if want := []netip.Addr{subnet.Addr(), primary}; !slices.Equal(inSubnet, want) {
+			t.Errorf("%s: %d addresses of %s pinged; %s holds neighbours %v in it, want only %v (the gateway, the first miss's)",
+				family, fresh+1, subnet, h1.Name, inSubnet, want)
+		}
+	}
+
+	// A lease that goes takes its routes along, of both families.
+	c := etcdClient(t, o.lab)
+	f := newFakes6(t, c, 1)[0]
+	put(t, c, f.Key(), f.Value())
+	fakeRoutes := map[bool]string{
+		true:  fabric.Route{Dst: f.Subnet6, Via: f.Subnet6.Addr()}.String(),
+		false: fabric.Route{Dst: f.Subnet, Via: f.Subnet.Addr()}.String(),
+	}
+	for ipv6, want := range fakeRoutes {
+		a := f.Addr(5)
+		if ipv6 {
+			a = f.Addr6(5)
+		}
+		err := netns.Poll(10*time.Second, func() error {
+			k, err := kernelOn(h1, ipv6)
+			if err == nil && !hasRoute(k, want) {
+				touch(t, h1, a)
+				err = fmt.Errorf("no route %s", want)
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatalf("after a miss for %s: %v", a, err)
+		}
+	}
+	del(t, c, f.Key())
+	for ipv6, want := range fakeRoutes {
+		err := netns.Poll(5*time.Second, func() error {
+			k, err := kernelOn(h1, ipv6)
+			if err == nil && hasRoute(k, want) {
+				err = fmt.Errorf("route %s still there", want)
+			}
+			return err
+		})
+		if err != nil {
+			t.Errorf("deleted lease: %v", err)
+		}
+	}
+	if _, err := goneWithinOn(t, h1, true, f.MACv6, f.Subnet6, 5*time.Second); err != nil {
+		t.Errorf("deleted lease's IPv6 entries: %v", err)
+	}
+	if _, err := goneWithinOn(t, h1, false, f.MAC, f.Subnet, 5*time.Second); err != nil {
+		t.Errorf("deleted lease's IPv4 entries: %v", err)
+	}
 }
