@@ -151,7 +151,12 @@ func (r *Responder) prepare(ip netip.Addr, l store.Part) (writes int, done bool,
 // the packet on its entry, and only a write to that entry releases it.
 // Called with r.mu held.
 func (r *Responder) install(ip netip.Addr, l store.Part) (int, error) {
-	if r.fdb[l.VtepMAC] != l.PublicIP && !r.needsHostRoute(l) && !r.needsDirectRoute(l) {
+	if !r.needsHostRoute(l) && !r.needsDirectRoute(l) {
+		if r.fdb[l.VtepMAC] == l.PublicIP {
+			// A later address of a known peer, the common case: its
+			// neighbour alone, without prepare's second look at the FDB.
+			return 1, r.setNeigh(ip, l.VtepMAC)
+		}
 		// The first answer for a peer: its FDB entry and the address's
 		// neighbour in one datagram, the FDB entry first, half the system
 		// calls of two writes.
