@@ -73,6 +73,9 @@ func (s *syncer) run(ctx context.Context) error {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
+				// A re-list after compaction that fails is where an
+				// outage shows first: the watch that ended did not say so.
+				s.setWatching(false)
 				s.log.Warn("listing leases failed; retrying", zap.String("prefix", s.prefix), zap.Error(err), zap.Duration("backoff", bo.peek()))
 				if !bo.wait(ctx) {
 					return ctx.Err()
@@ -196,7 +199,7 @@ func rangePages(ctx context.Context, c *clientv3.Client, prefix string, pageSize
 
 // watch applies events after rev until the watch fails, and returns the last
 // revision applied with the failure.
-func (s *syncer) watch(ctx context.Context, rev int64) (int64, error) {
+func (s *syncer) watch(ctx context.Context, rev int64) (last int64, err error) {
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// WithRequireLeader: a member cut off from its cluster ends the watch
@@ -213,7 +216,12 @@ func (s *syncer) watch(ctx context.Context, rev int64) (int64, error) {
 	// quiet cluster, so silence proves nothing either.
 	created := false
 	defer func() {
-		if ctx.Err() == nil { // a stop is no outage
+		// A stop is no outage. Nor is a watch that fell behind
+		// compaction: etcd answered, and the re-list that follows at once
+		// is the catch-up. A reconnection after an outage often ends so
+		// (the resume revision was compacted meanwhile), and counting it
+		// logged one outage as two, the second a quarter second long.
+		if ctx.Err() == nil && !errors.Is(err, rpctypes.ErrCompacted) {
 			s.setWatching(false)
 		}
 	}()

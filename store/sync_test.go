@@ -791,3 +791,52 @@ func TestSyncListStartsOverAfterCompaction(t *testing.T) {
 		t.Errorf("Stats = %+v", s)
 	}
 }
+
+// TestSyncCompactionIsNoOutage: a watch that delivered and then fell behind
+// compaction (what a reconnection after an outage often meets: its resume
+// revision was compacted meanwhile) re-lists without logging an outage of its
+// own. Counting it logged one etcd outage as two (TestEtcdOutages, the
+// second "outage" a quarter second long).
+func TestSyncCompactionIsNoOutage(t *testing.T) {
+	t.Parallel()
+	c := startEtcd(t)
+	putLease(t, c, mkLease("10.5.1.0/24", 1, 0))
+	compact := make(chan struct{})
+	hw := &hookWatcher{Watcher: c.Watcher}
+	hw.hook = func(call int, ctx context.Context, key string, opts ...clientv3.OpOption) clientv3.WatchChan {
+		if call != 1 {
+			return nil // the watch after the re-list is etcd's own
+		}
+		ch := make(chan clientv3.WatchResponse)
+		go func() {
+			for _, r := range []clientv3.WatchResponse{{Created: true}, {CompactRevision: 1}} {
+				if r.CompactRevision != 0 {
+					<-compact
+				}
+				select {
+				case ch <- r:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+		return ch
+	}
+	tb := NewTable(testConfig())
+	core, logs := observer.New(zapcore.InfoLevel)
+	startSync(t, tb, withWatcher(c, hw), zap.New(core))
+	waitSynced(t, tb)
+	eventually(t, 5*time.Second, func() bool { return tb.Stats().Watching }, "not watching after the created notification")
+	close(compact)
+	eventually(t, 10*time.Second, func() bool { return tb.Stats().Relists == 1 && hw.Calls() >= 2 }, "no re-list after compaction: %+v", tb.Stats())
+	eventually(t, 5*time.Second, func() bool { return tb.Stats().Watching }, "not watching after the re-list")
+	if n := logs.FilterMessageSnippet("lost the etcd watch").Len(); n != 0 {
+		t.Errorf("a compaction with etcd answering logged %d outages, want none: %v", n, logs.All())
+	}
+	if n := logs.FilterMessageSnippet("etcd watch of the leases is back").Len(); n != 0 {
+		t.Errorf("%d outage ends logged, want none: %v", n, logs.All())
+	}
+	if n := logs.FilterMessageSnippet("fell behind etcd compaction").Len(); n != 1 {
+		t.Errorf("re-list after compaction logged %d times, want 1", n)
+	}
+}
