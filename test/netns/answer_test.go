@@ -1,6 +1,7 @@
 package netns_test
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -226,12 +227,19 @@ func TestJoinAnswersWaitingPeers(t *testing.T) {
 	if err != nil || res.Received != 1 {
 		t.Fatalf("ping sent before the lease existed: %v %+v", err, res)
 	}
-	answered := 0
-	for _, e := range h1.Vtepd.Entries("a new lease appeared; answered the addresses peers were waiting on") {
-		answered += logInt(t, e, "answered")
-	}
-	if answered == 0 {
-		t.Errorf("no sweep answered the waiting peer when the lease appeared")
+	// The reply can arrive before vtepd has logged the sweep that let it.
+	err = netns.Poll(2*time.Second, func() error {
+		answered := 0
+		for _, e := range h1.Vtepd.Entries("a new lease appeared; answered the addresses peers were waiting on") {
+			answered += logInt(t, e, "answered")
+		}
+		if answered == 0 {
+			return errors.New("no sweep answered the waiting peer when the lease appeared")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
 	}
 	t.Logf("a ping sent before the new host's lease existed: answered by the sweep, RTT %v (the kernel's own retry would have come after 1 s)", res.RTTs[0])
 }

@@ -3,9 +3,11 @@ package netns
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"slices"
+	"time"
 )
 
 // LogEntry is one line of a JSON log written by vtepd.
@@ -24,6 +26,22 @@ func (p *Process) Entries(msg string) []LogEntry {
 	defer p.logMu.Unlock()
 	p.read.refresh(p.LogPath)
 	return slices.Clone(p.read.byMsg[msg])
+}
+
+// WaitEntries waits up to timeout for the process's log to hold at least
+// n lines whose message is msg, and returns them. A test that has just
+// seen vtepd's kernel change must wait for the line reporting it: vtepd
+// writes to the kernel first and logs after, so the change can be seen
+// before the line is written.
+func (p *Process) WaitEntries(msg string, n int, timeout time.Duration) ([]LogEntry, error) {
+	var got []LogEntry
+	err := poll(timeout, func() error {
+		if got = p.Entries(msg); len(got) < n {
+			return fmt.Errorf("%d log lines %q, want %d", len(got), msg, n)
+		}
+		return nil
+	})
+	return got, err
 }
 
 // logReader reads a log as it grows: tests poll logs every few

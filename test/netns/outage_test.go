@@ -104,8 +104,8 @@ func TestIdlePeersForgotten(t *testing.T) {
 	if res := busy.Stop(); res.Sent == 0 || len(res.Lost) > 0 {
 		t.Errorf("flow to the busy peer while an idle one was forgotten: %d sent, %d received, lost %v", res.Sent, res.Received, res.Lost)
 	}
-	if n := len(h1.Vtepd.Entries("removed the entries of idle peers")); n == 0 {
-		t.Error("no log line says idle peers' entries were removed")
+	if _, err := h1.Vtepd.WaitEntries("removed the entries of idle peers", 1, 2*time.Second); err != nil {
+		t.Errorf("no log line says idle peers' entries were removed: %v", err)
 	}
 	firstPing(t, h1, h2.Container.Extra[0])
 }
