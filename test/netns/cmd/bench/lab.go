@@ -23,6 +23,17 @@ type overlay struct {
 // newOverlay starts a lab with etcd and config, and n hosts whose vtepd logs
 // at info and gets args, each with a container holding extra addresses.
 func (b *bench) newOverlay(name, config string, n, extra int, args ...string) (*overlay, error) {
+	return b.overlayOf(name, config, n, func(o *overlay) (*netns.Host, error) { return o.addHost(extra, args...) })
+}
+
+// newOverlay6 is newOverlay for a config with IPv6: its hosts have an IPv6
+// underlay address too when v6Underlay is set, and their containers extra
+// addresses of each family the config enables.
+func (b *bench) newOverlay6(name, config string, v6Underlay bool, n, extra int) (*overlay, error) {
+	return b.overlayOf(name, config, n, func(o *overlay) (*netns.Host, error) { return o.addHost6(v6Underlay, extra) })
+}
+
+func (b *bench) overlayOf(name, config string, n int, add func(*overlay) (*netns.Host, error)) (*overlay, error) {
 	lab, err := b.newLab(name)
 	if err != nil {
 		return nil, err
@@ -39,7 +50,7 @@ func (b *bench) newOverlay(name, config string, n, extra int, args ...string) (*
 		return nil, err
 	}
 	for range n {
-		if _, err := o.addHost(extra, args...); err != nil {
+		if _, err := add(o); err != nil {
 			o.close()
 			return nil, err
 		}
@@ -67,6 +78,22 @@ func (o *overlay) addHost(extra int, args ...string) (*netns.Host, error) {
 	return h, nil
 }
 
+func (o *overlay) addHost6(v6Underlay bool, extra int) (*netns.Host, error) {
+	h, err := o.lab.AddHost6(v6Underlay)
+	if err != nil {
+		return nil, err
+	}
+	h.LogLevel = "info"
+	if _, err := h.StartVtepd(); err != nil {
+		return nil, err
+	}
+	if _, err := h.AddContainerDual(extra); err != nil {
+		return nil, err
+	}
+	o.hosts = append(o.hosts, h)
+	return h, nil
+}
+
 // lease reads h's lease from etcd.
 func (o *overlay) lease(h *netns.Host) (store.Lease, error) {
 	env, err := h.Subnet()
@@ -78,22 +105,27 @@ func (o *overlay) lease(h *netns.Host) (store.Lease, error) {
 		return store.Lease{}, err
 	}
 	defer c.Close()
-	subnet := env.Subnet.Masked()
-	key := store.SubnetsPrefix("/coreos.com/network") + store.SubnetKey(subnet)
+	elem := store.LeaseKey(env.Subnet.Masked(), env.IPv6Subnet.Masked())
+	key := store.SubnetsPrefix("/coreos.com/network") + elem
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	resp, err := c.Get(ctx, key)
 	if err != nil || len(resp.Kvs) != 1 {
 		return store.Lease{}, fmt.Errorf("reading %s: %v", key, err)
 	}
-	l, err := store.ParseLease(store.SubnetKey(subnet), resp.Kvs[0].Value)
+	l, err := store.ParseLease(elem, resp.Kvs[0].Value)
 	l.Key = key
 	return l, err
 }
 
-// resolved counts h's neighbour entries in subnet that point at mac.
+// resolved counts h's neighbour entries in subnet that point at mac, on
+// the VXLAN device of subnet's family.
 func resolved(h *netns.Host, subnet netip.Prefix, mac store.MAC) (int, error) {
-	k, err := h.Kernel("flannel.1")
+	kernel := func() (netns.Kernel, error) { return h.Kernel("flannel.1") }
+	if subnet.Addr().Is6() {
+		kernel = func() (netns.Kernel, error) { return h.Kernel6("flannel-v6.1") }
+	}
+	k, err := kernel()
 	if err != nil {
 		return 0, err
 	}

@@ -67,8 +67,10 @@ func scenarios() []scenario {
 	return []scenario{
 		{"go", (*bench).goBenchmarks},
 		{"firstpacket", (*bench).firstPacket},
+		{"firstpacket6", (*bench).firstPacket6},
 		{"join", (*bench).join},
 		{"storm", (*bench).storm},
+		{"storm6", (*bench).storm6},
 		{"economy", (*bench).economy},
 		{"scale", (*bench).scale},
 		{"dataplane", (*bench).dataPlane},

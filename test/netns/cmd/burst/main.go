@@ -27,11 +27,15 @@ func main() {
 	interval := flag.Duration("interval", 0, "pause between datagrams (0: as fast as possible)")
 	flag.Parse()
 	first, err := netip.ParseAddr(*start)
-	if err != nil || !first.Is4() {
-		fmt.Fprintln(os.Stderr, "burst: --start must be an IPv4 address")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "burst: --start %q: want an IPv4 or IPv6 address\n", *start)
 		os.Exit(2)
 	}
-	conn, err := net.ListenUDP("udp4", nil)
+	network := "udp4"
+	if first.Is6() {
+		network = "udp6"
+	}
+	conn, err := net.ListenUDP(network, nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "burst:", err)
 		os.Exit(1)
