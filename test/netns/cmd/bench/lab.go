@@ -18,6 +18,8 @@ import (
 type overlay struct {
 	lab   *netns.Lab
 	hosts []*netns.Host
+	// env is added to each host's vtepd environment (bench.vtepdEnv).
+	env []string
 }
 
 // newOverlay starts a lab with etcd and config, and n hosts whose vtepd logs
@@ -38,7 +40,7 @@ func (b *bench) overlayOf(name, config string, n int, add func(*overlay) (*netns
 	if err != nil {
 		return nil, err
 	}
-	o := &overlay{lab: lab}
+	o := &overlay{lab: lab, env: b.vtepdEnv}
 	if _, err := lab.StartEtcd(); err != nil {
 		o.close()
 		return nil, err
@@ -66,6 +68,7 @@ func (o *overlay) addHost(extra int, args ...string) (*netns.Host, error) {
 		return nil, err
 	}
 	h.LogLevel = "info"
+	h.Env = append(h.Env, o.env...)
 	if _, err := h.StartVtepd(args...); err != nil {
 		return nil, err
 	}
@@ -84,6 +87,7 @@ func (o *overlay) addHost6(v6Underlay bool, extra int) (*netns.Host, error) {
 		return nil, err
 	}
 	h.LogLevel = "info"
+	h.Env = append(h.Env, o.env...)
 	if _, err := h.StartVtepd(); err != nil {
 		return nil, err
 	}

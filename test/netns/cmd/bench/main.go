@@ -36,6 +36,8 @@ type bench struct {
 	rows []row
 	// notes are paragraphs printed under the table.
 	notes []string
+	// vtepdEnv is given to every vtepd of the lab's overlays (-vtepd-env).
+	vtepdEnv []string
 }
 
 func (b *bench) add(r row) {
@@ -51,8 +53,14 @@ func main() {
 	out := flag.String("out", "BENCHMARKS.md", "where to write the report")
 	only := flag.String("only", "", "comma-separated scenarios to run (default: all): "+strings.Join(scenarioNames(), ","))
 	keep := flag.Bool("keep", false, "keep the binaries and every process's log (printed: where)")
+	env := flag.String("vtepd-env", "", "comma-separated NAME=value pairs for every vtepd the lab starts, "+
+		"to measure what the runtime's settings cost (GOGC=off,GOMAXPROCS=1); named in the report")
 	flag.Parse()
-	if err := run(*out, *only, *keep); err != nil {
+	var vtepdEnv []string
+	if *env != "" {
+		vtepdEnv = strings.Split(*env, ",")
+	}
+	if err := run(*out, *only, *keep, vtepdEnv); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -86,7 +94,7 @@ func scenarioNames() []string {
 	return out
 }
 
-func run(out, only string, keep bool) error {
+func run(out, only string, keep bool, vtepdEnv []string) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("the lab needs root (network namespaces): run `sudo make bench`")
 	}
@@ -107,7 +115,7 @@ func run(out, only string, keep bool) error {
 	if err != nil {
 		return err
 	}
-	b := &bench{bins: bins, dir: dir}
+	b := &bench{bins: bins, dir: dir, vtepdEnv: vtepdEnv}
 	start := time.Now()
 	want := map[string]bool{}
 	for _, s := range strings.Split(only, ",") {
@@ -154,6 +162,9 @@ func (b *bench) write(path string, took time.Duration) error {
 	fmt.Fprintf(&w, "\nEvery figure is from this run, on this machine: the lab's hosts are network\n")
 	fmt.Fprintf(&w, "namespaces on one kernel, joined by veth pairs and a bridge, with vtepd built\n")
 	fmt.Fprintf(&w, "without the race detector and logging at info level.\n\n")
+	if len(b.vtepdEnv) > 0 {
+		fmt.Fprintf(&w, "Every vtepd ran with `%s` (`-vtepd-env`).\n\n", strings.Join(b.vtepdEnv, " "))
+	}
 	fmt.Fprintf(&w, "| metric | target | measured | met | command |\n|---|---|---|---|---|\n")
 	for _, r := range b.rows {
 		fmt.Fprintf(&w, "| %s | %s | %s | %s | %s |\n", r.Metric, dash(r.Target), r.Measured, dash(r.Met), "`"+r.Command+"`")

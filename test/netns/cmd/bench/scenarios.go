@@ -180,7 +180,44 @@ func (b *bench) firstPacket() error {
 			"here: nothing in vtepd's control below the floor; vtepd's own share is the difference between the two rows.",
 			us(p50), us(p99), floor.P50US, floor.P99US)
 	}
+	if firstShare, daemonShare := vmed-fmed, share; firstShare > 10*time.Microsecond || daemonShare > 10*time.Microsecond {
+		b.note("%s", shareNote(firstShare, daemonShare))
+	}
 	return nil
+}
+
+// shareNote says which of the two share rows is short of issue 18's 10 µs
+// and what was done and tried on the answer path. The figures named in it
+// are from the commits that made each change (their messages have the
+// commands); the two shares are this run's.
+func shareNote(firstShare, daemonShare time.Duration) string {
+	var short []string
+	if firstShare > 10*time.Microsecond {
+		short = append(short, fmt.Sprintf("of a first ping %s", ms(firstShare)))
+	}
+	if daemonShare > 10*time.Microsecond {
+		short = append(short, fmt.Sprintf("in the daemon %s", us(daemonShare)))
+	}
+	return "**vtepd's own share of a miss.** Short of 10 µs this run: " + strings.Join(short, ", and ") + ". " +
+		"The code between the read and the write is not where it goes: decoding, the lease lookup and choosing the " +
+		"writes take a few hundred nanoseconds (BenchmarkHandle, kernel writes faked, in the rows above), and an " +
+		"answer allocates nothing. " +
+		"For a known peer both responders make the same three system calls from Go on a thread of their own (a " +
+		"blocking recvfrom of the miss, one sendto of one PERMANENT neighbour entry, a recvfrom of the ack), and " +
+		"the write costs the kernel the same. What the floor does not have is the rest of a daemon on the same two " +
+		"cores: vtepd's etcd client, gRPC, HTTP server and timers, and a garbage collector with a heap to mark; " +
+		"which of them the share is has not been separated, and the share moves between runs by about as much " +
+		"as the target. Done, with what each measured: the listener owns an OS thread and sleeps in recvfrom on " +
+		"the socket itself, not in the Go poller, so a miss wakes the thread that answers it (tens of µs per miss " +
+		"through the poller); the first answer for a peer sends the FDB entry and the neighbour in one datagram, " +
+		"acked once (4.5 µs against 7 µs for two writes, BenchmarkKernelWrites); a later address of a known peer " +
+		"is answered with its neighbour entry alone after one FDB lookup (BenchmarkHandle 250-296 ns before, " +
+		"233-271 ns after, commit be61d22); the floor is measured in turns with vtepd, so that both meet the same load. Tried by " +
+		"hand and not kept, as neither moved the share beyond the spread between runs: raw system calls for the " +
+		"reads and writes, and the listener's thread pinned to one CPU; their figures were not written down and " +
+		"are not claimed here. Not tried: a real-time priority for the listener (to be off by default and " +
+		"measured both ways, as issue 18 asks). What would close it: the next step is to separate the " +
+		"candidates above (GOGC=off, GOMAXPROCS, the etcd client idle) in the same turns."
 }
 
 // coldWarm pings each target from from's container twice, one packet
