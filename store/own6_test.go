@@ -231,18 +231,28 @@ func TestAcquireLeaseNoIPv6KeyWhenOff(t *testing.T) {
 	t.Parallel()
 	c := startEtcd(t)
 	cfg := testConfig()
+	held := map[netip.Prefix]bool{}
 	for i := range 5 {
 		claim := testClaim6(byte(i + 1))
 		claim.PreviousIPv6 = netip.MustParsePrefix("fd00:10:0:1::/64")
 		o := acquire(t, c, cfg, claim)
-		if l := o.Lease(); l.IPv6Subnet.IsValid() || l.PublicIPv6.IsValid() || l.VtepMACv6 != (MAC{}) {
+		l := o.Lease()
+		if l.IPv6Subnet.IsValid() || l.PublicIPv6.IsValid() || l.VtepMACv6 != (MAC{}) {
 			t.Errorf("lease %s has an IPv6 part", fmtLease(&l))
 		}
+		held[l.Subnet] = true
 		expectOwn(t, c, cfg, o, claim)
 	}
-	// A dual-stack lease of ours left from a dual-stack past moves too.
+	// A dual-stack lease of ours left from a dual-stack past moves too. Its
+	// IPv4 subnet must be one the random picks above left free: an older
+	// lease on it would rightly send us elsewhere (a fixed 10.5.99.0/24
+	// failed about one run in fifty that way).
+	free4 := netip.MustParsePrefix("10.5.99.0/24")
+	for n := byte(100); held[free4]; n++ {
+		free4 = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 5, n, 0}), 24)
+	}
 	claim := testClaim6(9)
-	dual := mkLease6("10.5.99.0/24", "fd00:10:0:99::/64", 9, 0)
+	dual := mkLease6(free4.String(), "fd00:10:0:99::/64", 9, 0)
 	dual.PublicIP, dual.VtepMAC, dual.PublicIPv6, dual.VtepMACv6 = claim.PublicIP, claim.VtepMAC, claim.PublicIPv6, claim.VtepMACv6
 	putLease(t, c, dual)
 	if l := expectOwn(t, c, cfg, acquire(t, c, cfg, claim), claim); l.Subnet != dual.Subnet {
